@@ -38,26 +38,27 @@ fi
 
 if [ ! -f "$ROOT/build_msgs/install/.built" ] || [ -n "$(find msg CMakeLists.txt package.xml -newer "$ROOT/build_msgs/install/.built" 2>/dev/null)" ]; then
   echo "[setup] building msg/ interfaces with colcon"
+  # CMake refuses include paths inside the source tree, and ./.venv is inside it: build from a
+  # copy of the interface part of the package (package.xml, CMakeLists.txt, msg/).
   rm -rf "$ROOT/build_msgs"
-  mkdir -p "$ROOT/build_msgs"
+  mkdir -p "$ROOT/build_msgs/src/lmanet_ros"
+  cp -r package.xml CMakeLists.txt msg "$ROOT/build_msgs/src/lmanet_ros/"
   (cd "$ROOT/build_msgs" && \
    AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" \
-   colcon --log-base log build --base-paths "$ROOT" --build-base build --install-base install \
+   colcon --log-base log build --base-paths src --build-base build --install-base install \
      --cmake-args -DPython3_EXECUTABLE="$(which python)" -DLMANET_INSTALL_PYTHON_SOURCES=OFF \
      > colcon.log 2>&1) || { tail -n 40 "$ROOT/build_msgs/colcon.log"; exit 1; }
   touch "$ROOT/build_msgs/install/.built"
 fi
 
 echo "[setup] installing lmanet_ros (editable) and wiring the built messages into the venv"
-python -m pip install -q --no-deps --no-build-isolation -e "$ROOT"
+# compat mode puts the source root on sys.path (a plain .pth), before the built messages'
+# path below, so lmanet_ros/__init__.py's extend_path joins the two.
+python -m pip install -q --no-deps --no-build-isolation --config-settings editable_mode=compat \
+  -e "$ROOT" 2>&1 | grep -v "^\s*$" | grep -iv "warning\|careful\|\*\*\*\|!!\|strategy\|precedence" || true
 MSG_SITE="$ROOT/build_msgs/install/lmanet_ros/lib/$PY/site-packages"
 echo "$MSG_SITE" > "$SITE/zz_lmanet_ros_msgs.pth"
-HOOK="# lmanet_ros: built messages (scripts/setup_venv.sh)"
-if ! grep -qF "$HOOK" "$VENV/bin/activate"; then
-  cat >> "$VENV/bin/activate" <<ACT
-$HOOK
-export AMENT_PREFIX_PATH="$ROOT/build_msgs/install/lmanet_ros:$VENV\${AMENT_PREFIX_PATH:+:\$AMENT_PREFIX_PATH}"
-export LD_LIBRARY_PATH="$ROOT/build_msgs/install/lmanet_ros/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
-ACT
-fi
+# The ROS wheels put $VENV/lib on LD_LIBRARY_PATH at interpreter start (rcpputils looks up type
+# support libraries there by name): link the built interface libraries into it.
+ln -sf "$ROOT"/build_msgs/install/lmanet_ros/lib/liblmanet_ros__*.so "$VENV/lib/"
 echo "[setup] done: . .venv/bin/activate"
