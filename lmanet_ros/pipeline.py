@@ -103,7 +103,8 @@ def resolve_device(spec: str) -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError as exc:
-        raise PipelineError(f"device '{spec}' is not valid (use auto, cpu, cuda or cuda:N)") from exc
+        raise PipelineError(
+            f"device '{spec}' is not valid (use auto, cpu, cuda or cuda:N)") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise PipelineError(f"device '{spec}' requested but CUDA is not available "
@@ -234,7 +235,8 @@ class SegmentationPipeline:
                              f"{self.info.num_classes} outputs")
         self.classes = classes
 
-    def reset(self, stream: str | None = None, reason: str = ResetReason.REQUEST.value) -> list[str]:
+    def reset(self, stream: str | None = None,
+              reason: str = ResetReason.REQUEST.value) -> list[str]:
         """Clear the memory of ``stream`` (None = all) before its next frame; returns the names.
 
         Thread-safe and immediate: it never waits for an inference in progress.

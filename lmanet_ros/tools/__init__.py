@@ -1,1 +1,4 @@
-"""The `lmanet` command's subcommands; each module exports ``add_parser(subparsers)`` and ``run(args) -> int``."""
+"""The `lmanet` command's subcommands.
+
+Each module exports ``add_parser(subparsers)`` and ``run(args) -> int``.
+"""
