@@ -1,0 +1,252 @@
+"""Segmenters: single-frame (encoder -> decoder) and temporal (LMANet) behind one interface.
+
+Every model of :mod:`lmanet_ros.models` is a :class:`Segmenter`:
+
+- ``model.info``: a frozen :class:`ModelInfo` (name, classes, memory length, normalisation).
+- ``logits, memory = model.step(x, memory=None, *, update_memory=True)``: one frame of B
+  independent streams; the model keeps no per-stream state, the caller keeps the memory.
+- ``model(frames)``: (B, N, 3, H, W) clips streamed through ``step`` from an empty memory, the
+  logits of the last frame (training; gradients flow).
+
+Logits have ``num_classes`` channels (20 for Cityscapes: 19 trainIds and index 19 for void);
+taking the argmax over the first 19 is the caller's business.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .memory import Memory
+from .temporal import TemporalModule
+
+__all__ = ["ModelInfo", "Segmenter", "SingleFrameSegmenter", "TemporalSegmenter"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a caller needs to know about a model.
+
+    Attributes:
+        name: registry name (``erfnet``, ``lmanet_erfnet``).
+        num_classes: output channels.
+        memory_length: frames the memory holds (T); 0 for single-frame models.
+        temporal: whether ``step`` uses and returns a memory.
+        output_stride: resolution of the encoder features relative to the input.
+        mean, std: per-channel RGB normalisation applied inside ``step`` to inputs in [0, 1];
+            None when the model takes [0, 1] input as is (ERFNet).
+    """
+
+    name: str
+    num_classes: int
+    memory_length: int
+    temporal: bool
+    output_stride: int = 8
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+
+def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class Segmenter(nn.Module):
+    """Common part of the segmenters: input checks, padding, normalisation, clip forward.
+
+    Args:
+        name: registry name reported in ``info``.
+        encoder: (B, 3, H, W) -> features at 1/``output_stride``.
+        decoder: features -> (B, num_classes, H, W) logits.
+        num_classes: number of output channels of the decoder.
+        mean, std: normalisation of [0, 1] RGB inputs (None: none).
+        output_stride: the encoder's stride; inputs are padded to a multiple of it.
+        between: further children registered between encoder and decoder (in this order, so
+            that ``state_dict`` lists keys in the order of the published checkpoints).
+    """
+
+    def __init__(self, name: str, encoder: nn.Module, decoder: nn.Module, *, num_classes: int,
+                 mean: tuple[float, float, float] | None = None,
+                 std: tuple[float, float, float] | None = None, output_stride: int = 8,
+                 between: dict[str, nn.Module] | None = None) -> None:
+        super().__init__()
+        self._name = name
+        self._num_classes = _check_positive_int("num_classes", num_classes)
+        self._output_stride = _check_positive_int("output_stride", output_stride)
+        if (mean is None) != (std is None):
+            raise ValueError("mean and std must be given together")
+        if mean is not None and (len(mean) != 3 or len(std) != 3 or min(std) <= 0):
+            raise ValueError(f"mean and std must be 3 values each, std > 0; got {mean}, {std}")
+        self._mean = tuple(float(v) for v in mean) if mean is not None else None
+        self._std = tuple(float(v) for v in std) if std is not None else None
+        self.encoder = encoder
+        for child_name, child in (between or {}).items():
+            if child_name in ("encoder", "decoder") or hasattr(self, child_name):
+                raise ValueError(f"sub-module name '{child_name}' clashes with the segmenter's "
+                                 f"own attributes")
+            self.add_module(child_name, child)
+        self.decoder = decoder
+
+    # ------------------------------------------------------------------ description
+    @property
+    def memory_length(self) -> int:
+        return 0
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(name=self._name, num_classes=self._num_classes,
+                         memory_length=self.memory_length, temporal=self.memory_length > 0,
+                         output_stride=self._output_stride, mean=self._mean, std=self._std)
+
+    # ------------------------------------------------------------------ helpers
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"x must be a (B, 3, H, W) tensor, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be floating point in [0, 1], got {x.dtype}")
+        if x.shape[0] < 1 or x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise (if the model has mean/std) and replicate-pad to a multiple of the stride."""
+        if self._mean is not None:
+            mean = torch.tensor(self._mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(self._std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        stride = self._output_stride
+        pad_h, pad_w = -x.shape[2] % stride, -x.shape[3] % stride
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        return x
+
+    def step(self, x: torch.Tensor, memory: Memory | None = None, *,
+             update_memory: bool = True) -> tuple[torch.Tensor, Memory | None]:
+        """Segment one frame per stream: (B, 3, H, W) in [0, 1] -> (B, num_classes, H, W)."""
+        raise NotImplementedError
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Stream clips (B, N, 3, H, W) from an empty memory; logits of the last frame.
+
+        A 4-D (B, 3, H, W) input is taken as clips of one frame.
+        """
+        if frames.dim() == 4:
+            frames = frames.unsqueeze(1)
+        if frames.dim() != 5 or frames.shape[1] < 1:
+            raise ValueError(f"frames must be (B, N, 3, H, W) with N >= 1, got "
+                             f"{tuple(frames.shape)}")
+        memory = None
+        count = frames.shape[1]
+        start = 0 if self.memory_length > 0 else count - 1  # single frame: only the last counts
+        for index in range(start, count):
+            logits, memory = self.step(frames[:, index], memory,
+                                       update_memory=index < count - 1)
+        return logits
+
+
+class SingleFrameSegmenter(Segmenter):
+    """encoder -> decoder; ``step`` accepts and returns a memory without touching it."""
+
+    @property
+    def memory_length(self) -> int:
+        return 0
+
+    @memory_length.setter
+    def memory_length(self, value: int) -> None:
+        raise ValueError(f"model '{self._name}' is single-frame: it has no memory length")
+
+    def step(self, x: torch.Tensor, memory: Memory | None = None, *,
+             update_memory: bool = True) -> tuple[torch.Tensor, Memory | None]:
+        self._check_input(x)
+        height, width = x.shape[2:]
+        logits = self.decoder(self.encoder(self._prepare(x)))
+        return logits[:, :, :height, :width], memory
+
+
+class TemporalSegmenter(Segmenter):
+    """encoder -> temporal module (reads a memory of past frames) -> decoder.
+
+    The temporal module's sub-modules are registered as this model's own top-level children
+    (state_dict names ``kv_M_r4.*`` etc., as in the published checkpoints); the module itself is
+    reachable as :attr:`temporal_module` and must hold no parameters or buffers of its own.
+
+    Streaming order (per frame, per stream): empty memory -> ``decoder(features)``; else
+    ``decoder(temporal.read(features, memory))``; then the entry of the RAW features is pushed
+    onto the FIFO, which keeps the newest ``memory_length`` frames.
+    """
+
+    def __init__(self, name: str, encoder: nn.Module, temporal: TemporalModule,
+                 decoder: nn.Module, *, num_classes: int, memory_length: int,
+                 mean: tuple[float, float, float] | None = None,
+                 std: tuple[float, float, float] | None = None, output_stride: int = 8) -> None:
+        if not isinstance(temporal, TemporalModule):
+            raise ValueError(f"temporal must be a TemporalModule, got {type(temporal).__name__}")
+        own = [n for n, _ in temporal.named_parameters(recurse=False)]
+        own += [n for n, _ in temporal.named_buffers(recurse=False)]
+        if own:
+            raise ValueError(f"a temporal module may hold sub-modules only; it owns {own}")
+        super().__init__(name, encoder, decoder, num_classes=num_classes, mean=mean, std=std,
+                         output_stride=output_stride, between=dict(temporal.named_children()))
+        # Kept outside ``_modules`` so that its children are registered once, at top level.
+        object.__setattr__(self, "_temporal", temporal)
+        self.memory_length = memory_length
+
+    @property
+    def temporal_module(self) -> TemporalModule:
+        """The temporal module (its sub-modules are this model's top-level children)."""
+        return self._temporal
+
+    @property
+    def memory_length(self) -> int:
+        return self._memory_length
+
+    @memory_length.setter
+    def memory_length(self, value: int) -> None:
+        self._memory_length = _check_positive_int("memory_length", value)
+
+    def train(self, mode: bool = True) -> "TemporalSegmenter":
+        super().train(mode)
+        self._temporal.training = mode  # its children were set through this model
+        return self
+
+    def check_memory(self, memory: Memory, features: torch.Tensor) -> None:
+        """Raise ValueError unless ``memory`` fits ``features`` (batch and spatial size)."""
+        if memory.batch_size != features.shape[0]:
+            raise ValueError(f"memory holds {memory.batch_size} streams but x has "
+                             f"{features.shape[0]}")
+        if memory.spatial_size != tuple(features.shape[2:]):
+            raise ValueError(f"memory feature size {memory.spatial_size} does not match the "
+                             f"input's {tuple(features.shape[2:])} (a new input size needs a "
+                             f"fresh memory)")
+
+    def step(self, x: torch.Tensor, memory: Memory | None = None, *,
+             update_memory: bool = True) -> tuple[torch.Tensor, Memory | None]:
+        """One frame per stream; see the class docstring for the order.
+
+        Args:
+            x: (B, 3, H, W) in [0, 1], any H, W (padded inside, logits cropped back).
+            memory: the streams' memory (None or empty: first frame).
+            update_memory: False returns ``memory`` unchanged (a stride policy).
+
+        Returns:
+            (logits (B, num_classes, H, W), new memory).
+        """
+        self._check_input(x)
+        if memory is not None and not isinstance(memory, Memory):
+            raise ValueError(f"memory must be a Memory or None, got {type(memory).__name__}")
+        height, width = x.shape[2:]
+        features = self.encoder(self._prepare(x))
+        if memory is not None and len(memory) > 0:
+            self.check_memory(memory, features)
+            fused = self._temporal.read(features, memory.truncate(self._memory_length))
+        else:
+            fused = features
+        logits = self.decoder(fused)[:, :, :height, :width]
+        if not update_memory:
+            return logits, memory
+        key, value = self._temporal.memory_entry(features)
+        return logits, (memory if memory is not None else Memory()).push(
+            key, value, self._memory_length)
