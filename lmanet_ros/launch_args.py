@@ -1,0 +1,197 @@
+"""Launch arguments of ``lmanet.launch.py`` and what they turn into, without importing launch.
+
+The launch file and the process-level tests both build the node's start from here, so they cannot
+drift: the same executable, parameter file, overrides, remappings, node name and namespace.
+
+- :data:`ARGUMENTS`: the launch arguments (name, default, description).
+- :func:`resolve`: launch-argument strings -> a :class:`NodeLaunch` (what to start).
+- :meth:`NodeLaunch.command`: the equivalent ``lmanet_node --ros-args ...`` command line.
+- :meth:`NodeLaunch.node_kwargs`: keyword arguments for ``launch_ros.actions.Node``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["PACKAGE", "EXECUTABLE", "NODE_NAME", "LaunchArgument", "ARGUMENTS",
+           "NodeLaunch", "default_params_file", "resolve", "parse_cameras", "parse_bool"]
+
+PACKAGE = "lmanet_ros"
+EXECUTABLE = "lmanet_node"
+NODE_NAME = "lmanet"
+
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    """One launch argument: its name, default (a string, as launch has them) and description."""
+
+    name: str
+    default: str
+    description: str
+
+
+ARGUMENTS: tuple[LaunchArgument, ...] = (
+    LaunchArgument("image", "image",
+                   "Camera topic (sensor_msgs/Image) of the single-camera node; "
+                   "'<image>/compressed' is used when input.transport is compressed."),
+    LaunchArgument("cameras", "",
+                   "Comma-separated camera names for one node serving several cameras (camera "
+                   "'front' reads 'front/image'); empty: the single camera on 'image'."),
+    LaunchArgument("namespace", "", "Namespace of the node (and of its relative topics)."),
+    LaunchArgument("node_name", NODE_NAME, "Name of the node."),
+    LaunchArgument("params_file", "",
+                   "Parameter file; empty: config/lmanet.yaml of the installed package."),
+    LaunchArgument("checkpoint", "",
+                   "Weights to load (.pth, .pt, .safetensors); empty: the parameter file's value."),
+    LaunchArgument("device", "",
+                   "auto, cpu, cuda or cuda:N; empty: the parameter file's value."),
+    LaunchArgument("use_sim_time", "false", "Use /clock (bag replay with --clock)."),
+    LaunchArgument("log_level", "info", "Logging level of the node (debug, info, warn, error)."),
+)
+
+_ARGUMENT_NAMES = frozenset(arg.name for arg in ARGUMENTS)
+
+
+def default_params_file() -> str:
+    """config/lmanet.yaml: from the installed package share directory, else the source tree."""
+    try:
+        from ament_index_python.packages import (PackageNotFoundError,
+                                                 get_package_share_directory)
+        try:
+            shared = Path(get_package_share_directory(PACKAGE)) / "config" / "lmanet.yaml"
+            if shared.is_file():
+                return str(shared)
+        except PackageNotFoundError:
+            pass
+    except ImportError:
+        pass
+    return str(Path(__file__).resolve().parent.parent / "config" / "lmanet.yaml")
+
+
+def parse_bool(text: str) -> bool:
+    """'true'/'false' (any case, also 1/0, yes/no) -> bool; anything else raises ValueError."""
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got '{text}'")
+
+
+def parse_cameras(text: str) -> list[str]:
+    """'front, rear' or '[front, rear]' -> ['front', 'rear']; '' -> []."""
+    text = str(text).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [name.strip().strip("'\"") for name in text.split(",") if name.strip()]
+
+
+def _yaml_scalar(value: Any) -> str:
+    """A value as the YAML that ``-p name:=value`` parses back to the same type."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a double-quoted YAML string
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """Everything needed to start one ``lmanet_node`` (launch file or subprocess).
+
+    Attributes:
+        params_file: the parameter file (absolute path).
+        overrides: parameters set on top of the file (name -> typed value), in order.
+        remappings: (from, to) topic remappings.
+        namespace: the node's namespace ('' = root).
+        node_name: the node's name.
+        log_level: the ROS log level.
+    """
+
+    params_file: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    remappings: tuple[tuple[str, str], ...] = ()
+    namespace: str = ""
+    node_name: str = NODE_NAME
+    log_level: str = "info"
+
+    @property
+    def fully_qualified_name(self) -> str:
+        """'/<namespace>/<node_name>' (for topic names of the outputs)."""
+        return f"{self.namespace.rstrip('/')}/{self.node_name}" if self.namespace.strip("/") \
+            else f"/{self.node_name}"
+
+    def ros_arguments(self) -> list[str]:
+        """The ``--ros-args ...`` part of the command line (without ``--ros-args``)."""
+        args = ["--params-file", self.params_file]
+        for source, target in self.remappings:
+            args += ["-r", f"{source}:={target}"]
+        for name, value in self.overrides.items():
+            args += ["-p", f"{name}:={_yaml_scalar(value)}"]
+        args += ["-r", f"__node:={self.node_name}"]
+        if self.namespace.strip("/"):
+            args += ["-r", f"__ns:={self.namespace}"]
+        if self.log_level and self.log_level != "info":
+            args += ["--log-level", self.log_level]
+        return args
+
+    def command(self, executable: str = EXECUTABLE) -> list[str]:
+        """``[executable, '--ros-args', ...]``: the command the launch file's Node action runs."""
+        return [executable, "--ros-args", *self.ros_arguments()]
+
+    def node_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``launch_ros.actions.Node`` for the same start."""
+        kwargs: dict[str, Any] = {
+            "package": PACKAGE, "executable": EXECUTABLE, "name": self.node_name,
+            "namespace": self.namespace, "output": "screen", "emulate_tty": True,
+            "parameters": [self.params_file] + ([dict(self.overrides)] if self.overrides else []),
+            "remappings": list(self.remappings),
+        }
+        if self.log_level and self.log_level != "info":
+            kwargs["ros_arguments"] = ["--log-level", self.log_level]
+        return kwargs
+
+
+def resolve(values: Mapping[str, str] | None = None) -> NodeLaunch:
+    """Turn launch-argument values (strings; missing = default) into a :class:`NodeLaunch`.
+
+    Raises:
+        ValueError: an unknown argument name or a malformed value.
+    """
+    values = dict(values or {})
+    unknown = set(values) - _ARGUMENT_NAMES
+    if unknown:
+        raise ValueError(f"unknown launch arguments: {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(arg.name for arg in ARGUMENTS)})")
+    merged = {arg.name: arg.default for arg in ARGUMENTS}
+    merged.update({k: str(v) for k, v in values.items()})
+
+    image = merged["image"].strip() or "image"
+    remappings: list[tuple[str, str]] = []
+    if image != "image":
+        remappings += [("image", image), ("image/compressed", f"{image.rstrip('/')}/compressed")]
+
+    overrides: dict[str, Any] = {}
+    cameras = parse_cameras(merged["cameras"])
+    if cameras:
+        overrides["cameras"] = cameras
+    if merged["checkpoint"].strip():
+        overrides["checkpoint"] = os.path.expanduser(merged["checkpoint"].strip())
+    if merged["device"].strip():
+        overrides["device"] = merged["device"].strip()
+    overrides["use_sim_time"] = parse_bool(merged["use_sim_time"])
+
+    namespace = merged["namespace"].strip()
+    if namespace and not namespace.startswith("/"):
+        namespace = "/" + namespace
+    params_file = merged["params_file"].strip() or default_params_file()
+    return NodeLaunch(params_file=os.path.abspath(os.path.expanduser(params_file)),
+                      overrides=overrides, remappings=tuple(remappings),
+                      namespace=namespace.rstrip("/") if namespace != "/" else "",
+                      node_name=merged["node_name"].strip() or NODE_NAME,
+                      log_level=merged["log_level"].strip().lower() or "info")

@@ -1,0 +1,324 @@
+"""The node's parameters: names, defaults, descriptors, validation and a typed snapshot.
+
+One table (:data:`SPECS`) defines every parameter of ``lmanet_node``: its default, its
+description, its range or choices and whether it is read-only. The node declares them from this
+table, ``config/lmanet.yaml`` lists the same names and defaults (a test keeps them equal), and
+:func:`validate` gives the reason a change is refused. rclpy itself enforces the type, the
+numeric ranges and read-only; :func:`validate` checks what descriptors cannot express (choices,
+array contents, parameters that only make sense together, the model's class count).
+
+Nothing here loads a model. The rclpy imports are message and parameter types only.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
+
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                ParameterType)
+from rclpy.parameter import Parameter
+
+from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES, CITYSCAPES_COLORS, MAX_CLASSES
+
+__all__ = [
+    "ParamSpec",
+    "SPECS",
+    "SPEC_BY_NAME",
+    "Settings",
+    "CITYSCAPES_PALETTE",
+    "descriptor",
+    "validate",
+    "is_default_classes",
+    "MEMORY_PARAMS",
+    "INPUT_PARAMS",
+]
+
+#: The Cityscapes palette as the flat [r, g, b, ...] list the ``palette`` parameter holds.
+CITYSCAPES_PALETTE: tuple[int, ...] = tuple(int(v) for v in CITYSCAPES_COLORS.reshape(-1))
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_CAMERA_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter of the node.
+
+    Attributes:
+        name: the parameter name (dots group related parameters, as in the YAML file).
+        default: the default value; its Python type fixes the parameter type. A
+            :class:`rclpy.parameter.Parameter.Type` declares a typed parameter without a value
+            (``cameras``: an empty list has no ROS type).
+        description: one or two sentences, shown by ``ros2 param describe``.
+        read_only: cannot change after start (restart the node to change it).
+        int_range: (from, to) for integers, inclusive.
+        float_range: (from, to) for doubles, inclusive.
+        choices: allowed strings (checked by :func:`validate`).
+        constraints: extra constraints in words (``additional_constraints``).
+    """
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+    constraints: str = ""
+
+
+SPECS: tuple[ParamSpec, ...] = (
+    # -- the model (read-only: changing them means loading another network) ------------------
+    ParamSpec("model", "lmanet_erfnet",
+              "Network to run: lmanet_erfnet (temporal, LMANet on ERFNet) or erfnet (single "
+              "frame).", read_only=True, constraints="a name known to lmanet_ros.models"),
+    ParamSpec("checkpoint", "",
+              "Path of the weights (.pth, .pt or .safetensors). Empty: random weights, for tests "
+              "only (a loud warning is logged and diagnostics report it).", read_only=True),
+    ParamSpec("device", "auto",
+              "Where to run the network: auto (CUDA when available, else CPU), cpu, cuda or "
+              "cuda:N. Asking for CUDA where there is none is a startup error.", read_only=True,
+              constraints="auto | cpu | cuda | cuda:N"),
+    ParamSpec("precision", "fp32", "Arithmetic precision of the network: fp32, fp16 or bf16.",
+              read_only=True, choices=("fp32", "fp16", "bf16")),
+    ParamSpec("num_threads", 0,
+              "CPU threads PyTorch uses for inference; 0 keeps PyTorch's default.",
+              int_range=(0, 256)),
+    ParamSpec("input_height", 0,
+              "Height in pixels of the network input; frames are resized to it and the outputs "
+              "back to the frame's size. 0 (with input_width 0): each frame's own size.",
+              int_range=(0, 8192), constraints="0 together with input_width, or both positive"),
+    ParamSpec("input_width", 0,
+              "Width in pixels of the network input; 0 (with input_height 0): the frame's size.",
+              int_range=(0, 8192), constraints="0 together with input_height, or both positive"),
+    # -- the temporal memory --------------------------------------------------------------------
+    ParamSpec("memory.length", 4,
+              "Frames held by each camera's temporal memory. A change clears every memory "
+              "(reset reason 'parameter').", int_range=(1, 32)),
+    ParamSpec("memory.max_gap", 1.0,
+              "Largest gap in seconds between two processed frames of a camera that keeps its "
+              "memory; a larger gap clears it (reason 'gap'). 0 disables the rule.",
+              float_range=(0.0, 3600.0)),
+    ParamSpec("memory.stride", 1,
+              "Store every k-th processed frame in the memory (1 = every frame), for cameras much "
+              "faster than the 17 Hz the published model was trained on.", int_range=(1, 100)),
+    # -- classes ----------------------------------------------------------------------------------
+    ParamSpec("class_names", list(CITYSCAPES_CLASS_NAMES),
+              "Class names, index = class id in the labels image. The Cityscapes default gives "
+              "way to class metadata stored in the checkpoint; any other value wins over both "
+              "(a conflict is logged).",
+              constraints="1 to the model's number of outputs names, unique, non-empty"),
+    ParamSpec("palette", list(CITYSCAPES_PALETTE),
+              "Colours of the classes as a flat list [r, g, b, r, g, b, ...], one triple per "
+              "class name, each value 0..255.", constraints="3 * len(class_names) values in 0..255"),
+    # -- outputs ----------------------------------------------------------------------------------
+    ParamSpec("publish.labels", True, "Publish ~/labels: class ids, mono8, at the input size."),
+    ParamSpec("publish.color", True,
+              "Publish ~/color: the colour mask, rgb8 (rendered only while subscribed)."),
+    ParamSpec("publish.overlay", True,
+              "Publish ~/overlay: the input blended with the colour mask, rgb8 (rendered only "
+              "while subscribed)."),
+    ParamSpec("publish.confidence", False,
+              "Publish ~/confidence: the max softmax probability as mono8 0..255 (computed only "
+              "while subscribed)."),
+    ParamSpec("overlay_alpha", 0.5,
+              "Weight of the colour mask in ~/overlay: 0 gives the image, 1 the mask.",
+              float_range=(0.0, 1.0)),
+    # -- input ------------------------------------------------------------------------------------
+    ParamSpec("input.transport", "raw",
+              "raw: subscribe sensor_msgs/Image on 'image'; compressed: subscribe "
+              "sensor_msgs/CompressedImage (jpeg, png) on 'image/compressed'.",
+              choices=("raw", "compressed")),
+    ParamSpec("input.reliability", "best_effort",
+              "QoS reliability of the input subscription: best_effort (sensor data, matches every "
+              "publisher) or reliable (bag replay without loss; a best-effort publisher is then "
+              "incompatible and a warning is logged).", choices=("best_effort", "reliable")),
+    ParamSpec("input.depth", 5,
+              "QoS history depth of the input subscription; 0 = keep all (use with reliable and "
+              "processing_mode 'all' for lossless replay).", int_range=(0, 1000)),
+    ParamSpec("processing_mode", "latest",
+              "latest: live cameras, only the newest frame of each camera is processed (bounded "
+              "latency, older frames are counted as drops); all: every frame in order (bag "
+              "replay), the input is throttled instead of queued without bound.",
+              choices=("latest", "all")),
+    ParamSpec("cameras", Parameter.Type.STRING_ARRAY,
+              "Camera names served by this node (one model, one memory per camera). Empty: one "
+              "camera on 'image'. Camera 'front' subscribes 'front/image' and publishes "
+              "~/front/labels etc., with ~/front/reset_memory.",
+              constraints="unique names of letters, digits and '_', starting with a letter"),
+    ParamSpec("diagnostics_period", 1.0, "Seconds between two /diagnostics messages.",
+              float_range=(0.1, 60.0)),
+)
+
+SPEC_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in SPECS}
+
+#: Parameters that feed the pipeline's memory policy.
+MEMORY_PARAMS = frozenset({"memory.length", "memory.max_gap", "memory.stride"})
+#: Parameters that shape the input subscriptions (a change re-creates them).
+INPUT_PARAMS = frozenset({"input.transport", "input.reliability", "input.depth", "cameras"})
+
+
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """The ParameterDescriptor of ``spec`` (description, range, read_only, constraints)."""
+    desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    constraints = spec.constraints
+    if spec.choices:
+        constraints = "one of: " + ", ".join(spec.choices)
+    desc.additional_constraints = constraints
+    if spec.int_range is not None:
+        desc.integer_range = [IntegerRange(from_value=spec.int_range[0],
+                                           to_value=spec.int_range[1], step=0)]
+    if spec.float_range is not None:
+        desc.floating_point_range = [FloatingPointRange(from_value=spec.float_range[0],
+                                                        to_value=spec.float_range[1], step=0.0)]
+    if isinstance(spec.default, Parameter.Type):
+        desc.type = spec.default.value
+    return desc
+
+
+def _plain(value: Any) -> Any:
+    """Parameter values as plain Python: arrays become lists, None stays None."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return list(value)
+
+
+def is_default_classes(names: Iterable[str], palette: Iterable[int]) -> bool:
+    """Whether names and palette are the built-in Cityscapes default (i.e. not set by a user)."""
+    return (tuple(names) == CITYSCAPES_CLASS_NAMES
+            and tuple(int(v) for v in palette) == CITYSCAPES_PALETTE)
+
+
+def _check_classes(names: list[str], palette: list[int], num_classes: int | None) -> str | None:
+    limit = min(MAX_CLASSES, num_classes) if num_classes else MAX_CLASSES
+    if not 1 <= len(names) <= limit:
+        what = f"the model has {num_classes} outputs" if num_classes else "ids must fit mono8"
+        return f"class_names must hold 1..{limit} names ({what}), got {len(names)}"
+    for index, name in enumerate(names):
+        if not name.strip():
+            return f"class_names[{index}] is empty"
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in seen:
+            return f"class name '{name}' is used twice (ids {seen[name]} and {index})"
+        seen[name] = index
+    if len(palette) != 3 * len(names):
+        return (f"palette must hold 3 values (r, g, b) per class: {len(names)} class names "
+                f"need {3 * len(names)} values, got {len(palette)}")
+    for index, value in enumerate(palette):
+        if not 0 <= value <= 255:
+            return f"palette[{index}] = {value} is outside 0..255 (class {index // 3})"
+    return None
+
+
+def validate(changes: Mapping[str, Any], current: Mapping[str, Any], *,
+             num_classes: int | None = None) -> str | None:
+    """Check a set of parameter changes; return None if acceptable, else the reason in words.
+
+    Args:
+        changes: name -> new value, for the parameters of this table being set together
+            (names not in :data:`SPECS` are ignored: they belong to someone else).
+        current: name -> value of every parameter now (values not being changed).
+        num_classes: the model's number of outputs once it is loaded (None before).
+    """
+    values = {**{k: _plain(v) for k, v in current.items()},
+              **{k: _plain(v) for k, v in changes.items()}}
+    for name, value in changes.items():
+        spec = SPEC_BY_NAME.get(name)
+        if spec is None:
+            continue
+        value = _plain(value)
+        if spec.choices and value not in spec.choices:
+            return f"{name} must be one of {', '.join(spec.choices)}, got '{value}'"
+        if spec.float_range is not None and isinstance(value, float):
+            if math.isnan(value) or not spec.float_range[0] <= value <= spec.float_range[1]:
+                return (f"{name} must be in [{spec.float_range[0]}, {spec.float_range[1]}], "
+                        f"got {value}")
+        if spec.int_range is not None and isinstance(value, int):
+            if not spec.int_range[0] <= value <= spec.int_range[1]:
+                return f"{name} must be in [{spec.int_range[0]}, {spec.int_range[1]}], got {value}"
+    if "device" in changes and not _DEVICE_RE.match(str(values["device"]).strip().lower()):
+        return f"device must be auto, cpu, cuda or cuda:N, got '{values['device']}'"
+    if "model" in changes and not str(values["model"]).strip():
+        return "model must name a network, e.g. lmanet_erfnet"
+    if {"input_height", "input_width"} & changes.keys():
+        height, width = values.get("input_height", 0), values.get("input_width", 0)
+        if (height == 0) != (width == 0):
+            return (f"input_height and input_width must both be 0 (each frame's size) or both "
+                    f"positive, got {height}x{width} (set them together)")
+    if {"class_names", "palette"} & changes.keys():
+        reason = _check_classes(list(values.get("class_names") or []),
+                                [int(v) for v in values.get("palette") or []], num_classes)
+        if reason:
+            return reason
+    if "cameras" in changes:
+        cameras = list(values.get("cameras") or [])
+        for camera in cameras:
+            if not _CAMERA_RE.match(camera):
+                return (f"camera name '{camera}' is not a valid topic name token (letters, "
+                        f"digits and '_', starting with a letter)")
+        if len(set(cameras)) != len(cameras):
+            return f"camera names must be unique, got {cameras}"
+    return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A typed, immutable snapshot of every parameter (the worker reads one without locks)."""
+
+    model: str = "lmanet_erfnet"
+    checkpoint: str = ""
+    device: str = "auto"
+    precision: str = "fp32"
+    num_threads: int = 0
+    input_height: int = 0
+    input_width: int = 0
+    memory_length: int = 4
+    memory_max_gap: float = 1.0
+    memory_stride: int = 1
+    class_names: tuple[str, ...] = CITYSCAPES_CLASS_NAMES
+    palette: tuple[int, ...] = CITYSCAPES_PALETTE
+    publish_labels: bool = True
+    publish_color: bool = True
+    publish_overlay: bool = True
+    publish_confidence: bool = False
+    overlay_alpha: float = 0.5
+    input_transport: str = "raw"
+    input_reliability: str = "best_effort"
+    input_depth: int = 5
+    processing_mode: str = "latest"
+    cameras: tuple[str, ...] = field(default_factory=tuple)
+    diagnostics_period: float = 1.0
+
+    @staticmethod
+    def attribute(name: str) -> str:
+        """The attribute of a parameter name ('memory.max_gap' -> 'memory_max_gap')."""
+        return name.replace(".", "_")
+
+    def updated(self, values: Mapping[str, Any]) -> "Settings":
+        """A copy with the parameters in ``values`` (parameter names) replaced."""
+        kwargs = {}
+        for name, value in values.items():
+            if name not in SPEC_BY_NAME:
+                continue
+            value = _plain(value)
+            if isinstance(value, list) or name == "cameras":
+                value = tuple(value or ())
+            kwargs[self.attribute(name)] = value
+        return replace(self, **kwargs)
+
+    def value(self, name: str) -> Any:
+        """The value of parameter ``name`` (lists for arrays)."""
+        value = getattr(self, self.attribute(name))
+        return list(value) if isinstance(value, tuple) else value
+
+    def as_dict(self) -> dict[str, Any]:
+        """Parameter name -> value for every parameter of the table."""
+        return {spec.name: self.value(spec.name) for spec in SPECS}
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(input_height, input_width)."""
+        return (self.input_height, self.input_width)
