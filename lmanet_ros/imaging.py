@@ -195,9 +195,11 @@ def decode_image(encoding: str, height: int, width: int, step: int, data,
     """Decode the fields of a ``sensor_msgs/Image`` into RGB ``(H, W, 3)`` uint8.
 
     Row padding (``step`` larger than ``width * bytes_per_pixel``) is honoured through a strided
-    view, and the pixels are copied at most once. For ``rgb8`` without padding the result is a
-    zero-copy view of ``data``, marked read-only (copy it before writing into it); every other
-    case returns a new, writable array. All results are C-contiguous.
+    view, never a copy of the padded rows. Pixels are copied once (twice for rgb16 / bgr16 /
+    mono16: gathering the high bytes first and letting OpenCV reorder channels is faster than one
+    strided numpy copy). For ``rgb8`` without padding the result is a zero-copy view of ``data``,
+    marked read-only (copy it before writing into it); every other case returns a new, writable
+    array. All results are C-contiguous.
 
     Raises:
         ImageError: empty or unsupported encoding, zero or oversized dimensions, a ``step``
@@ -247,11 +249,12 @@ def decode_image(encoding: str, height: int, width: int, step: int, data,
         # The high byte comes first in big-endian data, second in little-endian data.
         high = _strided(buf, height, width, step, channels, itemsize=2,
                         offset=0 if is_bigendian else 1)
-        out = np.empty((height, width, 3), dtype=np.uint8)
-        if name == "bgr16":
-            high = high[:, :, ::-1]
-        out[...] = high  # one strided copy; mono16 broadcasts its one channel to three
-        return out
+        # Gather the high bytes, then let OpenCV reorder or replicate channels: several times
+        # faster than one numpy copy with negative or broadcast strides.
+        high = np.ascontiguousarray(high)
+        if name == "rgb16":
+            return high
+        return cv2.cvtColor(high, cv2.COLOR_BGR2RGB if name == "bgr16" else cv2.COLOR_GRAY2RGB)
     if name == "yuv422":
         return cv2.cvtColor(_strided(buf, height, width, step, 2), cv2.COLOR_YUV2RGB_UYVY)
     if name == "yuv422_yuy2":
