@@ -168,9 +168,13 @@ def _as_uint8(data, count: int) -> np.ndarray:
     """First ``count`` bytes of ``data`` as a 1-D uint8 array, a view where possible."""
     if isinstance(data, (list, tuple)):
         try:
-            return np.asarray(data[:count], dtype=np.uint8)
-        except (OverflowError, ValueError, TypeError):
-            raise ImageError("image data list holds values outside 0..255") from None
+            values = np.asarray(data[:count])
+        except (ValueError, TypeError):
+            values = np.asarray([], dtype=object)
+        if values.dtype.kind not in "iu" or (values.size and (values.min() < 0
+                                                              or values.max() > 255)):
+            raise ImageError("image data list must hold integers in 0..255")
+        return values.astype(np.uint8)
     if isinstance(data, np.ndarray) and not (data.flags.c_contiguous or data.flags.f_contiguous):
         data = np.ascontiguousarray(data)  # unusual input; the copy is of the caller's own array
     try:

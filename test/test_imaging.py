@@ -286,7 +286,8 @@ GOOD = dict(encoding="rgb8", height=4, width=6, step=18, data=bytes(72))
     (dict(encoding="  "), "empty image encoding"),
     (dict(encoding=None), "must be a string"),
     (dict(data=12345), "bytes-like"),
-    (dict(data=[300] * 72), "outside 0..255"),
+    (dict(data=[300] * 72), "integers in 0..255"),
+    (dict(data=[0.5] * 72), "integers in 0..255"),
     (dict(encoding="yuv422", width=5, step=10, data=bytes(40)), "even width"),
     (dict(encoding="bayer_rggb8", height=1, width=6, step=6, data=bytes(6)), "at least 2x2"),
 ])
