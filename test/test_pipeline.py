@@ -10,7 +10,9 @@ from lmanet_ros.streams import MemoryPolicy
 
 
 def make_pipeline(name="lmanet_erfnet", seed=0, **kwargs) -> SegmentationPipeline:
+    """A pipeline over a random model; memory length 3 unless ``policy`` says otherwise."""
     torch.manual_seed(seed)
+    kwargs.setdefault("policy", MemoryPolicy(memory_length=3))
     return SegmentationPipeline(build_model(name, memory_length=3), **kwargs)
 
 
