@@ -45,8 +45,8 @@ def _check_inputs(query_key: torch.Tensor, memory_keys: Sequence[torch.Tensor],
         if tuple(key.shape) != (batch, channels, height, width):
             raise ValueError(f"memory key {index} has shape {tuple(key.shape)}, expected "
                              f"{(batch, channels, height, width)} like the query key")
-        if value.dim() != 4 or value.shape[0] != batch or tuple(value.shape[2:]) != (height,
-                                                                                  width):
+        if (value.dim() != 4 or value.shape[0] != batch
+                or tuple(value.shape[2:]) != (height, width)):
             raise ValueError(f"memory value {index} has shape {tuple(value.shape)}, expected "
                              f"({batch}, Cv, {height}, {width})")
         if value.shape[1] != memory_values[0].shape[1]:

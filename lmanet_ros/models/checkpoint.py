@@ -252,7 +252,8 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
 
     parts = _temporal_parts(model)
     single_frame = bool(parts) and not any(k.split(".", 1)[0] in parts for k in state)
-    allowed_missing = {k for k in expected if k.split(".", 1)[0] in parts} if single_frame else set()
+    allowed_missing = ({k for k in expected if k.split(".", 1)[0] in parts}
+                       if single_frame else set())
     ignored = tuple(k for k in state if single_frame and k not in expected
                     and k.startswith(SINGLE_FRAME_ONLY_PREFIXES))
 
@@ -278,7 +279,8 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
     to_load = {k: v for k, v in state.items() if k in expected}
     result = model.load_state_dict(to_load, strict=False)
     if result.unexpected_keys:  # cannot happen after the checks above; never load silently
-        raise CheckpointError(f"unexpected keys while loading: {_short_list(result.unexpected_keys)}")
+        raise CheckpointError(f"unexpected keys while loading: "
+                              f"{_short_list(result.unexpected_keys)}")
 
     not_loaded = [k for k in expected if k not in to_load]
     top_level = {}
