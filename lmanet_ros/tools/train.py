@@ -1,0 +1,199 @@
+"""``lmanet train``: train ERFNet from scratch, then LMANet from it (the release's recipe).
+
+Examples::
+
+    lmanet train --model erfnet --data synth/ --out runs/erfnet --size 128x256
+    lmanet train --model lmanet_erfnet --init runs/erfnet/erfnet.safetensors \\
+        --data synth/ --out runs/lmanet --size 128x256 --memory-length 3
+    lmanet train --model erfnet --dataset cityscapes --data ~/cityscapes --out runs/cs \\
+        --size 512x1024 --device cuda --ddp-procs 2 --backend nccl
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from lmanet_ros.datasets import DATASET_KINDS, DatasetError, parse_size
+from lmanet_ros.models import list_models
+from lmanet_ros.training import (CLASS_WEIGHTINGS, DEFAULT_FIRST_TARGET, FROZEN_MODES,
+                                 TrainConfig, TrainingError, train)
+
+__all__ = ["add_parser", "run", "config_from_args", "command_line"]
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``train`` on the ``lmanet`` subcommand parsers."""
+    parser = subparsers.add_parser(
+        "train", allow_abbrev=False, help="train erfnet or lmanet_erfnet",
+        description="Train ERFNet from scratch on single frames, then LMANet (lmanet_erfnet) "
+                    "from it: encoder and decoder frozen, keys/values and fusion trained on "
+                    "clips of T+1 frames, loss on the last frame (the release's recipe).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    what = parser.add_argument_group("model and data")
+    what.add_argument("--model", required=True, choices=list_models(),
+                      help="network to train")
+    what.add_argument("--data", required=True,
+                      help="dataset root: an `lmanet synth` folder, or a Cityscapes root with "
+                           "leftImg8bit_sequence/ and gtFine/")
+    what.add_argument("--dataset", choices=DATASET_KINDS, default="synth",
+                      help="layout of --data")
+    what.add_argument("--out", required=True,
+                      help="output folder: last.pt (resumable), train_log.jsonl, "
+                           "<model>.safetensors")
+    what.add_argument("--init", default=None,
+                      help="initial weights (required for lmanet_erfnet: single-frame erfnet "
+                           "weights; optional for erfnet)")
+    what.add_argument("--size", type=_size, default=None, metavar="HxW",
+                      help="working size (multiples of 8); default: the files' size")
+    what.add_argument("--train-split", default="train", help="training split folder name")
+    what.add_argument("--val-split", default="val",
+                      help="held-out split validated after every epoch ('' for none)")
+    what.add_argument("--val-stride", type=_positive_int, default=1,
+                      help="validate on every n-th target frame of each synthetic sequence")
+    what.add_argument("--first-target", type=_non_negative_int, default=None,
+                      help="synthetic data: first frame of a sequence used as a target "
+                           f"(default max({DEFAULT_FIRST_TARGET}, clip length - 1)); give two "
+                           "models the same value to train and validate them on the same "
+                           "targets")
+
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument("--epochs", type=_positive_int, default=50, help="epochs")
+    recipe.add_argument("--batch-size", type=_positive_int, default=5,
+                        help="clips per step and process")
+    recipe.add_argument("--memory-length", type=_positive_int, default=3,
+                        help="T: frames the memory holds (lmanet; stored in the metadata)")
+    recipe.add_argument("--clip-length", type=_positive_int, default=None,
+                        help="frames per clip, T+1 (default: 1 for erfnet, memory length + 1 "
+                             "for lmanet)")
+    recipe.add_argument("--lr", type=_positive_float, default=2e-4, help="Adam learning rate")
+    recipe.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay")
+    recipe.add_argument("--class-weights", choices=CLASS_WEIGHTINGS, default="auto",
+                        help="erfnet: ERFNet's Cityscapes table; frequency: 1/ln(1.10 + p_c) "
+                             "from the training labels; auto: erfnet on Cityscapes, else "
+                             "frequency")
+    recipe.add_argument("--frozen-mode", choices=FROZEN_MODES, default="eval",
+                        help="lmanet: frozen encoder/decoder in eval mode (BN statistics fixed, "
+                             "dropout off) or in train mode as in the release (statistics "
+                             "drift)")
+    recipe.add_argument("--seed", type=int, default=0,
+                        help="seed of initial weights, sample order and augmentation")
+
+    limits = parser.add_argument_group("budget and checkpoints")
+    limits.add_argument("--time-budget", type=_positive_float, default=None, metavar="MIN",
+                        help="stop after this many minutes of training (validation and saving "
+                             "excluded; summed over resumes)")
+    limits.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
+                        help="stop after N supervised images (clips), all processes together")
+    limits.add_argument("--resume", action="store_true",
+                        help="continue the run saved in --out/last.pt")
+    limits.add_argument("--checkpoint-every", type=_positive_float, default=10.0, metavar="MIN",
+                        help="also save last.pt every MIN minutes within an epoch")
+
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    runtime.add_argument("--workers", type=_non_negative_int, default=2,
+                         help="data-loading processes per training process")
+    runtime.add_argument("--ddp-procs", type=_positive_int, default=1,
+                         help="spawn N DistributedDataParallel processes (one per GPU); a "
+                              "torchrun launch (WORLD_SIZE set) is detected without it")
+    runtime.add_argument("--backend", choices=("gloo", "nccl"), default="gloo",
+                         help="torch.distributed backend (nccl for GPUs)")
+    runtime.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                         help="progress bars (default: when stderr is a terminal)")
+    parser.set_defaults(handler=run)
+    return parser
+
+
+# Flags in the order of the reproducible command line, with their argparse destinations.
+_FLAGS = (
+    ("--model", "model"), ("--data", "data"), ("--dataset", "dataset"), ("--out", "out"),
+    ("--init", "init"), ("--size", "size"), ("--train-split", "train_split"),
+    ("--val-split", "val_split"), ("--val-stride", "val_stride"),
+    ("--first-target", "first_target"), ("--epochs", "epochs"),
+    ("--batch-size", "batch_size"), ("--memory-length", "memory_length"),
+    ("--clip-length", "clip_length"), ("--lr", "lr"), ("--weight-decay", "weight_decay"),
+    ("--class-weights", "class_weights"), ("--frozen-mode", "frozen_mode"), ("--seed", "seed"),
+    ("--time-budget", "time_budget"), ("--max-images", "max_images"),
+    ("--checkpoint-every", "checkpoint_every"), ("--device", "device"),
+    ("--workers", "workers"), ("--ddp-procs", "ddp_procs"), ("--backend", "backend"),
+)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The ``lmanet train`` command that reproduces ``args``, every setting explicit.
+
+    ``--resume`` and ``--progress`` are left out: they do not change the result.
+    """
+    words = ["lmanet", "train"]
+    for flag, dest in _FLAGS:
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if dest == "size":
+            value = f"{value[0]}x{value[1]}"
+        words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed ``lmanet train`` arguments."""
+    return TrainConfig(
+        model=args.model, data=args.data, out=args.out, dataset=args.dataset, init=args.init,
+        epochs=args.epochs, batch_size=args.batch_size, clip_length=args.clip_length,
+        memory_length=args.memory_length, lr=args.lr, weight_decay=args.weight_decay,
+        size=args.size, workers=args.workers, device=args.device, resume=args.resume,
+        time_budget_min=args.time_budget, max_images=args.max_images,
+        train_split=args.train_split, val_split=args.val_split or None,
+        val_stride=args.val_stride, seed=args.seed, first_target=args.first_target,
+        class_weighting=args.class_weights, frozen_mode=args.frozen_mode,
+        checkpoint_every_min=args.checkpoint_every, progress=args.progress,
+        ddp_procs=args.ddp_procs, backend=args.backend, command=command_line(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as ``args`` say; 0 on success, 2 on a bad setting or missing data."""
+    try:
+        config = config_from_args(args)
+        train(config)
+    except (ValueError, DatasetError, TrainingError, FileNotFoundError) as error:
+        print(f"lmanet train: error: {error}", file=sys.stderr)
+        return 2
+    return 0
