@@ -65,8 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "train", allow_abbrev=False, help="train erfnet or lmanet_erfnet",
         description="Train ERFNet from scratch on single frames, then LMANet (lmanet_erfnet) "
                     "from it: encoder and decoder frozen, keys/values and fusion trained on "
-                    "clips of T+1 frames, loss on the last frame (the release's recipe).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "clips of T+1 frames, loss on the last frame (the release's recipe).")
     what = parser.add_argument_group("model and data")
     what.add_argument("--model", required=True, choices=list_models(),
                       help="network to train")
@@ -74,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                       help="dataset root: an `lmanet synth` folder, or a Cityscapes root with "
                            "leftImg8bit_sequence/ and gtFine/")
     what.add_argument("--dataset", choices=DATASET_KINDS, default="synth",
-                      help="layout of --data")
+                      help="layout of --data (default: synth)")
     what.add_argument("--out", required=True,
                       help="output folder: last.pt (resumable), train_log.jsonl, "
                            "<model>.safetensors")
@@ -83,11 +82,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                            "weights; optional for erfnet)")
     what.add_argument("--size", type=_size, default=None, metavar="HxW",
                       help="working size (multiples of 8); default: the files' size")
-    what.add_argument("--train-split", default="train", help="training split folder name")
+    what.add_argument("--train-split", default="train",
+                      help="training split folder name (default: train)")
     what.add_argument("--val-split", default="val",
-                      help="held-out split validated after every epoch ('' for none)")
+                      help="held-out split validated after every epoch (default: val; '' for "
+                           "none)")
     what.add_argument("--val-stride", type=_positive_int, default=1,
-                      help="validate on every n-th target frame of each synthetic sequence")
+                      help="validate on every n-th target frame of each synthetic sequence "
+                           "(default: 1)")
     what.add_argument("--first-target", type=_non_negative_int, default=None,
                       help="synthetic data: first frame of a sequence used as a target "
                            f"(default max({DEFAULT_FIRST_TARGET}, clip length - 1)); give two "
@@ -95,26 +97,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                            "targets")
 
     recipe = parser.add_argument_group("recipe")
-    recipe.add_argument("--epochs", type=_positive_int, default=50, help="epochs")
+    recipe.add_argument("--epochs", type=_positive_int, default=50, help="epochs (default: 50)")
     recipe.add_argument("--batch-size", type=_positive_int, default=5,
-                        help="clips per step and process")
+                        help="clips per step and process (default: 5)")
     recipe.add_argument("--memory-length", type=_positive_int, default=3,
-                        help="T: frames the memory holds (lmanet; stored in the metadata)")
+                        help="T: frames the memory holds (lmanet; stored in the metadata; "
+                             "default: 3, the release's training length)")
     recipe.add_argument("--clip-length", type=_positive_int, default=None,
                         help="frames per clip, T+1 (default: 1 for erfnet, memory length + 1 "
                              "for lmanet)")
-    recipe.add_argument("--lr", type=_positive_float, default=2e-4, help="Adam learning rate")
-    recipe.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay")
+    recipe.add_argument("--lr", type=_positive_float, default=2e-4,
+                        help="Adam learning rate (default: 2e-4)")
+    recipe.add_argument("--weight-decay", type=float, default=1e-4,
+                        help="Adam weight decay (default: 1e-4)")
     recipe.add_argument("--class-weights", choices=CLASS_WEIGHTINGS, default="auto",
                         help="erfnet: ERFNet's Cityscapes table; frequency: 1/ln(1.10 + p_c) "
                              "from the training labels; auto: erfnet on Cityscapes, else "
-                             "frequency")
+                             "frequency (default)")
     recipe.add_argument("--frozen-mode", choices=FROZEN_MODES, default="eval",
                         help="lmanet: frozen encoder/decoder in eval mode (BN statistics fixed, "
                              "dropout off) or in train mode as in the release (statistics "
-                             "drift)")
+                             "drift); default: eval")
     recipe.add_argument("--seed", type=int, default=0,
-                        help="seed of initial weights, sample order and augmentation")
+                        help="seed of initial weights, sample order and augmentation (default: 0)")
 
     limits = parser.add_argument_group("budget and checkpoints")
     limits.add_argument("--time-budget", type=_positive_float, default=None, metavar="MIN",
@@ -125,17 +130,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     limits.add_argument("--resume", action="store_true",
                         help="continue the run saved in --out/last.pt")
     limits.add_argument("--checkpoint-every", type=_positive_float, default=10.0, metavar="MIN",
-                        help="also save last.pt every MIN minutes within an epoch")
+                        help="also save last.pt every MIN minutes within an epoch (default: 10)")
 
     runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    runtime.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     runtime.add_argument("--workers", type=_non_negative_int, default=2,
-                         help="data-loading processes per training process")
+                         help="data-loading processes per training process (default: 2)")
     runtime.add_argument("--ddp-procs", type=_positive_int, default=1,
                          help="spawn N DistributedDataParallel processes (one per GPU); a "
                               "torchrun launch (WORLD_SIZE set) is detected without it")
     runtime.add_argument("--backend", choices=("gloo", "nccl"), default="gloo",
-                         help="torch.distributed backend (nccl for GPUs)")
+                         help="torch.distributed backend (default: gloo; nccl for GPUs)")
     runtime.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                          help="progress bars (default: when stderr is a terminal)")
     parser.set_defaults(handler=run)
