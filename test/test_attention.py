@@ -69,8 +69,8 @@ def test_fast_fp32_close_to_float64_reference():
 @pytest.mark.parametrize("dtype, atol", [(torch.float16, 1e-2), (torch.bfloat16, 6e-2)])
 def test_half_precision_close_on_cpu(dtype, atol):
     query, keys, values = random_memory_inputs(1, 16, 32, 16, 24, 3, key_scale=0.5)
-    query, keys, values = query.to(dtype), [k.to(dtype) for k in keys], [v.to(dtype)
-                                                                          for v in values]
+    query = query.to(dtype)
+    keys, values = [k.to(dtype) for k in keys], [v.to(dtype) for v in values]
     expected = local_memory_attention_reference(query.double(), [k.double() for k in keys],
                                                 [v.double() for v in values])
     got = local_memory_attention(query, keys, values)

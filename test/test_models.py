@@ -111,8 +111,8 @@ def test_temporal_parts_are_top_level_and_shared_with_the_module():
 
 # ------------------------------------------------------------------------------------- info
 def test_info():
-    erfnet, lmanet = build_model("erfnet", memory_length=3), build_model("lmanet_erfnet",
-                                                                          memory_length=3)
+    erfnet = build_model("erfnet", memory_length=3)
+    lmanet = build_model("lmanet_erfnet", memory_length=3)
     assert erfnet.info == ModelInfo("erfnet", 20, 0, False, 8, None, None)
     assert lmanet.info == ModelInfo("lmanet_erfnet", 20, 3, True, 8, None, None)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -369,8 +369,8 @@ def test_memory_fifo_push_and_truncate():
     memory = Memory()
     assert len(memory) == 0 and memory.batch_size == 0
     for i in range(5):
-        memory = memory.push(torch.full((1, 2, 3, 4), float(i)), torch.full((1, 5, 3, 4),
-                                                                             float(i)), 3)
+        memory = memory.push(torch.full((1, 2, 3, 4), float(i)),
+                             torch.full((1, 5, 3, 4), float(i)), 3)
     assert len(memory) == 3 and memory.batch_size == 1
     assert [k[0, 0, 0, 0].item() for k in memory.keys] == [2.0, 3.0, 4.0]  # oldest first
     assert [v[0, 0, 0, 0].item() for v in memory.truncate(1).values] == [4.0]
