@@ -1,0 +1,386 @@
+"""Shared fixtures: a DDS domain of this test session's own, kept on this host, an rclpy context,
+a client node spinning in the background, and ``lmanet_node`` started as a process exactly as
+``launch/lmanet.launch.py`` starts it (``lmanet_ros.launch_args``).
+
+The environment is set at import, before any test module imports rclpy, and is inherited by every
+child process: ``ROS_DOMAIN_ID`` (one that no other test session on this machine holds, claimed
+with a lock file) and ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (``ROS_LOCALHOST_ONLY=1`` on
+Humble). Nothing here imports rclpy at module level, so tests without ROS do not pay for it.
+"""
+from __future__ import annotations
+
+import fcntl
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_LOCK_DIR = Path(tempfile.gettempdir()) / "lmanet_ros_test_domains"
+_domain_lock = None  # the open lock file: the domain stays ours while the session lives
+
+
+def _claim_domain_id() -> int:
+    """A ROS_DOMAIN_ID in 1..101 that no other session on this host holds (lock files)."""
+    global _domain_lock
+    forced = os.environ.get("LMANET_TEST_DOMAIN_ID")
+    if forced:
+        return int(forced)
+    _LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    start = os.getpid() % 101
+    for offset in range(101):
+        candidate = (start + offset) % 101 + 1
+        handle = open(_LOCK_DIR / f"{candidate}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _domain_lock = handle
+        return candidate
+    raise RuntimeError(f"no free ROS_DOMAIN_ID in 1..101 (lock files in {_LOCK_DIR})")
+
+
+DOMAIN_ID = _claim_domain_id()
+os.environ["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+if os.environ.get("ROS_DISTRO") == "humble":
+    os.environ["ROS_LOCALHOST_ONLY"] = "1"
+os.environ.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+#: Seconds a node may take to load, warm up and publish label_info on this machine.
+READY_TIMEOUT = float(os.environ.get("LMANET_TEST_READY_TIMEOUT", "90"))
+#: Seconds a node may take to exit after SIGINT.
+EXIT_TIMEOUT = 30.0
+
+
+def node_executable() -> str:
+    """The ``lmanet_node`` console script of this interpreter's environment."""
+    candidate = Path(sys.executable).parent / "lmanet_node"
+    return str(candidate) if candidate.exists() else "lmanet_node"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for child processes (the session's domain, localhost only)."""
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02,
+               what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------------- rclpy side
+class Collector:
+    """Messages of one subscription, kept in arrival order with their arrival times."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.times: list[float] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, msg: Any) -> None:
+        with self._cond:
+            self.messages.append(msg)
+            self.times.append(time.monotonic())
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self.messages)
+
+    def wait_for(self, count: int = 1, timeout: float = 10.0,
+                 predicate: Callable[[Any], bool] | None = None) -> list[Any]:
+        """Wait until ``count`` messages (matching ``predicate``) arrived; return them."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                matching = [m for m in self.messages if predicate is None or predicate(m)]
+                if len(matching) >= count:
+                    return matching
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"timed out after {timeout:.1f} s: {len(matching)} of "
+                                         f"{count} messages")
+                self._cond.wait(remaining)
+
+    def clear(self) -> None:
+        with self._cond:
+            self.messages.clear()
+            self.times.clear()
+
+
+class RosClient:
+    """A test node spinning in a background thread; helpers for topics, services, parameters."""
+
+    def __init__(self, context) -> None:
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.node import Node
+
+        self.context = context
+        self.node = Node(f"lmanet_test_client_{os.getpid()}", context=context)
+        self.executor = MultiThreadedExecutor(num_threads=3, context=context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._rclpy = rclpy
+        self._thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+        try:
+            self.executor.spin()
+        except (ExternalShutdownException, Exception):
+            pass
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self._thread.join(5.0)
+
+    # topics
+    def subscribe(self, msg_type, topic: str, qos=None) -> Collector:
+        """Subscribe (reliable, depth 100 by default) and collect the messages."""
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        collector = Collector()
+        qos = qos or QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        collector.subscription = self.node.create_subscription(msg_type, topic, collector, qos)
+        return collector
+
+    def unsubscribe(self, collector: Collector) -> None:
+        self.node.destroy_subscription(collector.subscription)
+
+    def publisher(self, msg_type, topic: str, qos=None, *, subscribers: int = 1,
+                  timeout: float = 20.0):
+        """A publisher (best effort, depth 10 by default), once it has ``subscribers`` matched."""
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        qos = qos or QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+        pub = self.node.create_publisher(msg_type, topic, qos)
+        if subscribers:
+            wait_until(lambda: pub.get_subscription_count() >= subscribers, timeout,
+                       what=f"{subscribers} subscriber(s) on {pub.topic_name}")
+        return pub
+
+    def wait_for_publishers(self, collector: Collector, count: int = 1, timeout: float = 20.0):
+        sub = collector.subscription
+        wait_until(lambda: sub.get_publisher_count() >= count, timeout,
+                   what=f"{count} publisher(s) on {sub.topic_name}")
+
+    # services
+    def call(self, srv_type, name: str, request=None, timeout: float = 10.0):
+        """Call a service and return (response, seconds from call to response)."""
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise AssertionError(f"service {name} not available after {timeout} s")
+            done = threading.Event()
+            start = time.monotonic()
+            future = client.call_async(request if request is not None else srv_type.Request())
+            future.add_done_callback(lambda _f: done.set())
+            if not done.wait(timeout):
+                raise AssertionError(f"service {name} did not answer within {timeout} s")
+            return future.result(), time.monotonic() - start
+        finally:
+            self.node.destroy_client(client)
+
+    def set_parameters(self, node_fqn: str, values: dict[str, Any], *, atomic: bool = False,
+                       timeout: float = 10.0):
+        """Set parameters of another node through its SetParameters service; list of results."""
+        from rcl_interfaces.srv import SetParameters, SetParametersAtomically
+        from rclpy.parameter import Parameter
+        params = [Parameter(name, value=value).to_parameter_msg()
+                  for name, value in values.items()]
+        srv = SetParametersAtomically if atomic else SetParameters
+        suffix = "set_parameters_atomically" if atomic else "set_parameters"
+        response, _ = self.call(srv, f"{node_fqn}/{suffix}", srv.Request(parameters=params),
+                                timeout)
+        return [response.result] if atomic else list(response.results)
+
+    def get_parameters(self, node_fqn: str, names: list[str], timeout: float = 10.0):
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import parameter_value_to_python
+        response, _ = self.call(GetParameters, f"{node_fqn}/get_parameters",
+                                GetParameters.Request(names=names), timeout)
+        return {name: parameter_value_to_python(value)
+                for name, value in zip(names, response.values)}
+
+
+@pytest.fixture(scope="module")
+def ros_context():
+    """An rclpy Context of its own for a test module: init before, shutdown after."""
+    import rclpy
+    from rclpy.context import Context
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        yield context
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+@pytest.fixture(scope="module")
+def ros(ros_context):
+    """A :class:`RosClient` spinning for the whole module."""
+    client = RosClient(ros_context)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------------------- node process
+_namespace_counter = itertools.count()
+
+
+class NodeProcess:
+    """One ``lmanet_node`` process started like the launch file does."""
+
+    def __init__(self, launch, popen: subprocess.Popen, log_path: Path) -> None:
+        self.launch = launch
+        self.popen = popen
+        self.log_path = log_path
+        self.fqn = launch.fully_qualified_name
+        self.label_info = None
+
+    def topic(self, relative: str) -> str:
+        """A private topic of the node: ``topic('labels')`` -> ``/ns/lmanet/labels``."""
+        return f"{self.fqn}/{relative}"
+
+    def input_topic(self, relative: str = "image") -> str:
+        """An input topic in the node's namespace."""
+        namespace = self.launch.namespace.rstrip("/")
+        return f"{namespace}/{relative}"
+
+    def log(self) -> str:
+        """Everything the node wrote to stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+        """Wait until ``text`` appears in the node's output; return the output."""
+        return wait_until(lambda: text in self.log() and self.log(), timeout,
+                          what=f"'{text}' in the node's log")
+
+    def interrupt(self, timeout: float = EXIT_TIMEOUT) -> int:
+        """Send SIGINT and wait for the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+            raise AssertionError(f"lmanet_node did not exit within {timeout} s of SIGINT:\n"
+                                 f"{self.log()[-3000:]}")
+
+
+def write_params_file(directory: Path, overrides: dict[str, Any] | None) -> str:
+    """config/lmanet.yaml with ``overrides`` applied, written under ``directory``."""
+    import yaml
+    data = yaml.safe_load((ROOT / "config" / "lmanet.yaml").read_text())
+    data["/**"]["ros__parameters"].update(overrides or {})
+    path = directory / f"params_{next(_namespace_counter)}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def start_node_process(directory: Path, launch_values: dict[str, str] | None = None,
+                       params: dict[str, Any] | None = None):
+    """Start ``lmanet_node`` from launch-argument values (and parameters in a params file).
+
+    Returns (NodeProcess, command). The node gets a namespace of its own unless one is given.
+    """
+    from lmanet_ros.launch_args import resolve
+    values = dict(launch_values or {})
+    values.setdefault("namespace", f"/lmanet_test_{os.getpid()}_{next(_namespace_counter)}")
+    if params:
+        values["params_file"] = write_params_file(directory, params)
+    launch = resolve(values)
+    command = launch.command(node_executable())
+    log_path = directory / f"node_{launch.namespace.strip('/').replace('/', '_')}.log"
+    log_file = open(log_path, "wb")
+    popen = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                             env=child_env(), cwd=str(directory))
+    log_file.close()
+    return NodeProcess(launch, popen, log_path), command
+
+
+def wait_ready(ros: RosClient, process: NodeProcess, timeout: float = READY_TIMEOUT):
+    """Wait for the latched ~/label_info (the node's readiness); return it."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from lmanet_ros.msg import LabelInfo
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    collector = ros.subscribe(LabelInfo, process.topic("label_info"), qos)
+    try:
+        deadline = time.monotonic() + timeout
+        while not len(collector):
+            if not process.alive():
+                raise AssertionError(f"lmanet_node exited with {process.popen.returncode} before "
+                                     f"it was ready:\n{process.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"lmanet_node not ready after {timeout} s:\n"
+                                     f"{process.log()[-3000:]}")
+            time.sleep(0.05)
+        process.label_info = collector.messages[0]
+        return process.label_info
+    finally:
+        ros.unsubscribe(collector)
+
+
+@pytest.fixture(scope="module")
+def node_factory(ros, tmp_path_factory):
+    """Start ready ``lmanet_node`` processes; at teardown each gets SIGINT and must exit 0.
+
+    Call it as ``node_factory(params={...}, launch={...})``: ``params`` are written into a copy
+    of config/lmanet.yaml passed as the ``params_file`` launch argument, ``launch`` holds other
+    launch-argument values (image, cameras, namespace, checkpoint, device, ...).
+    """
+    directory = tmp_path_factory.mktemp("lmanet_node")
+    started: list[NodeProcess] = []
+
+    def factory(params: dict[str, Any] | None = None, launch: dict[str, str] | None = None,
+                ready: bool = True) -> NodeProcess:
+        process, _ = start_node_process(directory, launch, params)
+        started.append(process)
+        if ready:
+            wait_ready(ros, process)
+        return process
+
+    yield factory
+    failures = []
+    for process in started:
+        if process.popen.poll() is not None and getattr(process, "expected_exit", False):
+            continue
+        code = process.interrupt()
+        if code != 0:
+            failures.append(f"{process.fqn} exited with {code} after SIGINT:\n"
+                            f"{process.log()[-2000:]}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    """A scratch directory for one test."""
+    return tmp_path
