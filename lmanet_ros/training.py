@@ -65,8 +65,8 @@ from lmanet_ros.models.registry import model_entry
 __all__ = [
     "CHECKPOINT_NAME", "CLASS_WEIGHTINGS", "DEFAULT_FIRST_TARGET", "ERFNET_CLASS_WEIGHTS",
     "FROZEN_MODES", "LOG_NAME", "NUM_CLASSES", "TrainConfig", "TrainResult", "TrainingError",
-    "class_weights", "frequency_class_weights", "miou_from_confusion", "progress", "train",
-    "weighted_nll",
+    "class_weights", "frequency_class_weights", "labels_to_targets", "miou_from_confusion",
+    "progress", "train", "train_step", "weighted_nll",
 ]
 
 #: Output channels of the models trained here: 19 trainIds + void (channel 19).
@@ -308,6 +308,24 @@ def weighted_nll(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Ten
     valid = targets != VOID_INDEX
     norm = weights[targets[valid]].sum()
     return total / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, frames: torch.Tensor,
+               targets: torch.Tensor, weights: torch.Tensor) -> float:
+    """One optimisation step on a batch; returns the loss before the step.
+
+    Args:
+        net: the model (or its DDP wrapper): (B, N, 3, H, W) clips -> last-frame logits.
+        optimizer: steps the trainable parameters.
+        frames: (B, N, 3, H, W) float RGB in [0, 1] on the model's device.
+        targets: (B, H, W) int64 class ids, void = 19.
+        weights: (20,) class weights, void 0.
+    """
+    loss = weighted_nll(net(frames), targets, weights)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
 
 
 def miou_from_confusion(matrix: np.ndarray | torch.Tensor) -> tuple[float, list[float | None]]:
@@ -609,13 +627,9 @@ class _Trainer:
             share = -(-remaining // ctx.world_size)
             frames, labels = frames[:share], labels[:share]
         frames, targets = self._to_device(frames, labels)
-        logits = self.net(frames)
-        loss = weighted_nll(logits, targets, self.loss_weights)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        loss = train_step(self.net, self.optimizer, frames, targets, self.loss_weights)
         count = frames.shape[0]
-        totals = torch.tensor([loss.item() * count, float(count)], dtype=torch.float64)
+        totals = torch.tensor([loss * count, float(count)], dtype=torch.float64)
         if ctx.distributed:
             totals = ctx.all_reduce(totals.to(self._collective_device)).cpu()
         return float(totals[0]), int(totals[1])
