@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -139,6 +140,16 @@ def _decode_metadata(raw: Mapping[str, str] | None) -> dict[str, Any]:
     return out
 
 
+def _unpickler_reason(message: str) -> str:
+    """The specific reason in torch's long weights-only error message, on one line."""
+    message = re.sub(r"\x1b\[[0-9;]*m", "", message)
+    marker = "WeightsUnpickler error:"
+    reason = message.split(marker, 1)[1] if marker in message else message
+    reason = " ".join(reason.split())
+    return reason.split(". Please use", 1)[0].split(" Check the documentation", 1)[0] or \
+        "unknown reason"
+
+
 def _read_file(path: Path) -> tuple[Any, dict[str, Any], str]:
     """Read a checkpoint file: (object, safetensors metadata, format)."""
     if path.name.endswith(_SAFETENSORS_SUFFIX):
@@ -157,11 +168,15 @@ def _read_file(path: Path) -> tuple[Any, dict[str, Any], str]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UnsafeCheckpointError(
-            f"refusing to load {path}: it pickles objects other than tensors and plain "
-            f"containers, which could run code (loaded with weights_only=True; convert it to "
-            f"safetensors in a trusted environment): {first}") from error
+        reason = _unpickler_reason(str(error))
+        if "Unsupported global" in reason or "Unsupported class" in reason:
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: it pickles objects other than tensors and plain "
+                f"containers, which could run code (torch.load with weights_only=True; convert "
+                f"it to safetensors where it can be trusted): {reason}") from error
+        raise CheckpointError(f"cannot read checkpoint {path}: the weights-only unpickler "
+                              f"rejected it (corrupt file, or not a plain tensor pickle): "
+                              f"{reason}") from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first}") from error
