@@ -54,6 +54,7 @@ import numpy as np
 
 from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES, IGNORE_INDEX
 
+
 # --- Cityscapes trainIds used by the generator -------------------------------------------------
 def _train_id(name: str) -> int:
     return CITYSCAPES_CLASS_NAMES.index(name)
@@ -130,7 +131,8 @@ class SynthFrame:
     same frame without corruption; both (H, W, 3) uint8 RGB. ``labels`` is (H, W) uint8 trainIds
     (255 void). ``instances`` is (H, W) int32: 0 for background ("stuff") pixels, otherwise the id
     of the object part that was drawn there; ``instance_classes`` maps each id drawn in the frame
-    to its trainId (an id drawn but hidden by nearer objects is listed too). ``corruptions`` lists the corruption kinds applied to ``image``.
+    to its trainId (an id drawn but hidden by nearer objects is listed too). ``corruptions``
+    lists the corruption kinds applied to ``image``.
     """
 
     index: int

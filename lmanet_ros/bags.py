@@ -1,0 +1,522 @@
+"""Camera images in rosbag2 files, read and written through the `rosbags` library (no ROS runtime).
+
+Both rosbag2 storages are supported: ``mcap`` (the default since ROS 2 Iron) and ``sqlite3``.
+Messages are (de)serialised with the ROS 2 Jazzy type store of `rosbags`; the definitions of
+``sensor_msgs/msg/Image`` and ``sensor_msgs/msg/CompressedImage`` are the same from Humble on.
+Bags are written in rosbag2 format version 8.
+
+Order: readers yield messages in recorded order, which is the order of their log (receive) times
+in the bag, across all requested topics, as ``ros2 bag play`` replays them; messages with equal log
+times keep their storage order. Header stamps play no part in the order: a camera whose clock
+jumps back is read in the order it was recorded.
+
+Pixels: colour images come back as RGB ``(H, W, 3)`` uint8 (any encoding that
+:func:`lmanet_ros.imaging.decode_image` knows; JPEG / PNG through
+:func:`~lmanet_ros.imaging.decode_compressed`). Single-channel 8-bit images (``mono8``, ``8UC1``,
+and compressed images whose format starts with one of them) come back as ``(H, W)`` uint8 with
+the stored values untouched, because such streams carry class-id masks (trainIds, 255 void) as
+well as grey camera images; ``np.repeat(a[..., None], 3, 2)`` makes a grey one RGB. Arrays may be
+read-only views of the message buffer: copy before writing into them.
+
+Bad messages: a message that cannot be deserialised or whose image cannot be decoded (data too
+short, corrupt JPEG, unknown encoding...) is reported with a :class:`BadMessageWarning` naming
+its topic, log time and reason, counted in an optional :class:`ReadStats`, and skipped; the
+iteration goes on.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import struct
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
+from rosbags.typesys import Stores, get_typestore
+
+from lmanet_ros.imaging import (ImageError, decode_compressed, decode_image, encode_compressed,
+                                encode_image)
+
+__all__ = [
+    "BadMessageWarning", "BagError", "BagReader", "BagWriter", "COMPRESSED_IMAGE", "IMAGE",
+    "IMAGE_TYPES", "ImageRecord", "MONO_ENCODINGS", "ReadStats", "STORAGES", "iter_images",
+    "list_image_topics", "pair_images_and_labels", "typestore",
+]
+
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES: tuple[str, ...] = (IMAGE, COMPRESSED_IMAGE)
+#: Encodings decoded to (H, W) arrays of the stored values instead of RGB.
+MONO_ENCODINGS: tuple[str, ...] = ("mono8", "8UC1")
+#: Storage plugins, the first one the default.
+STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
+_PLUGINS = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+_BAG_VERSION = 8
+_MAX_PROBLEMS = 100
+
+
+class BagError(Exception):
+    """A bag cannot be opened, read or written as asked (missing, unreadable, wrong topic)."""
+
+
+class BadMessageWarning(UserWarning):
+    """One message of a bag could not be decoded and was skipped."""
+
+
+@functools.lru_cache(maxsize=1)
+def typestore():
+    """The ROS 2 type store used to (de)serialise messages (Jazzy definitions)."""
+    return get_typestore(Stores.ROS2_JAZZY)
+
+
+@dataclasses.dataclass
+class ReadStats:
+    """Counts of one read: image messages decoded, messages skipped (total and per topic).
+
+    ``problems`` keeps the first 100 skip reasons as ``"topic @ log_time_ns: reason"``.
+    """
+
+    decoded: int = 0
+    skipped: int = 0
+    skipped_by_topic: collections.Counter = dataclasses.field(
+        default_factory=collections.Counter)
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    def _skip(self, topic: str, log_time_ns: int, reason: str) -> None:
+        self.skipped += 1
+        self.skipped_by_topic[topic] += 1
+        if len(self.problems) < _MAX_PROBLEMS:
+            self.problems.append(f"{topic} @ {log_time_ns}: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """One decoded image message.
+
+    ``log_time_ns`` is the bag's receive time, ``stamp_ns`` the header stamp (both int ns).
+    ``encoding`` is the Image encoding or the CompressedImage format string. ``image`` is RGB
+    ``(H, W, 3)`` uint8, or ``(H, W)`` uint8 for single-channel 8-bit streams (see the module
+    docstring).
+    """
+
+    topic: str
+    log_time_ns: int
+    stamp_ns: int
+    frame_id: str
+    encoding: str
+    image: np.ndarray
+
+    @property
+    def is_mono(self) -> bool:
+        """True for a single-channel (H, W) image (label masks, grey cameras)."""
+        return self.image.ndim == 2
+
+
+# ------------------------------------------------------------------------------ messages
+def _stamp_ns(header) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def _header(stamp_ns: int, frame_id: str):
+    store = typestore()
+    stamp_ns = int(stamp_ns)
+    if stamp_ns < 0:
+        raise ValueError(f"stamp_ns must be >= 0, got {stamp_ns}")
+    sec, nanosec = divmod(stamp_ns, 1_000_000_000)
+    time_type = store.types["builtin_interfaces/msg/Time"]
+    header_type = store.types["std_msgs/msg/Header"]
+    return header_type(stamp=time_type(sec=sec, nanosec=nanosec), frame_id=str(frame_id))
+
+
+def _is_mono(encoding: str) -> bool:
+    return encoding.strip() in MONO_ENCODINGS
+
+
+def _is_mono_format(fmt: str) -> bool:
+    """True for CompressedImage formats of single-channel 8-bit images ("mono8; png ...")."""
+    first = fmt.split(";", 1)[0].strip()
+    return first in MONO_ENCODINGS
+
+
+def image_message(stamp_ns: int, frame_id: str, array: np.ndarray, encoding: str = "rgb8"):
+    """A ``sensor_msgs/msg/Image`` of ``array`` (RGB (H, W, 3), or (H, W) for mono encodings).
+
+    Any encoding :func:`lmanet_ros.imaging.encode_image` supports; a ``(H, W)`` array with
+    ``mono8`` / ``8UC1`` is stored as it is (class-id masks).
+    """
+    array = np.asarray(array)
+    step, data = encode_image(array, encoding)
+    image_type = typestore().types[IMAGE]
+    return image_type(header=_header(stamp_ns, frame_id), height=int(array.shape[0]),
+                      width=int(array.shape[1]), encoding=encoding, is_bigendian=0,
+                      step=int(step), data=np.frombuffer(data, np.uint8))
+
+
+def compressed_message(stamp_ns: int, frame_id: str, array: np.ndarray, fmt: str = "jpeg", *,
+                       jpeg_quality: int = 90):
+    """A ``sensor_msgs/msg/CompressedImage`` of ``array`` compressed as ``fmt`` (jpeg / png).
+
+    A ``(H, W)`` array is compressed as a grey image; give it a format such as
+    ``"mono8; png compressed mono8"`` so that readers return it as ``(H, W)``.
+    """
+    data = encode_compressed(np.asarray(array), fmt, jpeg_quality=jpeg_quality)
+    compressed_type = typestore().types[COMPRESSED_IMAGE]
+    return compressed_type(header=_header(stamp_ns, frame_id), format=fmt,
+                           data=np.frombuffer(data, np.uint8))
+
+
+def _decode_mono(msg) -> np.ndarray:
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageError(f"{msg.encoding} image of {width}x{height} pixels")
+    if step < width:
+        raise ImageError(f"{msg.encoding} step {step} is shorter than the width {width}")
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if data.size < step * height:
+        raise ImageError(f"image data too short: {data.size} bytes, {msg.encoding} "
+                         f"{width}x{height} with step {step} needs {step * height}")
+    return data[:step * height].reshape(height, step)[:, :width]
+
+
+def decode_message(msgtype: str, msg) -> tuple[np.ndarray, str]:
+    """The pixels and encoding (or format) of a deserialised Image or CompressedImage.
+
+    Raises:
+        ImageError: the image cannot be decoded.
+        ValueError: ``msgtype`` is not an image type.
+    """
+    if msgtype == IMAGE:
+        if _is_mono(msg.encoding):
+            return _decode_mono(msg), msg.encoding
+        return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                            bool(msg.is_bigendian)), msg.encoding
+    if msgtype == COMPRESSED_IMAGE:
+        rgb = decode_compressed(msg.format, msg.data)
+        if _is_mono_format(msg.format):
+            return np.ascontiguousarray(rgb[:, :, 0]), msg.format
+        return rgb, msg.format
+    raise ValueError(f"not an image message type: {msgtype}")
+
+
+# ------------------------------------------------------------------------------ writing
+class BagWriter:
+    """Write a new rosbag2 (context manager).
+
+    ``BagWriter(path, storage="mcap")`` creates the bag directory ``path``, which must not exist.
+    Topics are added with :meth:`add_topic` or on first use by :meth:`write_image` /
+    :meth:`write_compressed`. Log times default to the header stamp. Leaving the ``with`` block
+    closes the bag, also on an exception, so what was written stays readable.
+    """
+
+    def __init__(self, path: str | Path, *, storage: str = STORAGES[0]) -> None:
+        if storage not in _PLUGINS:
+            raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+        self.path = Path(path)
+        self.storage = storage
+        self._writer: Writer | None = None
+        self._connections: dict[str, tuple[str, object]] = {}
+        self.counts: collections.Counter = collections.Counter()
+
+    def __enter__(self) -> BagWriter:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Create the bag; raises :class:`BagError` when ``path`` exists or cannot be created."""
+        if self._writer is not None:
+            raise BagError(f"{self.path}: already open")
+        if self.path.exists():
+            raise BagError(f"{self.path} exists already; rosbag2 writers only create new bags")
+        writer = Writer(self.path, version=_BAG_VERSION, storage_plugin=_PLUGINS[self.storage])
+        try:
+            writer.open()
+        except (WriterError, OSError) as exc:
+            raise BagError(f"cannot create bag {self.path}: {exc}") from exc
+        self._writer = writer
+
+    def close(self) -> None:
+        """Write the index and metadata; safe to call twice."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    def _open_writer(self) -> Writer:
+        if self._writer is None:
+            raise BagError(f"{self.path}: not open (use `with BagWriter(...)` or open())")
+        return self._writer
+
+    def add_topic(self, topic: str, msgtype: str) -> None:
+        """Declare ``topic`` with message type ``msgtype`` (e.g. ``sensor_msgs/msg/Image``).
+
+        Declaring a topic again with the same type does nothing; with another type it raises
+        ValueError, as does a type the ROS 2 type store does not know.
+        """
+        writer = self._open_writer()
+        if not isinstance(topic, str) or not topic.startswith("/"):
+            raise ValueError(f"topic must be an absolute name such as /camera/image, "
+                             f"got {topic!r}")
+        known = self._connections.get(topic)
+        if known is not None:
+            if known[0] != msgtype:
+                raise ValueError(f"topic {topic} is already declared as {known[0]}, "
+                                 f"not {msgtype}")
+            return
+        store = typestore()
+        if msgtype not in store.types:
+            raise ValueError(f"unknown message type {msgtype!r} (not in the ROS 2 type store)")
+        self._connections[topic] = (msgtype, writer.add_connection(topic, msgtype,
+                                                                   typestore=store))
+
+    def write_raw(self, topic: str, log_time_ns: int, data: bytes) -> None:
+        """Write already CDR-serialised ``data`` on a declared ``topic`` at ``log_time_ns``."""
+        writer = self._open_writer()
+        if topic not in self._connections:
+            raise ValueError(f"topic {topic} is not declared: call add_topic first")
+        log_time_ns = int(log_time_ns)
+        if log_time_ns < 0:
+            raise ValueError(f"log_time_ns must be >= 0, got {log_time_ns}")
+        writer.write(self._connections[topic][1], log_time_ns, data)
+        self.counts[topic] += 1
+
+    def write(self, topic: str, log_time_ns: int, message) -> None:
+        """Serialise and write any type-store ``message`` on ``topic`` (declared on first use)."""
+        msgtype = getattr(message, "__msgtype__", None)
+        if msgtype is None:
+            raise ValueError(f"not a rosbags message object: {type(message).__name__}")
+        self.add_topic(topic, msgtype)
+        self.write_raw(topic, log_time_ns, typestore().serialize_cdr(message, msgtype))
+
+    def write_image(self, topic: str, stamp_ns: int, frame_id: str, array: np.ndarray,
+                    encoding: str = "rgb8", *, log_time_ns: int | None = None) -> None:
+        """Write ``array`` as a ``sensor_msgs/msg/Image`` (see :func:`image_message`)."""
+        msg = image_message(stamp_ns, frame_id, array, encoding)
+        self.write(topic, stamp_ns if log_time_ns is None else log_time_ns, msg)
+
+    def write_compressed(self, topic: str, stamp_ns: int, frame_id: str, array: np.ndarray,
+                         fmt: str = "jpeg", *, log_time_ns: int | None = None,
+                         jpeg_quality: int = 90) -> None:
+        """Write ``array`` as a ``sensor_msgs/msg/CompressedImage`` (see
+        :func:`compressed_message`)."""
+        msg = compressed_message(stamp_ns, frame_id, array, fmt, jpeg_quality=jpeg_quality)
+        self.write(topic, stamp_ns if log_time_ns is None else log_time_ns, msg)
+
+
+# ------------------------------------------------------------------------------ reading
+class BagReader:
+    """Read a rosbag2 of either storage (context manager).
+
+    ``topics`` maps every topic to ``(msgtype, message count)``; :meth:`images` decodes image
+    messages in recorded order, :meth:`messages` deserialises any.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._reader: Reader | None = None
+
+    def __enter__(self) -> BagReader:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Open the bag; raises :class:`BagError` when it is missing or unreadable."""
+        if self._reader is not None:
+            return
+        if not self.path.exists():
+            raise BagError(f"no bag at {self.path}")
+        try:
+            reader = Reader(self.path)
+            reader.open()
+        except (ReaderError, OSError, ValueError, KeyError) as exc:
+            raise BagError(f"cannot read bag {self.path}: {exc}") from exc
+        self._reader = reader
+
+    def close(self) -> None:
+        """Close the bag; safe to call twice."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    def _open_reader(self) -> Reader:
+        if self._reader is None:
+            raise BagError(f"{self.path}: not open (use `with BagReader(...)` or open())")
+        return self._reader
+
+    @property
+    def topics(self) -> dict[str, tuple[str, int]]:
+        """Every topic of the bag: ``{topic: (msgtype, message count)}``, sorted by topic."""
+        reader = self._open_reader()
+        return {name: (info.msgtype or "", int(info.msgcount))
+                for name, info in sorted(reader.topics.items())}
+
+    def image_topics(self) -> dict[str, tuple[str, int]]:
+        """The topics of Image or CompressedImage messages, as :attr:`topics`."""
+        return {name: value for name, value in self.topics.items() if value[0] in IMAGE_TYPES}
+
+    def _connections(self, topics: Iterable[str] | None, image_only: bool) -> list:
+        reader = self._open_reader()
+        available = self.image_topics() if image_only else self.topics
+        if topics is None:
+            wanted = set(available)
+        else:
+            wanted = {topics} if isinstance(topics, str) else set(topics)
+            for topic in sorted(wanted):
+                if topic not in available:
+                    kind = "image topic" if image_only else "topic"
+                    what = (f"it carries {self.topics[topic][0]}" if topic in self.topics
+                            else "no such topic")
+                    raise BagError(f"{self.path}: {topic} is not an {kind} ({what}); "
+                                   f"{kind}s: {', '.join(available) or 'none'}")
+        return [c for c in reader.connections if c.topic in wanted]
+
+    def messages(self, topics: Iterable[str] | str | None = None, *,
+                 stats: ReadStats | None = None) -> Iterator[tuple[str, str, int, object]]:
+        """Deserialised messages ``(topic, msgtype, log_time_ns, message)`` in recorded order.
+
+        Messages that cannot be deserialised are warned about, counted and skipped.
+        """
+        reader = self._open_reader()
+        store = typestore()
+        for connection, log_time, data in reader.messages(
+                connections=self._connections(topics, image_only=False)):
+            try:
+                msg = store.deserialize_cdr(data, connection.msgtype)
+            except Exception as exc:  # noqa: BLE001 - any byte soup may fail in any way
+                _bad(stats, connection.topic, log_time, f"cannot deserialise: {exc!r}")
+                continue
+            yield connection.topic, connection.msgtype, int(log_time), msg
+
+    def images(self, topics: Iterable[str] | str | None = None, *,
+               stats: ReadStats | None = None) -> Iterator[ImageRecord]:
+        """Decoded images of ``topics`` (default: every image topic) in recorded order."""
+        for topic, msgtype, log_time, msg in self.messages(
+                self._image_topic_names(topics), stats=stats):
+            record = _record(topic, msgtype, log_time, msg, stats)
+            if record is not None:
+                yield record
+
+    def _raw(self, topics: Iterable[str] | str | None = None) -> Iterator[tuple]:
+        """Serialised messages ``(connection, log_time_ns, data)`` in recorded order."""
+        reader = self._open_reader()
+        yield from reader.messages(connections=self._connections(topics, image_only=False))
+
+    def _image_topic_names(self, topics: Iterable[str] | str | None) -> list[str]:
+        return [c.topic for c in self._connections(topics, image_only=True)]
+
+
+def _bad(stats: ReadStats | None, topic: str, log_time_ns: int, reason: str) -> None:
+    warnings.warn(f"skipping message on {topic} at log time {log_time_ns} ns: {reason}",
+                  BadMessageWarning, stacklevel=3)
+    if stats is not None:
+        stats._skip(topic, int(log_time_ns), reason)
+
+
+def _record(topic: str, msgtype: str, log_time: int, msg, stats: ReadStats | None,
+            report: bool = True) -> ImageRecord | None:
+    try:
+        pixels, encoding = decode_message(msgtype, msg)
+        stamp, frame_id = _stamp_ns(msg.header), str(msg.header.frame_id)
+    except (ImageError, ValueError, AttributeError) as exc:
+        if report:
+            _bad(stats, topic, log_time, f"cannot decode image: {exc}")
+        return None
+    if stats is not None:
+        stats.decoded += 1
+    return ImageRecord(topic=topic, log_time_ns=log_time, stamp_ns=stamp, frame_id=frame_id,
+                       encoding=encoding, image=pixels)
+
+
+def list_image_topics(path: str | Path) -> dict[str, tuple[str, int]]:
+    """The image topics of the bag at ``path``: ``{topic: (msgtype, message count)}``."""
+    with BagReader(path) as reader:
+        return reader.image_topics()
+
+
+def iter_images(path: str | Path, topics: Iterable[str] | str | None = None, *,
+                stats: ReadStats | None = None) -> Iterator[ImageRecord]:
+    """Decoded images of ``topics`` (default: all image topics) of the bag at ``path``, in
+    recorded order; bad messages are warned about, counted in ``stats`` and skipped."""
+    with BagReader(path) as reader:
+        yield from reader.images(topics, stats=stats)
+
+
+def _cdr_stamp(data: bytes | memoryview) -> int | None:
+    """Header stamp of a CDR-serialised message that starts with a std_msgs/Header, or None."""
+    if len(data) < 12:
+        return None
+    endian = "<" if data[1] & 1 else ">"
+    sec, nanosec = struct.unpack_from(endian + "iI", data, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+def pair_images_and_labels(path: str | Path, image_topic: str, label_topic: str, *,
+                           stats: ReadStats | None = None
+                           ) -> Iterator[tuple[ImageRecord, np.ndarray | None]]:
+    """Images of ``image_topic`` in recorded order, each with the label of ``label_topic`` whose
+    header stamp equals the image's exactly, or None when there is none.
+
+    Labels may be recorded before or after their image. The bag is read twice: first the stamps
+    of the images (from the serialised headers) and of the decodable labels, then to pair. Only
+    images waiting for a label recorded later, and labels waiting for their image, are held in
+    memory. With repeated stamps, the n-th image of a stamp gets the n-th label of that stamp.
+    The label array is what the reader decodes (``(H, W)`` for mono8 masks). Bad messages are
+    warned about and counted (in ``stats``) once.
+    """
+    if image_topic == label_topic:
+        raise ValueError("image_topic and label_topic must differ")
+    with BagReader(path) as reader:
+        reader._connections([image_topic, label_topic], image_only=True)  # both must exist
+        image_stamps: collections.Counter = collections.Counter()
+        label_stamps: collections.Counter = collections.Counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BadMessageWarning)  # reported in the second pass
+            for connection, _, data in reader._raw([image_topic]):
+                stamp = _cdr_stamp(data)
+                if stamp is not None:
+                    image_stamps[stamp] += 1
+            for topic, msgtype, log_time, msg in reader.messages([label_topic]):
+                if _record(topic, msgtype, log_time, msg, None, report=False) is not None:
+                    label_stamps[_stamp_ns(msg.header)] += 1
+        # Matches per stamp, spent separately by images (claims) and labels (kept).
+        claims = {s: min(n, label_stamps[s]) for s, n in image_stamps.items() if s in label_stamps}
+        keeps = dict(claims)
+
+        waiting: collections.deque[tuple[ImageRecord, bool]] = collections.deque()
+        labels: dict[int, collections.deque] = collections.defaultdict(collections.deque)
+        for record in reader.images([image_topic, label_topic], stats=stats):
+            stamp = record.stamp_ns
+            if record.topic == label_topic:
+                if keeps.get(stamp, 0) > 0:
+                    keeps[stamp] -= 1
+                    labels[stamp].append(record.image)
+            else:
+                claim = claims.get(stamp, 0) > 0
+                if claim:
+                    claims[stamp] -= 1
+                waiting.append((record, claim))
+            while waiting:  # release images from the front of the queue, in order
+                head, head_claims = waiting[0]
+                if not head_claims:
+                    waiting.popleft()
+                    yield head, None
+                elif labels.get(head.stamp_ns):
+                    waiting.popleft()
+                    queue = labels[head.stamp_ns]
+                    label = queue.popleft()
+                    if not queue:
+                        del labels[head.stamp_ns]
+                    yield head, label
+                else:
+                    break
+        while waiting:
+            head, head_claims = waiting.popleft()
+            queue = labels.get(head.stamp_ns)
+            yield head, (queue.popleft() if head_claims and queue else None)
