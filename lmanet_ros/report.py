@@ -351,3 +351,13 @@ def safe_name(text: str) -> str:
     """A file- and topic-friendly version of ``text`` (letters, digits, underscores)."""
     name = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_")
     return name or "unnamed"
+
+
+def progress(total: int | None, desc: str, unit: str = "frame"):
+    """The progress bar of every tool: tqdm on stderr, disabled when stderr is not a terminal."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False,
+                disable=not sys.stderr.isatty())
