@@ -21,23 +21,25 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import deque
+import warnings
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from lmanet_ros.bags import BadMessageWarning, BagError, BagReader, ReadStats, decode_message
 from lmanet_ros.classes import LABEL_ID_TO_TRAIN_ID
+from lmanet_ros.imaging import ImageError
 from lmanet_ros.metrics import RunScore
 from lmanet_ros.report import (METRICS_FILE, VIDEO_FILE, OverlayVideo, build_metrics, progress,
                                safe_name, write_json, write_report)
 from lmanet_ros.streams import MemoryPolicy
 from lmanet_ros.tools.common import parse_size
-from lmanet_ros.tools.replay import (IMAGE_TYPES, SCENE_CUTS, ReplayError, ReplayOptions,
-                                     _typestore, add_replay_arguments, bag_storage, header_of,
-                                     image_topics, mono8_of, open_reader, parse_remaps,
-                                     replay_bag, report_outcome)
+from lmanet_ros.tools.replay import (SCENE_CUTS, ReplayError, ReplayOptions, _typestore,
+                                     add_replay_arguments, bag_storage, open_reader,
+                                     parse_remaps, replay_bag, report_outcome)
 
 #: Weight of the colour mask in the overlay images and video.
 OVERLAY_ALPHA = 0.5
@@ -68,7 +70,7 @@ class BagPlan:
     topics: list[str]
     label_topic: str | None
     counts: dict[str, int]
-    label_stamps: set[int]
+    label_stamps: Counter
     fps: dict[str, float]
 
     @property
@@ -78,100 +80,130 @@ class BagPlan:
 
 
 def plan_bag(bag: Path, topics: list[str] | None, label_topic: str | None) -> BagPlan:
-    """Check topics and types; collect the label stamps (headers only, nothing decoded)."""
-    with open_reader(bag) as reader:
-        by_topic = {c.topic: c for c in reader.connections}
-        available = image_topics(reader)
-        if topics:
-            for topic in topics:
-                if topic not in by_topic:
-                    raise EvalError(f"image topic '{topic}' is not in {bag} (image topics: "
-                                    f"{available})")
-                if by_topic[topic].msgtype not in IMAGE_TYPES:
-                    raise EvalError(f"'{topic}' is {by_topic[topic].msgtype}, not an image")
-        else:
-            topics = [t for t in available if t != label_topic]
-            if not topics:
-                raise EvalError(f"no image topic in {bag}")
-        if label_topic in topics:
-            raise EvalError(f"'{label_topic}' is both an image topic and the label topic")
-        label_stamps: set[int] = set()
-        if label_topic is not None:
-            connection = by_topic.get(label_topic)
-            if connection is None:
-                raise EvalError(f"label topic '{label_topic}' is not in {bag} (topics: "
-                                f"{sorted(by_topic)})")
-            if connection.msgtype != "sensor_msgs/msg/Image":
-                raise EvalError(f"label topic '{label_topic}' is {connection.msgtype}; a mono8 "
-                                "sensor_msgs/msg/Image is needed")
-            for _, _, data in reader.messages(connections=[connection]):
-                label_stamps.add(header_of(data, connection.msgtype)[0])
-        counts = {t: sum(c.msgcount for c in reader.connections if c.topic == t) for t in topics}
-        duration = max(reader.duration * 1e-9, 1e-9)
-        fps = {t: max(1.0, (n - 1) / duration) if n > 1 else 17.0 for t, n in counts.items()}
-        return BagPlan(bag_storage(reader), topics, label_topic, counts, label_stamps, fps)
+    """Check topics and types; count the label stamps (headers only, no pixels decoded)."""
+    try:
+        with BagReader(bag) as reader, warnings.catch_warnings():
+            warnings.simplefilter("ignore", BadMessageWarning)  # reported when read for real
+            available = reader.image_topics()
+            if topics:
+                for topic in topics:
+                    if topic not in available:
+                        raise EvalError(f"'{topic}' is not an image topic of {bag} (image "
+                                        f"topics: {sorted(available)})")
+            else:
+                topics = [t for t in available if t != label_topic]
+                if not topics:
+                    raise EvalError(f"no image topic in {bag}")
+            if label_topic in topics:
+                raise EvalError(f"'{label_topic}' is both an image topic and the label topic")
+            label_stamps: Counter = Counter()
+            if label_topic is not None:
+                if label_topic not in available:
+                    raise EvalError(f"label topic '{label_topic}' is not an image topic of {bag} "
+                                    f"(image topics: {sorted(available)})")
+                for _, _, _, msg in reader.messages([label_topic]):
+                    label_stamps[msg.header.stamp.sec * 1_000_000_000
+                                 + msg.header.stamp.nanosec] += 1
+            counts = {t: available[t][1] for t in topics}
+    except BagError as exc:
+        raise EvalError(str(exc)) from exc
+    with open_reader(bag) as raw:
+        duration = max(raw.duration * 1e-9, 1e-9)
+        storage = bag_storage(raw)
+    fps = {t: max(1.0, (n - 1) / duration) if n > 1 else 17.0 for t, n in counts.items()}
+    return BagPlan(storage, list(topics), label_topic, counts, label_stamps, fps)
 
 
 def iter_frames(bag: Path, plan: BagPlan, *, stride: int = 1, max_frames: int = 0,
-                label_ids: bool = False, timing: dict | None = None) -> Iterator[EvalFrame]:
+                label_ids: bool = False, timing: dict | None = None,
+                stats=None) -> Iterator[EvalFrame]:
     """Decoded frames of ``plan.topics`` in recorded order, every ``stride``-th per topic.
 
-    One pass over the bag: a frame whose label is recorded after it waits (with the frames
-    behind it) until that label is read, so order is kept and little is buffered.
+    Labels belong to the first topic: its n-th frame of a stamp gets the n-th label of that
+    stamp. One pass: a frame whose label is recorded later waits (with the frames behind it)
+    until that label is read, so the order is kept and little is buffered. Messages that cannot
+    be decoded are warned about, counted in ``stats`` (a :class:`lmanet_ros.bags.ReadStats`)
+    and skipped, as :mod:`lmanet_ros.bags` does.
     """
-    from lmanet_ros.imaging import decode_compressed, decode_image
-
-    typestore = _typestore()
     timing = timing if timing is not None else {}
     timing.setdefault("decode_s", 0.0)
+    labelled_topic = plan.topics[0] if plan.label_topic else None
     seen = dict.fromkeys(plan.topics, 0)
+    claims = Counter(plan.label_stamps)   # labels still to be given to frames, per stamp
+    drop = Counter()                      # labels of frames left out by the stride
+    labels: dict[int, deque] = {}
+    queue: deque[tuple[EvalFrame, bool]] = deque()
     emitted = 0
-    gt_ready: dict[int, np.ndarray] = {}
-    skipped_stamps: set[int] = set()
-    queue: deque[EvalFrame] = deque()
-    with open_reader(bag) as reader:
-        wanted = set(plan.topics) | ({plan.label_topic} if plan.label_topic else set())
-        connections = [c for c in reader.connections if c.topic in wanted]
-        for connection, log_ns, data in reader.messages(connections=connections):
-            start = time.perf_counter()
-            if connection.topic == plan.label_topic:
-                stamp, _ = header_of(data, connection.msgtype)
-                if stamp in skipped_stamps:
-                    skipped_stamps.discard(stamp)
+    wanted = plan.topics + ([plan.label_topic] if plan.label_topic else [])
+    with BagReader(bag) as reader:
+        start = time.perf_counter()
+        for topic, msgtype, log_ns, msg in reader.messages(wanted, stats=stats):
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            if topic == plan.label_topic:
+                if drop[stamp]:
+                    drop[stamp] -= 1
                 else:
-                    labels = mono8_of(typestore.deserialize_cdr(data, connection.msgtype))
-                    gt_ready[stamp] = LABEL_ID_TO_TRAIN_ID[labels] if label_ids else labels
+                    try:
+                        mask, _ = decode_message(msgtype, msg)
+                    except (ImageError, ValueError) as exc:
+                        _skip(stats, topic, log_ns, f"cannot decode label: {exc}")
+                        claims[stamp] = max(claims[stamp] - 1, 0)
+                        mask = None
+                    if mask is not None:
+                        if mask.ndim != 2:
+                            raise EvalError(f"label topic {topic} is not single-channel "
+                                            f"(mono8 trainIds needed, got {msg.encoding})")
+                        labels.setdefault(stamp, deque()).append(
+                            LABEL_ID_TO_TRAIN_ID[mask] if label_ids else mask)
             else:
-                index = seen[connection.topic]
-                seen[connection.topic] += 1
-                stamp, frame_id = header_of(data, connection.msgtype)
+                index = seen[topic]
+                seen[topic] += 1
+                claim = topic == labelled_topic and claims[stamp] > 0
+                if claim:
+                    claims[stamp] -= 1
                 if index % stride:
-                    if stamp in plan.label_stamps and stamp not in gt_ready:
-                        skipped_stamps.add(stamp)
-                    gt_ready.pop(stamp, None)
-                    timing["decode_s"] += time.perf_counter() - start
+                    if claim:  # its label is not needed: drop it (now or when it comes)
+                        if labels.get(stamp):
+                            labels[stamp].popleft()
+                        else:
+                            drop[stamp] += 1
                     continue
-                msg = typestore.deserialize_cdr(data, connection.msgtype)
-                if connection.msgtype == "sensor_msgs/msg/Image":
-                    image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                                         bool(msg.is_bigendian))
-                else:
-                    image = decode_compressed(msg.format, msg.data)
-                queue.append(EvalFrame(connection.topic, log_ns, stamp, frame_id, image, None))
-            timing["decode_s"] += time.perf_counter() - start
-            while queue and (queue[0].stamp_ns not in plan.label_stamps
-                             or queue[0].stamp_ns in gt_ready):
-                frame = queue.popleft()
-                frame.gt = gt_ready.pop(frame.stamp_ns, None)
+                try:
+                    image, _ = decode_message(msgtype, msg)
+                except (ImageError, ValueError) as exc:
+                    _skip(stats, topic, log_ns, f"cannot decode image: {exc}")
+                    continue
+                if image.ndim == 2:  # a grey camera
+                    image = np.repeat(image[..., None], 3, axis=2)
+                frame = EvalFrame(topic, log_ns, stamp, str(msg.header.frame_id), image, None)
+                queue.append((frame, claim))
+            while queue and (not queue[0][1] or labels.get(queue[0][0].stamp_ns)):
+                frame, claim = queue.popleft()
+                if claim:
+                    frame.gt = labels[frame.stamp_ns].popleft()
+                timing["decode_s"] += time.perf_counter() - start
                 yield frame
+                start = time.perf_counter()
                 emitted += 1
                 if max_frames and emitted >= max_frames:
                     return
-    while queue:  # labels announced but never read (should not happen): score without them
-        yield queue.popleft()
+        timing["decode_s"] += time.perf_counter() - start
+    for frame, _ in queue:  # a label that could not be decoded: the frame goes without
+        yield frame
         emitted += 1
         if max_frames and emitted >= max_frames:
             return
+
+
+def _skip(stats: ReadStats | None, topic: str, log_ns: int, reason: str) -> None:
+    """Warn about a message that cannot be used and count it, as lmanet_ros.bags does."""
+    warnings.warn(f"skipping message on {topic} at log time {log_ns} ns: {reason}",
+                  BadMessageWarning, stacklevel=3)
+    if stats is not None:
+        stats.skipped += 1
+        stats.skipped_by_topic[topic] += 1
+        if len(stats.problems) < 100:
+            stats.problems.append(f"{topic} @ {log_ns}: {reason}")
 
 
 # --------------------------------------------------------------------------------- the models
@@ -327,6 +359,7 @@ def evaluate(args: argparse.Namespace) -> EvalOutcome:
         expected = min(expected, args.max_frames)
     warmed: set[tuple[int, int]] = set()
     model_s = [0.0] * len(pipelines)
+    stats = ReadStats()
     interrupted = False
     frames_done = 0
     timing["setup_s"] = time.perf_counter() - wall_start
@@ -334,7 +367,7 @@ def evaluate(args: argparse.Namespace) -> EvalOutcome:
     bar = progress(expected, "eval")
     try:
         for frame in iter_frames(args.bag, plan, stride=args.stride, max_frames=args.max_frames,
-                                 label_ids=args.label_ids, timing=timing):
+                                 label_ids=args.label_ids, timing=timing, stats=stats):
             size = frame.image.shape[:2]
             if size not in warmed:  # first frame of a size: not timed as part of the run
                 start = time.perf_counter()
@@ -388,7 +421,9 @@ def evaluate(args: argparse.Namespace) -> EvalOutcome:
               "label_topic": plan.label_topic, "label_ids": bool(args.label_ids),
               "frames_in_bag": plan.frames_in_bag, "frames_evaluated": frames_done,
               "frames_expected": expected, "stride": args.stride,
-              "max_frames": args.max_frames or None,
+              "max_frames": args.max_frames or None, "labels_for_topic": plan.topics[0]
+              if plan.label_topic else None, "messages_skipped": stats.skipped,
+              "skip_reasons": stats.problems[:10],
               "output_bag": str(args.output_bag) if args.output_bag else None}
     parameters = {"device": str(pipelines[0].device), "precision": args.precision,
                   "input_size": list(args.input_size or (0, 0)),
