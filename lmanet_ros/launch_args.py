@@ -64,7 +64,7 @@ def default_params_file() -> str:
             shared = Path(get_package_share_directory(PACKAGE)) / "config" / "lmanet.yaml"
             if shared.is_file():
                 return str(shared)
-        except PackageNotFoundError:
+        except (PackageNotFoundError, OSError):  # not installed; no AMENT_PREFIX_PATH
             pass
     except ImportError:
         pass

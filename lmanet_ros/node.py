@@ -78,8 +78,9 @@ OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL,
                          history=HistoryPolicy.KEEP_LAST)
-#: Warm-up size when the network input size is not fixed.
-WARMUP_SIZE = (128, 256)
+#: Warm-up size when the network input size is not fixed (first-call costs do not depend much
+#: on the size; a small one keeps start-up short on a CPU).
+WARMUP_SIZE = (64, 128)
 OUTPUTS = ("labels", "color", "overlay", "confidence")
 
 
@@ -258,6 +259,7 @@ class CameraStats:
         self.errors = 0
         self.duplicates = 0
         self.memory_fill = 0
+        self.batch_size = 0
         self.incompatible_qos = 0
         self.last_bad_input = ""
         self.last_error = ""
@@ -305,6 +307,7 @@ class CameraStats:
             self.period_processed += 1
             self.duplicates += int(result.duplicate)
             self.memory_fill = result.memory_fill
+            self.batch_size = result.batch_size
             if result.reset_reason:
                 self.resets[result.reset_reason] += 1
             self.period_processing_ms.append(processing_ms)
@@ -318,6 +321,7 @@ class CameraStats:
                 "received": self.received, "dropped": self.dropped, "processed": self.processed,
                 "bad_inputs": self.bad_inputs, "errors": self.errors,
                 "duplicates": self.duplicates, "memory_fill": self.memory_fill,
+                "batch_size": self.batch_size,
                 "incompatible_qos": self.incompatible_qos,
                 "last_bad_input": self.last_bad_input, "last_error": self.last_error,
                 "resets": dict(self.resets), "last_received": self.last_received,
@@ -693,8 +697,9 @@ class LmanetNode(Node):
             port.subscription = None
         compressed = settings.input_transport == "compressed"
         topic = port.input_topic + ("/compressed" if compressed else "")
+        keep_all = settings.input_depth == 0
         qos = QoSProfile(
-            history=HistoryPolicy.KEEP_ALL if settings.input_depth == 0 else HistoryPolicy.KEEP_LAST,
+            history=HistoryPolicy.KEEP_ALL if keep_all else HistoryPolicy.KEEP_LAST,
             depth=max(settings.input_depth, 1),
             reliability=(ReliabilityPolicy.RELIABLE if settings.input_reliability == "reliable"
                          else ReliabilityPolicy.BEST_EFFORT),
@@ -985,6 +990,7 @@ class LmanetNode(Node):
             "duplicates": snap["duplicates"],
             "memory_fill": snap["memory_fill"],
             "memory_length": settings.memory_length,
+            "last_batch_size": snap["batch_size"],
             "resets": sum(resets.values()),
         }
         values.update({f"resets.{reason}": count for reason, count in sorted(resets.items())})

@@ -16,8 +16,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                ParameterType)
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
 from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES, CITYSCAPES_COLORS, MAX_CLASSES
@@ -112,7 +111,8 @@ SPECS: tuple[ParamSpec, ...] = (
               constraints="1 to the model's number of outputs names, unique, non-empty"),
     ParamSpec("palette", list(CITYSCAPES_PALETTE),
               "Colours of the classes as a flat list [r, g, b, r, g, b, ...], one triple per "
-              "class name, each value 0..255.", constraints="3 * len(class_names) values in 0..255"),
+              "class name, each value 0..255.",
+              constraints="3 * len(class_names) values in 0..255"),
     # -- outputs ----------------------------------------------------------------------------------
     ParamSpec("publish.labels", True, "Publish ~/labels: class ids, mono8, at the input size."),
     ParamSpec("publish.color", True,

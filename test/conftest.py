@@ -247,6 +247,122 @@ def ros(ros_context):
         client.close()
 
 
+# ------------------------------------------------------------------------------ message helpers
+def make_image(rgb, encoding: str = "rgb8", stamp: float = 1.0, frame_id: str = "camera",
+               row_padding: int = 0):
+    """A sensor_msgs/Image of an RGB array in any encoding (lmanet_ros.imaging.encode_image)."""
+    import array
+
+    from sensor_msgs.msg import Image
+
+    from lmanet_ros import imaging
+    step, data = imaging.encode_image(rgb, encoding, row_padding=row_padding)
+    msg = Image()
+    msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
+    msg.encoding, msg.step = encoding, step
+    msg.data = array.array("B", data)
+    set_header(msg, stamp, frame_id)
+    return msg
+
+
+def make_compressed(rgb, fmt: str = "jpeg", stamp: float = 1.0, frame_id: str = "camera"):
+    """A sensor_msgs/CompressedImage of an RGB array."""
+    import array
+
+    from sensor_msgs.msg import CompressedImage
+
+    from lmanet_ros import imaging
+    msg = CompressedImage()
+    msg.format = fmt
+    msg.data = array.array("B", imaging.encode_compressed(rgb, fmt))
+    set_header(msg, stamp, frame_id)
+    return msg
+
+
+def set_header(msg, stamp: float, frame_id: str) -> None:
+    """Set header stamp (seconds, float) and frame_id of a message."""
+    sec = int(stamp)
+    msg.header.stamp.sec = sec
+    msg.header.stamp.nanosec = int(round((stamp - sec) * 1e9))
+    msg.header.frame_id = frame_id
+
+
+def stamp_of(msg) -> float:
+    """The header stamp of a message in seconds."""
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+
+
+def pixels_of(msg):
+    """An rgb8 or mono8 Image as a numpy array (H, W, 3) or (H, W), honouring step."""
+    import numpy as np
+    channels = {"rgb8": 3, "mono8": 1}[msg.encoding]
+    rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
+    pixels = rows[:, :msg.width * channels].reshape(msg.height, msg.width, channels)
+    return pixels[:, :, 0] if channels == 1 else pixels
+
+
+def camera_status(array_msg, node_fqn: str, camera: str = "image"):
+    """The DiagnosticStatus of one camera of a node in a DiagnosticArray (or None), as
+    (status, {key: value})."""
+    name = f"{node_fqn}: camera {camera}"
+    for status in array_msg.status:
+        if status.name == name:
+            return status, {kv.key: kv.value for kv in status.values}
+    return None
+
+
+class Rig:
+    """A started node, a publisher of one camera's input and collectors of its outputs.
+
+    Args:
+        ros: the :class:`RosClient`.
+        node: the :class:`NodeProcess`.
+        outputs: output names to collect (``labels``, ``color``...), under ``camera``.
+        camera: '' for the single camera, else the camera name.
+        input_qos: QoS of the test's image publisher (best effort depth 10 by default).
+    """
+
+    def __init__(self, ros, node, outputs=("labels",), camera: str = "", input_qos=None,
+                 compressed: bool = False) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import CompressedImage, Image
+        self.ros, self.node, self.camera = ros, node, camera
+        prefix = f"{camera}/" if camera else ""
+        self.outputs = {name: ros.subscribe(Image, node.topic(prefix + name)) for name in outputs}
+        self.diagnostics = ros.subscribe(DiagnosticArray, "/diagnostics")
+        for collector in self.outputs.values():
+            ros.wait_for_publishers(collector)
+        topic = node.input_topic(prefix + ("image/compressed" if compressed else "image"))
+        self.pub = ros.publisher(CompressedImage if compressed else Image, topic, input_qos)
+
+    def send(self, msg, outputs=None, timeout: float = 30.0) -> dict:
+        """Publish ``msg``; return the outputs that carry its stamp (waits for each)."""
+        stamp = stamp_of(msg)
+        self.pub.publish(msg)
+        return {name: self.outputs[name].wait_for(
+            1, timeout, lambda m, s=stamp: stamp_of(m) == s)[0]
+            for name in (outputs or self.outputs)}
+
+    def status(self, predicate=lambda values: True, timeout: float = 10.0):
+        """(status, values) of the newest diagnostics of this camera satisfying ``predicate``."""
+        key = self.camera or "image"
+
+        def find():
+            for array_msg in reversed(list(self.diagnostics.messages)):
+                found = camera_status(array_msg, self.node.fqn, key)
+                if found and predicate(found[1]):
+                    return found
+            return None
+        return wait_until(find, timeout, what=f"diagnostics of camera {key} matching")
+
+
+def resets(values: dict, reason: str | None = None) -> int:
+    """Reset count of a camera's diagnostics values: of one reason, or all."""
+    if reason is None:
+        return int(values.get("resets", 0))
+    return int(values.get(f"resets.{reason}", 0))
+
+
 # ------------------------------------------------------------------------------- node process
 _namespace_counter = itertools.count()
 
