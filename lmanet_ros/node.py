@@ -260,6 +260,7 @@ class CameraStats:
         self.duplicates = 0
         self.memory_fill = 0
         self.batch_size = 0
+        self.batched = 0
         self.incompatible_qos = 0
         self.last_bad_input = ""
         self.last_error = ""
@@ -308,6 +309,7 @@ class CameraStats:
             self.duplicates += int(result.duplicate)
             self.memory_fill = result.memory_fill
             self.batch_size = result.batch_size
+            self.batched += int(result.batch_size > 1)
             if result.reset_reason:
                 self.resets[result.reset_reason] += 1
             self.period_processing_ms.append(processing_ms)
@@ -321,7 +323,7 @@ class CameraStats:
                 "received": self.received, "dropped": self.dropped, "processed": self.processed,
                 "bad_inputs": self.bad_inputs, "errors": self.errors,
                 "duplicates": self.duplicates, "memory_fill": self.memory_fill,
-                "batch_size": self.batch_size,
+                "batch_size": self.batch_size, "batched": self.batched,
                 "incompatible_qos": self.incompatible_qos,
                 "last_bad_input": self.last_bad_input, "last_error": self.last_error,
                 "resets": dict(self.resets), "last_received": self.last_received,
@@ -424,7 +426,10 @@ class LmanetNode(Node):
                 param = self.declare_parameter(spec.name, spec.default, descriptor(spec))
             except Exception as exc:  # InvalidParameterTypeException, ...ValueException
                 raise StartupError(f"parameter {spec.name}: {_one_line(exc)}") from None
-            values[spec.name] = param.value if param.type_ != Parameter.Type.NOT_SET else []
+            if param.type_ == Parameter.Type.NOT_SET:  # typed but unset (an empty list)
+                self.set_parameters([Parameter(spec.name, spec.default, [])])
+                param = self.get_parameter(spec.name)
+            values[spec.name] = param.value
         reason = validate(values, {})
         if reason:
             raise StartupError(f"invalid parameters: {reason}")
@@ -991,6 +996,7 @@ class LmanetNode(Node):
             "memory_fill": snap["memory_fill"],
             "memory_length": settings.memory_length,
             "last_batch_size": snap["batch_size"],
+            "frames_batched": snap["batched"],
             "resets": sum(resets.values()),
         }
         values.update({f"resets.{reason}": count for reason, count in sorted(resets.items())})
