@@ -46,6 +46,7 @@ quarter of the frames after the lead-in carry at least one corruption.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 
@@ -115,6 +116,7 @@ _CAM_HEIGHT = 1.4      # camera height above the road (m)
 _NEAR = 1.5            # billboards closer than this (camera depth, m) are not drawn
 _FAR = 120.0           # ... nor farther than this
 _MIN_OBJECT_PX = 2.0   # ... nor when smaller than this many pixels tall
+_DETAIL_PX = 24.0      # objects smaller than this are drawn without their inner details
 _TILE_BITS = 9         # the texture tile is 512 x 512 texels, indexed modulo its size
 _NOISE_PAD = 41        # the sensor-noise bank is this much larger than the image on each axis
 _SHIFT = 4             # fixed-point bits for cv2 polygon vertices
@@ -153,6 +155,7 @@ class _Part:
     colour: np.ndarray      # (3,) float32 in [0, 1]
     train_id: int
     instance_id: int
+    detail: bool = False    # lies inside other parts; skipped when the object is small
 
 
 @dataclasses.dataclass
@@ -172,12 +175,7 @@ class _Object:
     t_range: tuple[float, float] = (-1e9, 1e9)
     phase: float = 0.0
     leg: float = 0.0
-    # Filled by _pack_objects: all part polygons stacked, part boundaries, colours and ids.
-    poly: np.ndarray | None = None
-    offsets: list[int] = dataclasses.field(default_factory=list)
-    cols: np.ndarray | None = None
-    ids: list[int] = dataclasses.field(default_factory=list)
-    unique_ids: list[int] = dataclasses.field(default_factory=list)
+    unique_ids: list[int] = dataclasses.field(default_factory=list)  # set by _pack_objects
 
 
 def _check_positive_int(name: str, value: int, minimum: int = 1) -> int:
@@ -191,27 +189,52 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 20) -> np.ndar
     return np.stack([cx + rx * np.cos(theta), cy + ry * np.sin(theta)], axis=1)
 
 
+def _blob(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float,
+          n: int = 24) -> np.ndarray:
+    """An ellipse with a randomly wobbling radius (tree crowns)."""
+    theta = np.linspace(0.0, 2.0 * math.pi, n, endpoint=False)
+    radius = 1.0 + sum(rng.uniform(0.03, 0.1) * np.sin(k * theta + rng.uniform(0, 2 * math.pi))
+                       for k in (3, 5, 7))
+    return np.stack([cx + rx * radius * np.cos(theta), cy + ry * radius * np.sin(theta)], axis=1)
+
+
 def _rect(a0: float, a1: float, y0: float, y1: float) -> np.ndarray:
     return np.array([[a0, y0], [a1, y0], [a1, y1], [a0, y1]], dtype=np.float64)
 
 
-def _texture_tile(rng: np.random.Generator) -> np.ndarray:
-    """A flattened 512 x 512 multi-octave noise tile of zero mean and unit variance."""
+@functools.lru_cache(maxsize=1)
+def _base_tiles() -> tuple[np.ndarray, np.ndarray]:
+    """Two 512 x 512 noise tiles of zero mean and unit variance, made once per process from a
+    fixed seed: a multi-octave texture and smooth clouds. Sequences use rolled copies."""
+    rng = np.random.default_rng(20240604)
     size = 1 << _TILE_BITS
-    tile = np.zeros((size, size), np.float32)
-    for sigma, weight in ((0.7, 0.5), (3.0, 0.8), (14.0, 1.0)):
+
+    def smooth(sigma: float) -> np.ndarray:
         layer = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0),
                                  sigma, borderType=cv2.BORDER_REFLECT)
-        tile += np.float32(weight) * layer / max(float(layer.std()), 1e-6)
-    tile -= tile.mean()
-    tile /= max(float(tile.std()), 1e-6)
-    return tile.ravel()
+        return layer / max(float(layer.std()), 1e-6)
+
+    texture = 0.5 * smooth(0.7) + 0.8 * smooth(3.0) + smooth(14.0)
+    clouds = smooth(24.0)
+    tiles = []
+    for tile in (texture, clouds):
+        tile = tile - tile.mean()
+        tiles.append((tile / max(float(tile.std()), 1e-6)).astype(np.float32))
+    return tiles[0], tiles[1]
+
+
+def _texture_tiles(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """This sequence's flattened texture and cloud tiles: the shared tiles, randomly rolled."""
+    shifts = rng.integers(0, 1 << _TILE_BITS, 4)
+    texture, clouds = _base_tiles()
+    return (np.roll(texture, (int(shifts[0]), int(shifts[1])), (0, 1)).ravel(),
+            np.roll(clouds, (int(shifts[2]), int(shifts[3])), (0, 1)).ravel())
 
 
 def _lookup(tile: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Texels of the flattened tile at integer parts of (a, b), wrapped (a new float32 array)."""
     mask = (1 << _TILE_BITS) - 1
-    index = ((a.astype(np.int32) & mask) << _TILE_BITS) | (b.astype(np.int32) & mask)
+    index = ((a.astype(np.intp) & mask) << _TILE_BITS) | (b.astype(np.intp) & mask)
     return np.take(tile, index)
 
 
@@ -344,7 +367,7 @@ class SynthSequence:
         self._sky_horizon = np.array([0.78, 0.84, 0.9], np.float32) * np.float32(
             rng.uniform(0.9, 1.05))
         self._cloudiness = float(rng.uniform(0.0, 0.9))
-        self._tile = _texture_tile(rng)
+        self._tile, self._cloud_tile = _texture_tiles(rng)
         self._glass = rng.uniform(0.55, 1.7, 256).astype(np.float32)
         self._hood_col = (np.float32(rng.uniform(0.05, 0.5))
                           * _CAR_PALETTE[int(rng.integers(len(_CAR_PALETTE)))]).astype(np.float32)
@@ -504,20 +527,21 @@ class SynthSequence:
             if shape == 0:      # round prohibitory sign: red ring, white face
                 parts.append(_Part(_ellipse(0.0, y, r, r), ring, TRAFFIC_SIGN, sign_id))
                 parts.append(_Part(_ellipse(0.0, y, 0.7 * r, 0.7 * r), white, TRAFFIC_SIGN,
-                                   sign_id))
+                                   sign_id, detail=True))
             elif shape == 1:    # blue square information sign with a white arrow
                 parts.append(_Part(_rect(-r, r, y - r, y + r), ring, TRAFFIC_SIGN, sign_id))
                 parts.append(_Part(np.array([[-0.15 * r, y - 0.6 * r], [0.15 * r, y - 0.6 * r],
                                              [0.15 * r, y + 0.1 * r], [0.45 * r, y + 0.1 * r],
                                              [0.0, y + 0.65 * r], [-0.45 * r, y + 0.1 * r],
                                              [-0.15 * r, y + 0.1 * r]]),
-                                   white, TRAFFIC_SIGN, sign_id))
+                                   white, TRAFFIC_SIGN, sign_id, detail=True))
             else:               # yellow diamond priority sign with a white border
                 diamond = np.array([[0, y - 1.2 * r], [1.2 * r, y], [0, y + 1.2 * r],
                                     [-1.2 * r, y]])
                 parts.append(_Part(diamond, white, TRAFFIC_SIGN, sign_id))
                 parts.append(_Part(np.array([[0, y - 0.8 * r], [0.8 * r, y], [0, y + 0.8 * r],
-                                             [-0.8 * r, y]]), ring, TRAFFIC_SIGN, sign_id))
+                                             [-0.8 * r, y]]), ring, TRAFFIC_SIGN, sign_id,
+                                   detail=True))
         elif roll < 0.65:
             light_id = self._new_instance(TRAFFIC_LIGHT)
             y = height - 0.55
@@ -528,7 +552,7 @@ class SynthSequence:
                 scale = 1.0 if k == lit else 0.25
                 parts.append(_Part(_ellipse(0.0, y + 0.3 - 0.3 * k, 0.1, 0.1, 12),
                                    np.array(colour, np.float32) * np.float32(scale),
-                                   TRAFFIC_LIGHT, light_id))
+                                   TRAFFIC_LIGHT, light_id, detail=True))
         self._objects.append(_Object("pole", parts, x0=x, z0=z))
 
     def _add_tree(self, rng: np.random.Generator, x: float, z: float) -> None:
@@ -540,13 +564,12 @@ class SynthSequence:
                        np.array([0.3, 0.22, 0.14], np.float32) * np.float32(rng.uniform(0.7, 1.2)),
                        VEGETATION, tree_id)]
         rx, ry = float(rng.uniform(1.0, 2.2)), float(rng.uniform(1.3, 2.6))
-        for _ in range(4):
-            cx = float(rng.uniform(-0.4, 0.4)) * rx
-            cy = trunk_h + ry * float(rng.uniform(0.7, 1.1))
-            shade = np.clip(green * rng.uniform(0.75, 1.2) + rng.uniform(-0.03, 0.03, 3), 0, 1)
-            parts.append(_Part(_ellipse(cx, cy, rx * float(rng.uniform(0.6, 1.0)),
-                                        ry * float(rng.uniform(0.6, 1.0))),
-                               shade.astype(np.float32), VEGETATION, tree_id))
+        cy = trunk_h + 0.85 * ry
+        parts.append(_Part(_blob(rng, 0.0, cy, rx, ry), green.astype(np.float32), VEGETATION,
+                           tree_id))
+        light = np.clip(green * rng.uniform(1.15, 1.4), 0, 1).astype(np.float32)
+        parts.append(_Part(_blob(rng, -0.2 * rx, cy + 0.2 * ry, 0.55 * rx, 0.5 * ry), light,
+                           VEGETATION, tree_id, detail=True))
         self._objects.append(_Object("tree", parts, x0=x, z0=z))
 
     def _add_car(self, rng: np.random.Generator, x: float, z: float, *, rear: bool,
@@ -567,7 +590,7 @@ class SynthSequence:
                                 [-half + 1.3, height]]), body, CAR, car_id),
                 _Part(np.array([[-half + 1.05, 1.03], [half - 1.15, 1.03],
                                 [half - 1.55, height - 0.07], [-half + 1.4, height - 0.07]]),
-                      glass, CAR, car_id),
+                      glass, CAR, car_id, detail=True),
                 _Part(_ellipse(-half + 0.75, 0.33, 0.33, 0.33, 14), tyre, CAR, car_id),
                 _Part(_ellipse(half - 0.75, 0.33, 0.33, 0.33, 14), tyre, CAR, car_id),
             ]
@@ -583,11 +606,13 @@ class SynthSequence:
                                 [-half + 0.3, height]]), body, CAR, car_id),
                 _Part(np.array([[-half + 0.2, 1.03], [half - 0.2, 1.03],
                                 [half - 0.34, height - 0.06], [-half + 0.34, height - 0.06]]),
-                      glass, CAR, car_id),
-                _Part(_rect(-half + 0.05, -half + 0.35, 0.7, 0.85), lamp, CAR, car_id),
-                _Part(_rect(half - 0.35, half - 0.05, 0.7, 0.85), lamp, CAR, car_id),
+                      glass, CAR, car_id, detail=True),
+                _Part(_rect(-half + 0.05, -half + 0.35, 0.7, 0.85), lamp, CAR, car_id,
+                      detail=True),
+                _Part(_rect(half - 0.35, half - 0.05, 0.7, 0.85), lamp, CAR, car_id,
+                      detail=True),
                 _Part(_rect(-0.3, 0.3, 0.4, 0.55), np.array([0.9, 0.9, 0.85], np.float32), CAR,
-                      car_id),
+                      car_id, detail=True),
             ]
         obj = _Object("car", parts, x0=x, z0=z)
         self._objects.append(obj)
@@ -606,13 +631,11 @@ class SynthSequence:
         parts = [
             _Part(np.zeros((4, 2)), trousers, PERSON, person_id),  # legs: set per frame
             _Part(np.zeros((4, 2)), trousers, PERSON, person_id),
-            _Part(np.array([[-0.2, hip - 0.05], [0.2, hip - 0.05], [0.22, shoulder],
-                            [-0.22, shoulder]]), shirt, PERSON, person_id),
-            _Part(_rect(-0.05, 0.05, shoulder, shoulder + 0.06), skin, PERSON, person_id),
-            _Part(_ellipse(0.0, shoulder + 0.06 + head_r, 0.8 * head_r, head_r, 14), skin,
+            _Part(np.array([[-0.3, hip - 0.05], [0.3, hip - 0.05], [0.3, shoulder - 0.03],
+                            [0.22, shoulder], [-0.22, shoulder], [-0.3, shoulder - 0.03]]),
+                  shirt, PERSON, person_id),
+            _Part(_ellipse(0.0, shoulder + 0.9 * head_r, 0.8 * head_r, head_r, 14), skin,
                   PERSON, person_id),
-            _Part(_rect(-0.3, -0.21, hip - 0.05, shoulder - 0.02), shirt, PERSON, person_id),
-            _Part(_rect(0.21, 0.3, hip - 0.05, shoulder - 0.02), shirt, PERSON, person_id),
         ]
         obj = _Object("person", parts, x0=x, z0=z, phase=float(rng.uniform(0, 2 * math.pi)),
                       leg=hip)
@@ -632,15 +655,35 @@ class SynthSequence:
         self._ozfreq = np.array([o.z_freq for o in objs])
         self._ota = np.array([o.t_range[0] for o in objs])
         self._otb = np.array([o.t_range[1] for o in objs])
-        sizes = []
-        for obj in objs:
-            polys = [part.polygon for part in obj.parts]
-            obj.poly = np.concatenate(polys).astype(np.float64)
-            obj.offsets = np.cumsum([0] + [len(p) for p in polys]).tolist()
-            obj.cols = np.stack([part.colour for part in obj.parts]).astype(np.float64)
-            obj.ids = [part.instance_id for part in obj.parts]
-            obj.unique_ids = sorted(set(obj.ids))
-            sizes.append(float(np.ptp(obj.poly[:, 1])))
+        # All part polygons in one vertex array, so that a frame projects them in one go.
+        verts, vert_obj, part_start, part_cols, part_ids = [], [], [0], [], []
+        obj_parts, sizes, legs, lod = [], [], [], []
+        for k, obj in enumerate(objs):
+            first_part = len(part_ids)
+            coarse = [first_part + j for j, part in enumerate(obj.parts) if not part.detail]
+            if obj.kind == "person":
+                legs.append((k, part_start[-1]))
+            for part in obj.parts:
+                verts.append(part.polygon)
+                vert_obj.append(np.full(len(part.polygon), k))
+                part_start.append(part_start[-1] + len(part.polygon))
+                part_cols.append(part.colour)
+                part_ids.append(part.instance_id)
+            obj_parts.append((first_part, len(part_ids)))
+            lod.append((list(range(first_part, len(part_ids))), coarse))
+            obj.unique_ids = sorted({part.instance_id for part in obj.parts})
+            sizes.append(float(np.ptp(np.concatenate([p.polygon[:, 1] for p in obj.parts]))))
+        self._verts = np.concatenate(verts).astype(np.float64)
+        self._vert_obj = np.concatenate(vert_obj)
+        self._part_start = part_start
+        self._part_cols = np.array(part_cols, np.float64)
+        self._part_ids = part_ids
+        self._obj_parts = obj_parts
+        self._lod = lod
+        self._part_obj = np.repeat(np.arange(len(objs)), [b - a for a, b in obj_parts])
+        self._legs = np.array(legs, np.int64).reshape(-1, 2)
+        self._leg_length = np.array([objs[k].leg for k, _ in legs])
+        self._leg_phase = np.array([objs[k].phase for k, _ in legs])
         self._osize = np.array(sizes)
         lut = np.full(self._next_instance, VOID, np.uint8)
         for instance_id, train_id in self._instance_class.items():
@@ -698,16 +741,16 @@ class SynthSequence:
 
         # The frame is composed from a palette index, a shade and a haze amount per pixel:
         # colour = palette[index] * shade * (1 - haze) + horizon colour * haze.
-        pidx = np.empty((h, w), np.int32)
+        pidx = np.empty((h, w), np.intp)  # native index type: np.take needs no conversion
         shade = np.ones((h, w), f32)
         haze = np.zeros((h, w), f32)
 
         if rg > 0:  # sky: one palette entry per row (gradient), clouds blend to the horizon
-            pidx[:rg] = (_P_SKY + np.arange(rg, dtype=np.int32))[:, None]
+            pidx[:rg] = (_P_SKY + np.arange(rg, dtype=np.intp))[:, None]
             if self._cloudiness > 0:
                 azimuth = (np.arctan(self._u) + yaw).astype(f32)
-                cloud = _lookup(self._tile, dy[:rg, None] * f32(160.0),
-                                azimuth[None, :] * f32(160.0))
+                cloud = _lookup(self._cloud_tile, dy[:rg, None] * f32(self._f),
+                                azimuth[None, :] * f32(self._f))
                 cloud -= f32(1.4 - self._cloudiness)
                 np.clip(cloud, 0.0, 0.9, out=cloud)
                 haze[:rg] = cloud
@@ -752,7 +795,7 @@ class SynthSequence:
         valid = np.isfinite(tf) & (tf > 0)
         tf[~valid] = 1.0
         zf = cam_z + tf * dzw
-        block = np.zeros(w, np.int32)
+        block = np.zeros(w, np.intp)
         for side, mask in ((0, left & valid), (1, right & valid)):
             starts = self._block_start[side]
             idx = np.clip(np.searchsorted(starts, zf[mask], side="right") - 1, 0, len(starts) - 1)
@@ -778,7 +821,7 @@ class SynthSequence:
             col_win = (_frac(along / pitch) < f32(0.55)) & ~hedge
             win = (col_win[None, :] & (in_storey > f32(0.9)) & (in_storey < f32(2.3))
                    & (above > f32(2.5)) & (above < (top.astype(f32) - f32(1.0))[None, :]))
-            fcode = np.where(win, np.int32(_P_WINDOW), (block + self._p_blocks)[None, :])
+            fcode = np.where(win, np.intp(_P_WINDOW), (block + self._p_blocks)[None, :])
             tex = _lookup(self._tile, above * f32(10.0), zf.astype(f32)[None, :] * f32(10.0))
             amp = np.where(hedge, f32(0.35), f32(0.08)).astype(f32)
             fshade = f32(1.0) + amp[None, :] * tex
@@ -823,44 +866,55 @@ class SynthSequence:
         dx, dz = x - cam_x, z - cam_z
         xc = cos_y * dx - sin_y * dz
         zc = sin_y * dx + cos_y * dz
+        depth = np.maximum(zc, _NEAR)
+        scale = self._f / depth                                    # pixels per metre
         half_view = 0.5 * self.width / self._f
-        size_px = self._osize * self._f / np.maximum(zc, _NEAR)
         visible = ((zc > _NEAR) & (zc < _FAR) & (np.abs(xc) < zc * half_view + 6.0)
-                   & (t >= self._ota) & (t <= self._otb) & (size_px >= _MIN_OBJECT_PX))
+                   & (t >= self._ota) & (t <= self._otb)
+                   & (self._osize * scale >= _MIN_OBJECT_PX))
         order = np.flatnonzero(visible)
-        order = order[np.argsort(-zc[order], kind="stable")]
-        fog_m = self.scene["fog_m"]
-        scale = float(1 << _SHIFT)
+        if not len(order):
+            return []
+        order = order[np.argsort(-zc[order], kind="stable")].tolist()
+        self._pose_legs(t)
+        fixed = float(1 << _SHIFT)
+        u0 = self._cx + self._f * xc / depth
+        v0 = cy + _CAM_HEIGHT * scale
+        vs = scale[self._vert_obj]
+        pts = np.empty(self._verts.shape, np.int32)
+        pts[:, 0] = np.round((u0[self._vert_obj] + self._verts[:, 0] * vs) * fixed)
+        pts[:, 1] = np.round((v0[self._vert_obj] - self._verts[:, 1] * vs) * fixed)
+        haze = (1.0 - np.exp(-depth / self.scene["fog_m"]))[:, None]
+        haze = haze[self._part_obj]
+        cols = (self._part_cols * (1.0 - haze) + self._sky_horizon[None, :] * haze).tolist()
+        starts, ids = self._part_start, self._part_ids
         drawn: list[int] = []
+        detailed = (self._osize * scale >= _DETAIL_PX).tolist()
         for k in order:
-            obj = self._objects[k]
-            zk = float(zc[k])
-            s = self._f / zk
-            if obj.kind == "person":
-                self._pose_legs(obj, t, moving=bool(self._ovx[k] != 0 or self._ovz[k] != 0))
-            poly = obj.poly
-            px = (self._cx + self._f * float(xc[k]) / zk + poly[:, 0] * s) * scale
-            py = (cy + _CAM_HEIGHT * s - poly[:, 1] * s) * scale
-            pts = np.round(np.stack([px, py], axis=1)).astype(np.int32)
-            fog = 1.0 - math.exp(-zk / fog_m)
-            cols = (obj.cols * (1.0 - fog) + self._sky_horizon * fog).tolist()
-            for j, instance_id in enumerate(obj.ids):
-                part = [pts[obj.offsets[j]:obj.offsets[j + 1]]]
+            for j in self._lod[k][0 if detailed[k] else 1]:
+                part = [pts[starts[j]:starts[j + 1]]]
                 cv2.fillPoly(colour, part, cols[j], cv2.LINE_8, _SHIFT)
-                cv2.fillPoly(instances, part, instance_id, cv2.LINE_8, _SHIFT)
-            drawn.extend(obj.unique_ids)
+                cv2.fillPoly(instances, part, ids[j], cv2.LINE_8, _SHIFT)
+            drawn.extend(self._objects[k].unique_ids)
         return drawn
 
-    def _pose_legs(self, obj: _Object, t: float, moving: bool) -> None:
-        """Swing the legs (the first two parts, 4 vertices each) of a walking person."""
-        leg = obj.leg
-        swing = 0.28 * leg * math.sin(2 * math.pi * t / self._walk_period + obj.phase) \
-            if moving else 0.0
+    def _pose_legs(self, t: float) -> None:
+        """Swing the legs (the first two parts, 4 vertices each) of the walking persons."""
+        if not len(self._legs):
+            return
+        objs, start = self._legs[:, 0], self._legs[:, 1]
+        moving = (self._ovx[objs] != 0) | (self._ovz[objs] != 0)
+        leg = self._leg_length
+        swing = np.where(moving, 0.28 * leg * np.sin(
+            2 * math.pi * t / self._walk_period + self._leg_phase), 0.0)
         for j, sign in ((0, 1.0), (1, -1.0)):
-            foot = 0.1 * sign + sign * swing
+            foot = sign * (0.1 + swing)
             inner, outer = sorted((0.02 * sign, 0.19 * sign))
-            obj.poly[4 * j:4 * j + 4] = ((inner, leg), (outer, leg), (foot + 0.07, 0.0),
-                                         (foot - 0.07, 0.0))
+            base = start + 4 * j
+            self._verts[base, 0], self._verts[base, 1] = inner, leg
+            self._verts[base + 1, 0], self._verts[base + 1, 1] = outer, leg
+            self._verts[base + 2, 0], self._verts[base + 2, 1] = foot + 0.07, 0.0
+            self._verts[base + 3, 0], self._verts[base + 3, 1] = foot - 0.07, 0.0
 
     def _finish(self, colour: np.ndarray, index: int) -> np.ndarray:
         """Apply lighting, tint and sensor noise; return uint8 RGB."""
