@@ -85,6 +85,9 @@ def plan_bag(bag: Path, topics: list[str] | None, label_topic: str | None) -> Ba
         with BagReader(bag) as reader, warnings.catch_warnings():
             warnings.simplefilter("ignore", BadMessageWarning)  # reported when read for real
             available = reader.image_topics()
+            if label_topic is not None and label_topic not in available:
+                raise EvalError(f"label topic '{label_topic}' is not an image topic of {bag} "
+                                f"(image topics: {sorted(available)})")
             if topics:
                 for topic in topics:
                     if topic not in available:
@@ -92,15 +95,13 @@ def plan_bag(bag: Path, topics: list[str] | None, label_topic: str | None) -> Ba
                                         f"topics: {sorted(available)})")
             else:
                 topics = [t for t in available if t != label_topic]
-                if not topics:
-                    raise EvalError(f"no image topic in {bag}")
+                if len(topics) != 1:
+                    raise EvalError(f"{len(topics)} candidate image topics in {bag} "
+                                    f"({sorted(topics)}): choose with --image-topic")
             if label_topic in topics:
                 raise EvalError(f"'{label_topic}' is both an image topic and the label topic")
             label_stamps: Counter = Counter()
             if label_topic is not None:
-                if label_topic not in available:
-                    raise EvalError(f"label topic '{label_topic}' is not an image topic of {bag} "
-                                    f"(image topics: {sorted(available)})")
                 for _, _, _, msg in reader.messages([label_topic]):
                     label_stamps[msg.header.stamp.sec * 1_000_000_000
                                  + msg.header.stamp.nanosec] += 1
@@ -492,7 +493,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--image-topic", nargs="+", metavar="TOPIC",
                       help="camera topic(s) (sensor_msgs/Image or CompressedImage); default: "
-                      "every image topic but the label topic")
+                      "the bag's only image topic besides the label topic")
     data.add_argument("--label-topic", help="ground truth: mono8 Cityscapes trainIds (255 void), "
                       "matched to the images by header stamp")
     data.add_argument("--label-ids", action="store_true",
