@@ -270,7 +270,6 @@ def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int],
                 row["extra_over_erfnet_mb"] = probe["step_extra_mb"] - base["step_extra_mb"]
                 row["memory_method"] = probe["method"]
         else:
-            del features, query_key
             base = cuda_peak(erfnet, x, None)
             rows[0]["peak_step_mb"] = base
             for row in rows[1:]:

@@ -278,6 +278,8 @@ def test_memory_that_does_not_fit_is_refused():
         model.step(frames(1, batch=2)[0], memory)
     with pytest.raises(ValueError, match="feature size"):
         model.step(frames(1, height=40)[0], memory)
+    with pytest.raises(ValueError, match="float32"):
+        model.step(frames(1)[0], memory.to(dtype=torch.float32))
     with pytest.raises(ValueError):
         model.step(frames(1)[0], (memory.keys, memory.values))
 

@@ -213,10 +213,14 @@ class TemporalSegmenter(Segmenter):
         return self
 
     def check_memory(self, memory: Memory, features: torch.Tensor) -> None:
-        """Raise ValueError unless ``memory`` fits ``features`` (batch and spatial size)."""
+        """Raise ValueError unless ``memory`` fits ``features`` (batch, device, dtype, size)."""
         if memory.batch_size != features.shape[0]:
             raise ValueError(f"memory holds {memory.batch_size} streams but x has "
                              f"{features.shape[0]}")
+        if memory.keys[0].device != features.device or memory.keys[0].dtype != features.dtype:
+            raise ValueError(f"memory is {memory.keys[0].dtype} on {memory.keys[0].device} but "
+                             f"the model runs {features.dtype} on {features.device} (use "
+                             f"memory.to(...) or a fresh memory)")
         if memory.spatial_size != tuple(features.shape[2:]):
             raise ValueError(f"memory feature size {memory.spatial_size} does not match the "
                              f"input's {tuple(features.shape[2:])} (a new input size needs a "
