@@ -550,9 +550,14 @@ class LmanetNode(Node):
                                precision=settings.precision, num_threads=settings.num_threads,
                                input_size=settings.input_size, policy=self._policy(settings))
         except Exception as exc:  # the loader's errors name the problem; no traceback
+            # ValueError (CheckpointError), RuntimeError (PipelineError), OSError speak for
+            # themselves; anything else (a pickle failing on a file that is no checkpoint) gets
+            # its type named.
+            known = isinstance(exc, (ValueError, RuntimeError, OSError))
             raise StartupError(f"cannot load {settings.model}"
                                + (f" from '{checkpoint}'" if checkpoint else "")
-                               + f": {_one_line(exc)}") from None
+                               + ": " + ("" if known else f"{type(exc).__name__}: ")
+                               + _one_line(exc)) from None
         self._threads_applied = settings.num_threads
         info = pipeline.info
         report = getattr(pipeline, "load_report", None)

@@ -186,19 +186,31 @@ class RosClient:
                    what=f"{count} publisher(s) on {sub.topic_name}")
 
     # services
-    def call(self, srv_type, name: str, request=None, timeout: float = 10.0):
-        """Call a service and return (response, seconds from call to response)."""
+    def client(self, srv_type, name: str, timeout: float = 10.0):
+        """A service client, once the service is available (destroy it with the node)."""
         client = self.node.create_client(srv_type, name)
+        if not client.wait_for_service(timeout_sec=timeout):
+            self.node.destroy_client(client)
+            raise AssertionError(f"service {name} not available after {timeout} s")
+        return client
+
+    @staticmethod
+    def call_with(client, request, timeout: float = 10.0):
+        """Call through an existing client; return (response, seconds from call to answer)."""
+        done = threading.Event()
+        start = time.monotonic()
+        future = client.call_async(request)
+        future.add_done_callback(lambda _f: done.set())
+        if not done.wait(timeout):
+            raise AssertionError(f"service {client.srv_name} did not answer within {timeout} s")
+        return future.result(), time.monotonic() - start
+
+    def call(self, srv_type, name: str, request=None, timeout: float = 10.0):
+        """Call a service once (a client of its own); return (response, seconds)."""
+        client = self.client(srv_type, name, timeout)
         try:
-            if not client.wait_for_service(timeout_sec=timeout):
-                raise AssertionError(f"service {name} not available after {timeout} s")
-            done = threading.Event()
-            start = time.monotonic()
-            future = client.call_async(request if request is not None else srv_type.Request())
-            future.add_done_callback(lambda _f: done.set())
-            if not done.wait(timeout):
-                raise AssertionError(f"service {name} did not answer within {timeout} s")
-            return future.result(), time.monotonic() - start
+            return self.call_with(client, request if request is not None else srv_type.Request(),
+                                  timeout)
         finally:
             self.node.destroy_client(client)
 
@@ -320,10 +332,12 @@ class Rig:
         outputs: output names to collect (``labels``, ``color``...), under ``camera``.
         camera: '' for the single camera, else the camera name.
         input_qos: QoS of the test's image publisher (best effort depth 10 by default).
+        compressed: publish sensor_msgs/CompressedImage on ``image/compressed``.
+        input_topic: the input topic relative to the node's namespace, if remapped.
     """
 
     def __init__(self, ros, node, outputs=("labels",), camera: str = "", input_qos=None,
-                 compressed: bool = False) -> None:
+                 compressed: bool = False, input_topic: str | None = None) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import CompressedImage, Image
         self.ros, self.node, self.camera = ros, node, camera
@@ -332,7 +346,8 @@ class Rig:
         self.diagnostics = ros.subscribe(DiagnosticArray, "/diagnostics")
         for collector in self.outputs.values():
             ros.wait_for_publishers(collector)
-        topic = node.input_topic(prefix + ("image/compressed" if compressed else "image"))
+        topic = node.input_topic(input_topic or
+                                 prefix + ("image/compressed" if compressed else "image"))
         self.pub = ros.publisher(CompressedImage if compressed else Image, topic, input_qos)
 
     def send(self, msg, outputs=None, timeout: float = 30.0) -> dict:

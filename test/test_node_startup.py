@@ -1,0 +1,83 @@
+"""lmanet_node start-up failures: a non-zero exit with one clear line, never a traceback.
+
+Each case starts the node the way the launch file does (launch arguments -> command line); the
+processes run concurrently to keep the module short.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from conftest import child_env, node_executable, write_params_file
+from lmanet_ros.launch_args import resolve
+
+pytestmark = pytest.mark.ros
+
+LOG_LEVELS = ("[DEBUG]", "[INFO]", "[WARN]")
+
+
+def _cases(directory):
+    corrupt = directory / "corrupt.pth"
+    corrupt.write_bytes(b"this is not a checkpoint" * 100)
+    wrong = directory / "wrong_shapes.pth"
+    import torch
+    torch.save({"state_dict": {"decoder.output_conv.weight": torch.zeros(3, 3)}}, wrong)
+    return {
+        # name: (launch values, params, expected words in the error line, strict one line)
+        "missing_checkpoint": ({"checkpoint": str(directory / "nope.pth")}, None,
+                               ["checkpoint not found", "nope.pth"], True),
+        "cuda_absent": ({"device": "cuda"}, None, ["cuda", "not available"], True),
+        "cuda_index": ({"device": "cuda:3"}, None, ["cuda:3"], True),
+        "unknown_model": ({}, {"model": "segformer"},
+                          ["unknown model 'segformer'", "lmanet_erfnet"], True),
+        "corrupt_checkpoint": ({"checkpoint": str(corrupt)}, None, ["corrupt.pth"], False),
+        "mismatched_checkpoint": ({"checkpoint": str(wrong)}, None, ["wrong_shapes.pth"], False),
+        "palette_length": ({}, {"palette": [1, 2, 3]}, ["palette must hold 3 values"], True),
+        "wrong_type": ({}, {"memory.max_gap": "long"}, ["memory.max_gap"], True),
+        "out_of_range": ({}, {"overlay_alpha": 2.0}, ["overlay_alpha"], True),
+    }
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("startup")
+    cases = _cases(directory)
+    assert set(cases) == set(CASES)
+    running = {}
+    for name, (launch_values, params, _, _) in cases.items():
+        values = dict(launch_values, namespace=f"/startup_{name}")
+        if params:
+            values["params_file"] = write_params_file(directory, params)
+        command = resolve(values).command(node_executable())
+        running[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         env=child_env(), text=True, cwd=str(directory))
+    results = {}
+    for name, proc in running.items():
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        results[name] = (proc.returncode, out, err)
+    return cases, results
+
+
+CASES = ("missing_checkpoint", "cuda_absent", "cuda_index", "unknown_model", "corrupt_checkpoint",
+         "mismatched_checkpoint", "palette_length", "wrong_type", "out_of_range")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_startup_failure_is_one_clear_line(outcomes, case):
+    cases, results = outcomes
+    _, _, words, strict = cases[case]
+    code, out, err = results[case]
+    assert code not in (0, None), f"exit code {code}\n{err}"
+    assert "Traceback" not in err + out, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    problems = [line for line in lines if not line.startswith(LOG_LEVELS)]
+    assert len(problems) == 1, f"expected one error line, got:\n{err}"
+    assert all(word.lower() in problems[0].lower() for word in words), problems[0]
+    if strict:  # failed before anything was loaded: nothing else was printed
+        assert len(lines) == 1, err
+    print(f"{case}: {problems[0]}")
