@@ -21,6 +21,8 @@ seeds) may share one OUT as long as their sequences differ.
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -48,6 +50,10 @@ FRAME_ID = "camera"
 _LATENCY_NS = (8_000_000, 4_000_000)
 _LABEL_AFTER_NS = 1_000_000
 _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+#: PNGs are compressed by this many threads (OpenCV releases the GIL) while the next frame
+#: renders; at most _PNG_BACKLOG writes wait.
+_PNG_THREADS = 1
+_PNG_BACKLOG = 16
 
 
 class SynthError(Exception):
@@ -203,6 +209,14 @@ def generate(out: str | Path, *, frames: int, height: int, width: int, sequences
     run_sequences = []
     start_ns = START_TIME_NS
     bar = progress(sequences * frames, "synth") if show_progress else None
+    pool = concurrent.futures.ThreadPoolExecutor(_PNG_THREADS) if folder else None
+    pending: collections.deque[concurrent.futures.Future] = collections.deque()
+
+    def write_png(path: Path, array: np.ndarray) -> None:
+        pending.append(pool.submit(_write_png, path, array))
+        while len(pending) > _PNG_BACKLOG or (pending and pending[0].done()):
+            pending.popleft().result()  # re-raises a failed write
+
     try:
         if writer is not None:
             writer.open()
@@ -229,9 +243,9 @@ def generate(out: str | Path, *, frames: int, height: int, width: int, sequences
                                        log_time_ns=log + _LABEL_AFTER_NS)
                 if folder:
                     stem = f"{name}_{index:06d}"
-                    _write_png(image_dir / f"{stem}_leftImg8bit.png",
-                               cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
-                    _write_png(label_dir / f"{stem}_gtFine_labelTrainIds.png", frame.labels)
+                    write_png(image_dir / f"{stem}_leftImg8bit.png",
+                              cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+                    write_png(label_dir / f"{stem}_gtFine_labelTrainIds.png", frame.labels)
                 if bar is not None:
                     bar.update(1)
             log_entry = video.corruption_log
@@ -244,7 +258,11 @@ def generate(out: str | Path, *, frames: int, height: int, width: int, sequences
                 "scene": video.describe()["scene"],
             })
             start_ns = int(stamps[-1]) + int(round(SEQUENCE_GAP_S * 1e9))
+        while pending:
+            pending.popleft().result()
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
         if writer is not None:
