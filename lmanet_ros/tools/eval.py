@@ -530,7 +530,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     live = parser.add_argument_group("live (score a running lmanet_node instead)")
     live.add_argument("--live", action="store_true",
                       help="replay the bag in lock-step to a running node and score its labels")
-    live.add_argument("--node", default="/lmanet_node",
+    live.add_argument("--node", default="/lmanet",
                       help="the node's fully qualified name (labels on <node>/labels)")
     add_replay_arguments(parser, for_eval=True)
     parser.set_defaults(handler=run)

@@ -319,7 +319,7 @@ class ReplayOptions:
     rate: float = 1.0
     loop: bool = False
     lockstep: bool = False
-    labels_topics: list[str] = field(default_factory=lambda: ["/lmanet_node/labels"])
+    labels_topics: list[str] = field(default_factory=lambda: ["/lmanet/labels"])
     timeout: float = 30.0
     startup_timeout: float = 120.0
     reliable: bool = True
@@ -362,7 +362,7 @@ def replay_bag(options: ReplayOptions, *, args: list[str] | None = None) -> Repl
             frame that never arrive in lock-step mode.
     """
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     if options.loop and options.score_out:
         raise ReplayError("--loop and scoring do not go together (every loop repeats the stamps)")
@@ -455,7 +455,7 @@ def replay_bag(options: ReplayOptions, *, args: list[str] | None = None) -> Repl
             _spin_until(executor, lambda: all(pending.received[k] >= n
                                               for k, n in pending.sent.items()),
                         time.monotonic() + options.timeout)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):
         outcome.interrupted = True
     finally:
         bar.close()
@@ -558,7 +558,7 @@ def add_replay_arguments(parser: argparse.ArgumentParser, *, for_eval: bool = Fa
     node = parser.add_argument_group("node (lock-step and scoring" +
                                      (", --live)" if for_eval else ")"))
     if not for_eval:
-        node.add_argument("--labels-topic", nargs="+", default=["/lmanet_node/labels"],
+        node.add_argument("--labels-topic", nargs="+", default=["/lmanet/labels"],
                           metavar="TOPIC",
                           help="the node's labels topic(s): one, or one per image topic")
     node.add_argument("--timeout", type=float, default=30.0,
