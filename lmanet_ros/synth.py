@@ -18,6 +18,11 @@ built in 60 m chunks, each from its own random stream, and the corruption schedu
 frame, so frame i is the same whatever the number of frames asked for. When a tool makes several
 sequences, sequence k has seed ``base_seed + k``.
 
+Timing: frame i shows the world at ``i / rate`` seconds (``DEFAULT_RATE_HZ`` = 17).
+:func:`frame_stamps` gives camera-like capture stamps: the nominal period plus a Gaussian jitter
+of ``STAMP_JITTER_S`` = 1 ms (clipped to 3 sigma), starting at ``START_TIME_NS``; tools that put
+several sequences in one bag leave ``SEQUENCE_GAP_S`` = 5 s between them.
+
 Seeds, fixed before any model is trained on these data:
 
 - ``TRAIN_SEEDS = range(0, 1000)``: for training.
