@@ -443,8 +443,8 @@ class LmanetNode(Node):
         known = set(SPEC_BY_NAME) | {"use_sim_time", "start_type_description_service"}
         for name in sorted(overrides):
             if name not in known and not name.startswith("qos_overrides."):
-                self.get_logger().warn(f"parameter '{name}' is set but {self.get_name()} has no "
-                                       f"such parameter (a typo?); it is ignored")
+                self.get_logger().warning(f"parameter '{name}' is set but {self.get_name()} "
+                                          f"has no such parameter (a typo?); it is ignored")
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate a change (rclpy has already checked type, range and read-only)."""
@@ -454,7 +454,7 @@ class LmanetNode(Node):
         with self._config_lock:
             reason = validate(changes, self._settings.as_dict(), num_classes=self._num_classes)
             if reason:
-                self.get_logger().warn(f"parameter change refused: {reason}")
+                self.get_logger().warning(f"parameter change refused: {reason}")
                 return SetParametersResult(successful=False, reason=reason)
             if self._apply_in_on_set:
                 self._apply(changes)
@@ -568,14 +568,14 @@ class LmanetNode(Node):
             for what in ("initialised", "missing", "unexpected", "ignored"):
                 keys = getattr(report, what, ())
                 if keys:
-                    log.warn(f"checkpoint: {len(keys)} {what} "
-                             f"{'part' if what == 'initialised' else 'key'}(s): "
-                             f"{', '.join(list(keys)[:6])}{' ...' if len(keys) > 6 else ''}")
+                    log.warning(f"checkpoint: {len(keys)} {what} "
+                                f"{'part' if what == 'initialised' else 'key'}(s): "
+                                f"{', '.join(list(keys)[:6])}{' ...' if len(keys) > 6 else ''}")
         if not checkpoint:
             self._random_weights = True
-            log.warn("checkpoint is empty: the network runs with RANDOM WEIGHTS and its labels "
-                     "are noise. Set the checkpoint parameter (e.g. checkpoint:="
-                     "/path/lmanet_erf_best.pth) for real use.")
+            log.warning("checkpoint is empty: the network runs with RANDOM WEIGHTS and its "
+                        "labels are noise. Set the checkpoint parameter (e.g. checkpoint:="
+                        "/path/lmanet_erf_best.pth) for real use.")
 
         self._num_classes = info.num_classes
         self._resolve_classes(pipeline, settings)
@@ -606,8 +606,8 @@ class LmanetNode(Node):
                 raise StartupError(f"invalid parameters: {reason}")
             effective = self._class_set(settings)
             if from_checkpoint != effective and from_checkpoint != ClassSet.cityscapes():
-                log.warn("class_names/palette parameters differ from the class metadata stored "
-                         "in the checkpoint; the parameters win")
+                log.warning("class_names/palette parameters differ from the class metadata "
+                            "stored in the checkpoint; the parameters win")
         if len(effective) > pipeline.info.num_classes:
             raise StartupError(f"{len(effective)} classes but {pipeline.info.name} has "
                                f"{pipeline.info.num_classes} outputs")
@@ -633,7 +633,7 @@ class LmanetNode(Node):
         if LabelInfo is not None:
             self._label_info_pub = self.create_publisher(LabelInfo, "~/label_info", LATCHED_QOS)
         else:
-            self.get_logger().warn("lmanet_ros messages are not built: ~/label_info is off")
+            self.get_logger().warning("lmanet_ros messages are not built: ~/label_info is off")
         if VisionLabelInfo is not None:
             self._vision_label_info_pub = self.create_publisher(
                 VisionLabelInfo, "~/vision_label_info", LATCHED_QOS)
@@ -754,14 +754,14 @@ class LmanetNode(Node):
                     "input.reliability to best_effort.")
         elif "DURABILITY" in policy:
             hint = " The publisher is volatile: subscriptions here are volatile too (check it)."
-        self.get_logger().warn(
+        self.get_logger().warning(
             f"a publisher on {topic} offers QoS incompatible with this node's subscription "
             f"(policy {policy}); no frames arrive from it.{hint}")
 
     def _on_incompatible_output_qos(self, output: str, event) -> None:
         """A subscription to one of our outputs asks for QoS we do not offer."""
         policy = _policy_name(getattr(event, "last_policy_kind", "?"))
-        self.get_logger().warn(
+        self.get_logger().warning(
             f"a subscription to ~/{output} asks for QoS this publisher does not offer (policy "
             f"{policy}); outputs are reliable and volatile", throttle_duration_sec=5.0)
 

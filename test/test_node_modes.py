@@ -1,0 +1,74 @@
+"""lmanet_node processing modes over real DDS: ``latest`` processes the newest frame and counts the
+rest as drops; ``all`` (switched at run time, reliable keep-all on both ends) processes a burst
+completely and in order; an incompatible input QoS is warned about."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from conftest import Rig, make_image, stamp_of, wait_until
+
+pytestmark = pytest.mark.ros
+
+RELIABLE_ALL = QoSProfile(depth=1, history=HistoryPolicy.KEEP_ALL,
+                          reliability=ReliabilityPolicy.RELIABLE)
+IMAGE = np.random.default_rng(0).integers(0, 256, (96, 192, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def rig(ros, node_factory):
+    node = node_factory(params={"diagnostics_period": 0.2})
+    return Rig(ros, node, outputs=("labels",))
+
+
+def test_latest_mode_keeps_the_newest_frame_and_counts_drops(rig):
+    rig.send(make_image(IMAGE, stamp=1.0))
+    stamps = [2.0 + 0.01 * i for i in range(20)]
+    for stamp in stamps:  # far faster than the node can segment
+        rig.pub.publish(make_image(IMAGE, stamp=stamp))
+    labels = rig.outputs["labels"]
+    labels.wait_for(1, 30.0, lambda m: stamp_of(m) == stamps[-1])  # the newest is processed
+    got = [stamp_of(m) for m in labels.messages if stamp_of(m) >= 2.0]
+    assert got == sorted(got)
+    assert len(got) < len(stamps)
+    values = rig.status(lambda v: int(v["drops"]) > 0)[1]
+    processed, drops = int(values["frames_processed"]), int(values["drops"])
+    assert processed + drops <= int(values["frames_received"])
+
+
+def test_all_mode_processes_a_burst_completely_in_order(rig):
+    result = rig.ros.set_parameters(rig.node.fqn, {
+        "processing_mode": "all", "input.reliability": "reliable", "input.depth": 0},
+        atomic=True)[0]
+    assert result.successful, result.reason
+    publisher = rig.ros.publisher(Image, rig.node.input_topic("image"), RELIABLE_ALL)
+    labels = rig.outputs["labels"]
+    before = rig.status()[1]
+    stamps = [100.0 + 0.03 * i for i in range(40)]
+    for stamp in stamps:
+        publisher.publish(make_image(IMAGE, stamp=stamp))
+    labels.wait_for(len(stamps), 120.0, lambda m: stamp_of(m) >= 100.0)
+    got = [stamp_of(m) for m in labels.messages if stamp_of(m) >= 100.0]
+    assert got == stamps  # nothing lost, nothing reordered
+    values = rig.status(lambda v: int(v["frames_processed"])
+                        >= int(before["frames_processed"]) + len(stamps))[1]
+    assert int(values["drops"]) == int(before["drops"])
+    rig.ros.node.destroy_publisher(publisher)
+
+
+def test_incompatible_input_qos_is_warned_about(rig):
+    # the node's input is reliable now; a best-effort camera cannot feed it
+    assert rig.ros.get_parameters(rig.node.fqn, ["input.reliability"])[
+        "input.reliability"] == "reliable"
+    best_effort = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+    publisher = rig.ros.node.create_publisher(Image, rig.node.input_topic("image"), best_effort)
+    try:
+        log = wait_until(lambda: "incompatible" in rig.node.log() and rig.node.log(), 20.0,
+                         what="an incompatible-QoS warning")
+        assert "input.reliability" in log
+        values = rig.status(lambda v: int(v["incompatible_qos_events"]) > 0)[1]
+        assert int(values["incompatible_qos_events"]) >= 1
+    finally:
+        rig.ros.node.destroy_publisher(publisher)
