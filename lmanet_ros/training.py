@@ -647,6 +647,17 @@ class _Trainer:
         return bool(tensor.item() > 0)
 
     @torch.no_grad()
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BN running statistics): DDP does so at the start
+        of each forward, so after the last step they differ; validation and the saved weights
+        must not depend on the rank."""
+        if self.ctx.distributed:
+            for buffer in self.model.buffers():
+                moved = buffer.to(self._collective_device)
+                dist.broadcast(moved, src=0)
+                buffer.copy_(moved)
+
+    @torch.no_grad()
     def validate(self) -> dict[str, Any] | None:
         """mIoU over the 19 classes on the validation clips (memory reset per clip)."""
         if self.val_set is None:
@@ -712,6 +723,7 @@ class _Trainer:
                     self._checkpoint()
                     last_checkpoint = time.monotonic()
                 tick = time.monotonic()
+            self._sync_buffers()
             epoch_done = state["epoch_images"] >= len(self.train_set) or stop_reason is None
             mean_loss = state["epoch_loss_sum"] / max(state["epoch_loss_count"], 1)
             if epoch_done:
