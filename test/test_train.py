@@ -88,7 +88,8 @@ def test_frequency_class_weights_follow_enet_formula():
 
 def test_class_weights_schemes(data):
     erfnet, used = training.class_weights("auto", "cityscapes")
-    assert used == "erfnet" and erfnet[19] == 0 and math.isclose(erfnet[0].item(), 2.8149, rel_tol=1e-4)
+    assert used == "erfnet" and erfnet[19] == 0
+    assert math.isclose(erfnet[0].item(), 2.8149, rel_tol=1e-4)
     train_set = build_clip_dataset("synth", data, "train", clip_length=1)
     frequency, used = training.class_weights("auto", "synth", train_set)
     assert used == "frequency"
@@ -172,7 +173,7 @@ def test_time_budget_stops_after_the_step_that_exceeds_it(data, tmp_path):
 
 
 def test_resume_at_epoch_end_continues_exactly(data, tmp_path):
-    full = train(config(data, tmp_path / "full", epochs=2))
+    train(config(data, tmp_path / "full", epochs=2))
     first = train(config(data, tmp_path / "split", epochs=2, max_images=8))
     assert (first.stop_reason, first.epochs_done, first.images_seen) == ("max_images", 1, 8)
     saved = checkpoint_state(tmp_path / "split")
@@ -203,8 +204,8 @@ def test_resume_mid_epoch_finishes_the_epoch(data, tmp_path):
     second = train(config(data, tmp_path, resume=True))
     assert (second.epochs_done, second.images_seen) == (1, 8)
     log = read_log(tmp_path)
-    assert [(e["epoch"], e["complete"], e["images_seen"]) for e in log] == [(1, False, 4),
-                                                                          (1, True, 8)]
+    assert [(e["epoch"], e["complete"], e["images_seen"]) for e in log] == [
+        (1, False, 4), (1, True, 8)]
 
 
 def test_resume_refusals(data, tmp_path):
@@ -299,11 +300,12 @@ def test_ddp_gloo_two_processes_end_with_identical_weights(data, erfnet_init, tm
     assert ranks[0]["seen"] != ranks[1]["seen"]  # different data, same weights: gradients synced
     assert ranks[0]["images_seen"] == ranks[1]["images_seen"] == 12
     log = read_log(tmp_path / "run")  # rank 0 alone writes: one line per epoch
-    assert [(e["epoch"], e["complete"], e["images_seen"]) for e in log] == [(1, True, 8),
-                                                                          (2, False, 12)]
+    assert [(e["epoch"], e["complete"], e["images_seen"]) for e in log] == [
+        (1, True, 8), (2, False, 12)]
     initial = build_model("lmanet_erfnet", memory_length=3)
     load_checkpoint(initial, erfnet_init)
     trained = checkpoint_state(tmp_path / "run")["model"]
     assert torch.equal(trained["encoder.initial_block.conv.weight"],
                        initial.state_dict()["encoder.initial_block.conv.weight"])
-    assert not torch.equal(trained["kv_Q_r4.Key.weight"], initial.state_dict()["kv_Q_r4.Key.weight"])
+    assert not torch.equal(trained["kv_Q_r4.Key.weight"],
+                           initial.state_dict()["kv_Q_r4.Key.weight"])
