@@ -11,10 +11,10 @@ import importlib.util
 import pytest
 
 
-
 def _require(name: str):
     """Import a ROS launch package or skip this module, saying why."""
-    reason = f"{name} is not installed here (ROS 2 from PyPI has no launch packages); robots have it"
+    reason = (f"{name} is not installed here (ROS 2 from PyPI has no launch packages); "
+              f"robots have it")
     module = pytest.importorskip(name, reason=reason)
     if getattr(module, "__file__", None) is None:  # the repository's launch/ folder, not ROS's
         pytest.skip(reason, allow_module_level=True)
