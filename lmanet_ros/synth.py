@@ -821,17 +821,19 @@ class SynthSequence:
             along = (zf - self._block_start_all[block]).astype(f32)
             pitch = self._block_pitch[block].astype(f32)
             floor_h = self._block_floor[block].astype(f32)
-            storey = above / floor_h[None, :]
-            in_storey = _frac(storey) * floor_h[None, :]
+            storey = above * (f32(1.0) / floor_h)[None, :]
+            storey_index = np.floor(storey)
+            in_storey = storey - storey_index                     # fraction of the storey
             col_win = (_frac(along / pitch) < f32(0.55)) & ~hedge
-            win = (col_win[None, :] & (in_storey > f32(0.9)) & (in_storey < f32(2.3))
+            win = (col_win[None, :] & (in_storey > (f32(0.9) / floor_h)[None, :])
+                   & (in_storey < (f32(2.3) / floor_h)[None, :])
                    & (above > f32(2.5)) & (above < (top.astype(f32) - f32(1.0))[None, :]))
             fcode = np.where(win, np.intp(_P_WINDOW), (block + self._p_blocks)[None, :])
             tex = _lookup(self._tile, above * f32(10.0), zf.astype(f32)[None, :] * f32(10.0))
             amp = np.where(hedge, f32(0.35), f32(0.08)).astype(f32)
             fshade = f32(1.0) + amp[None, :] * tex
-            pane = (np.floor(storey).astype(np.int32) * 7
-                    + np.floor(along / pitch).astype(np.int32)[None, :]) & 255
+            pane = (storey_index.astype(np.intp) * 7
+                    + np.floor(along / pitch).astype(np.intp)[None, :]) & 255
             fshade = np.where(win, np.take(self._glass, pane), fshade)
             fhaze = (1.0 - np.exp(-tf32 / f32(self.scene["fog_m"])))[None, :]
             np.copyto(pidx[r0:r1], fcode, where=fmask)
