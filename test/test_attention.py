@@ -1,4 +1,5 @@
 """Local memory attention: the fast tiled kernel equals the direct definition exactly."""
+import functools
 import math
 
 import pytest
@@ -93,16 +94,20 @@ def test_near_misses_are_told_apart(variant):
     assert (wrong - expected).abs().max().item() > 1e-3
 
 
-def test_gradients_equal_reference():
-    inputs = random_memory_inputs(1, 4, 3, 9, 12, 2, key_scale=0.8, seed=3)
-    grads = []
-    for fn in (local_memory_attention_reference, local_memory_attention):
+@pytest.mark.parametrize("chunk", [None, 300])
+def test_gradients_equal_reference(chunk):
+    inputs = random_memory_inputs(2, 4, 3, 19, 12, 2, key_scale=0.8, seed=3)
+    grads, outs = [], []
+    tiled = functools.partial(local_memory_attention, tile=(4, 8), chunk_elements=chunk)
+    for fn in (local_memory_attention_reference, tiled):
         query = inputs[0].clone().requires_grad_()
         keys = [k.clone().requires_grad_() for k in inputs[1]]
         values = [v.clone().requires_grad_() for v in inputs[2]]
         out = fn(query, keys, values, radius=3)
+        outs.append(out.detach())
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
         grads.append([query.grad] + [k.grad for k in keys] + [v.grad for v in values])
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-11)
     for reference, fast in zip(*grads):
         torch.testing.assert_close(fast, reference, rtol=0, atol=1e-11)
 

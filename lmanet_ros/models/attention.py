@@ -105,12 +105,18 @@ def _window_mask(tile: tuple[int, int], radius: int, device: torch.device) -> to
     return mask.reshape(tile_h * tile_w, 1, (tile_h + span) * (tile_w + span))
 
 
-def _padded_channels_last(x: torch.Tensor, top_left: int, bottom: int, right: int
-                          ) -> torch.Tensor:
-    """(B, C, H, W) -> zero-padded (B, H + top_left + bottom, W + top_left + right, C)."""
-    batch, channels, height, width = x.shape
-    out = x.new_zeros(batch, height + top_left + bottom, width + top_left + right, channels)
-    out[:, top_left:top_left + height, top_left:top_left + width].copy_(x.permute(0, 2, 3, 1))
+def _stack_padded(maps: Sequence[torch.Tensor], radius: int, extra_h: int, extra_w: int
+                  ) -> torch.Tensor:
+    """T maps (B, C, H, W) -> zero-padded channels-last (B, T, H + 2r + eh, W + 2r + ew, C).
+
+    The border of r on every side and the extra eh rows / ew columns that round the map up to
+    whole tiles are zeros: positions outside the map.
+    """
+    stacked = torch.stack(tuple(maps), dim=1)  # (B, T, C, H, W)
+    batch, frames, channels, height, width = stacked.shape
+    out = stacked.new_zeros(batch, frames, height + 2 * radius + extra_h,
+                            width + 2 * radius + extra_w, channels)
+    out[:, :, radius:radius + height, radius:radius + width].copy_(stacked.permute(0, 1, 3, 4, 2))
     return out
 
 
@@ -137,7 +143,7 @@ def local_memory_attention(query_key: torch.Tensor, memory_keys: Sequence[torch.
         memory_values: T tensors (B, Cv, H, W).
         radius: window radius r (P = 2r + 1); 10 in LMANet.
         tile: tile size (th, tw) in feature pixels.
-        chunk_elements: logits computed per chunk; default 2**22 on CPU, 2**26 on CUDA.
+        chunk_elements: logits computed per chunk; default 2**23 on CPU, 2**26 on CUDA.
 
     Returns:
         (B, Cv, H, W) read-out, in the dtype of ``query_key``.
@@ -157,50 +163,54 @@ def local_memory_attention(query_key: torch.Tensor, memory_keys: Sequence[torch.
     region = region_h * region_w
     queries_per_tile = tile_h * tile_w
 
-    # Zero-padded, channels-last memory: rows/cols beyond the map are positions outside it.
-    keys = [_padded_channels_last(k, radius, radius + extra_h, radius + extra_w)
-            for k in memory_keys]
-    values = [_padded_channels_last(v, radius, radius + extra_h, radius + extra_w)
-              for v in memory_values]
-    # Queries grouped by tile: (B, tiles_y, tiles_x, th*tw, Ck).
+    keys = _stack_padded(memory_keys, radius, extra_h, extra_w)
+    values = _stack_padded(memory_values, radius, extra_h, extra_w)
+    # Queries grouped by tile, tile rows outermost: (tiles_y, B, tiles_x, th*tw, Ck), so that
+    # a chunk of tile rows is a contiguous slice (and so is its part of the output buffer).
     query = F.pad(query_key, (0, extra_w, 0, extra_h))
     query = query.reshape(batch, key_channels, tiles_y, tile_h, tiles_x, tile_w)
-    query = query.permute(0, 2, 4, 3, 5, 1).reshape(batch, tiles_y, tiles_x, queries_per_tile,
+    query = query.permute(2, 0, 4, 3, 5, 1).reshape(tiles_y, batch, tiles_x, queries_per_tile,
                                                     key_channels)
-    mask = _window_mask((tile_h, tile_w), radius, device)
+    # The same additive window mask for every tile and every memory frame.
+    mask = _window_mask((tile_h, tile_w), radius, device).expand(queries_per_tile, frames, region)
+    mask = mask.reshape(1, queries_per_tile, frames * region).to(dtype)
 
     if chunk_elements is None:
-        chunk_elements = 2 ** 26 if device.type == "cuda" else 2 ** 22
+        chunk_elements = 2 ** 26 if device.type == "cuda" else 2 ** 23
     logits_per_tile_row = batch * tiles_x * queries_per_tile * frames * region
     rows_per_chunk = max(1, min(tiles_y, chunk_elements // max(1, logits_per_tile_row)))
 
-    out_rows = []
+    # Without autograd the read-out of every chunk goes straight into one buffer (bmm out=).
+    tracking = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (query_key, *memory_keys, *memory_values))
+    out = None if tracking else query_key.new_empty(tiles_y, batch, tiles_x, queries_per_tile,
+                                                    value_channels)
+    pieces = []
     for row0 in range(0, tiles_y, rows_per_chunk):
         rows = min(rows_per_chunk, tiles_y - row0)
-        tiles = batch * rows * tiles_x
-        key_windows = query_key.new_empty(batch, rows, tiles_x, frames, region_h, region_w,
-                                          key_channels)
-        value_windows = query_key.new_empty(batch, rows, tiles_x, frames, region_h, region_w,
-                                            value_channels)
-        top = row0 * tile_h
-        for t in range(frames):
-            for source, target in ((keys[t], key_windows), (values[t], value_windows)):
-                part = source[:, top:top + rows * tile_h + span]
-                # (B, rows, tiles_x, C, region_h, region_w) view -> channels last.
-                part = part.unfold(1, region_h, tile_h).unfold(2, region_w, tile_w)
-                target[:, :, :, t].copy_(part.permute(0, 1, 2, 4, 5, 3))
-        key_windows = key_windows.reshape(tiles, frames * region, key_channels)
-        value_windows = value_windows.reshape(tiles, frames * region, value_channels)
-        queries = query[:, row0:row0 + rows].reshape(tiles, queries_per_tile, key_channels)
+        tiles = rows * batch * tiles_x
+        top, bottom = row0 * tile_h, (row0 + rows) * tile_h + span
+        # Window regions (B, T, rows, tiles_x, C, region_h, region_w), a strided view, copied
+        # once into (tiles, T * region, C) rows for the matrix products.
+        key_windows = keys[:, :, top:bottom].unfold(2, region_h, tile_h).unfold(
+            3, region_w, tile_w).permute(2, 0, 3, 1, 5, 6, 4).reshape(
+            tiles, frames * region, key_channels)
+        value_windows = values[:, :, top:bottom].unfold(2, region_h, tile_h).unfold(
+            3, region_w, tile_w).permute(2, 0, 3, 1, 5, 6, 4).reshape(
+            tiles, frames * region, value_channels)
+        queries = query[row0:row0 + rows].reshape(tiles, queries_per_tile, key_channels)
 
-        logits = torch.bmm(queries, key_windows.transpose(1, 2))
-        if dtype in _HALF_TYPES:
-            logits = logits.float()
-        logits.view(tiles, queries_per_tile, frames, region).add_(mask)
-        probs = torch.softmax(logits.view(tiles, queries_per_tile, frames * region), dim=-1)
-        readout = torch.bmm(probs.to(dtype), value_windows)  # (tiles, th*tw, Cv)
-        readout = readout.view(batch, rows, tiles_x, tile_h, tile_w, value_channels)
-        out_rows.append(readout.permute(0, 5, 1, 3, 2, 4).reshape(
-            batch, value_channels, rows * tile_h, tiles_x * tile_w))
-    out = torch.cat(out_rows, dim=2) if len(out_rows) > 1 else out_rows[0]
-    return out[:, :, :height, :width]
+        logits = torch.baddbmm(mask, queries, key_windows.transpose(1, 2))
+        probs = torch.softmax(logits.float() if dtype in _HALF_TYPES else logits, dim=-1)
+        probs = probs.to(dtype)
+        if out is not None:
+            torch.bmm(probs, value_windows,
+                      out=out[row0:row0 + rows].view(tiles, queries_per_tile, value_channels))
+        else:
+            pieces.append(torch.bmm(probs, value_windows).view(rows, batch, tiles_x,
+                                                               queries_per_tile, value_channels))
+    result = out if out is not None else torch.cat(pieces)
+    result = result.view(tiles_y, batch, tiles_x, tile_h, tile_w, value_channels)
+    result = result.permute(1, 5, 0, 3, 2, 4).reshape(batch, value_channels, tiles_y * tile_h,
+                                                      tiles_x * tile_w)
+    return result[:, :, :height, :width]
