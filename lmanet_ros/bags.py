@@ -43,7 +43,8 @@ from lmanet_ros.imaging import (ImageError, decode_compressed, decode_image, enc
 __all__ = [
     "BadMessageWarning", "BagError", "BagReader", "BagWriter", "COMPRESSED_IMAGE", "IMAGE",
     "IMAGE_TYPES", "ImageRecord", "MONO_ENCODINGS", "ReadStats", "STORAGES", "iter_images",
-    "list_image_topics", "pair_images_and_labels", "typestore",
+    "list_image_topics", "pair_images_and_labels", "typestore", "decode_message",
+    "image_message", "compressed_message", "warn_bad_message",
 ]
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -85,7 +86,8 @@ class ReadStats:
         default_factory=collections.Counter)
     problems: list[str] = dataclasses.field(default_factory=list)
 
-    def _skip(self, topic: str, log_time_ns: int, reason: str) -> None:
+    def skip(self, topic: str, log_time_ns: int, reason: str) -> None:
+        """Count one skipped message of ``topic`` and keep its reason."""
         self.skipped += 1
         self.skipped_by_topic[topic] += 1
         if len(self.problems) < _MAX_PROBLEMS:
@@ -390,7 +392,7 @@ class BagReader:
             try:
                 msg = store.deserialize_cdr(data, connection.msgtype)
             except Exception as exc:  # noqa: BLE001 - any byte soup may fail in any way
-                _bad(stats, connection.topic, log_time, f"cannot deserialise: {exc!r}")
+                warn_bad_message(stats, connection.topic, log_time, f"cannot deserialise: {exc!r}")
                 continue
             yield connection.topic, connection.msgtype, int(log_time), msg
 
@@ -412,11 +414,13 @@ class BagReader:
         return [c.topic for c in self._connections(topics, image_only=True)]
 
 
-def _bad(stats: ReadStats | None, topic: str, log_time_ns: int, reason: str) -> None:
+def warn_bad_message(stats: ReadStats | None, topic: str, log_time_ns: int,
+                     reason: str) -> None:
+    """Report one skipped message: a :class:`BadMessageWarning`, and a count in ``stats``."""
     warnings.warn(f"skipping message on {topic} at log time {log_time_ns} ns: {reason}",
                   BadMessageWarning, stacklevel=3)
     if stats is not None:
-        stats._skip(topic, int(log_time_ns), reason)
+        stats.skip(topic, int(log_time_ns), reason)
 
 
 def _record(topic: str, msgtype: str, log_time: int, msg, stats: ReadStats | None,
@@ -426,7 +430,7 @@ def _record(topic: str, msgtype: str, log_time: int, msg, stats: ReadStats | Non
         stamp, frame_id = _stamp_ns(msg.header), str(msg.header.frame_id)
     except (ImageError, ValueError, AttributeError) as exc:
         if report:
-            _bad(stats, topic, log_time, f"cannot decode image: {exc}")
+            warn_bad_message(stats, topic, log_time, f"cannot decode image: {exc}")
         return None
     if stats is not None:
         stats.decoded += 1
