@@ -385,10 +385,8 @@ class BagReader:
 
         Messages that cannot be deserialised are warned about, counted and skipped.
         """
-        reader = self._open_reader()
         store = typestore()
-        for connection, log_time, data in reader.messages(
-                connections=self._connections(topics, image_only=False)):
+        for connection, log_time, data in self._raw(topics):
             try:
                 msg = store.deserialize_cdr(data, connection.msgtype)
             except Exception as exc:  # noqa: BLE001 - any byte soup may fail in any way
@@ -408,7 +406,9 @@ class BagReader:
     def _raw(self, topics: Iterable[str] | str | None = None) -> Iterator[tuple]:
         """Serialised messages ``(connection, log_time_ns, data)`` in recorded order."""
         reader = self._open_reader()
-        yield from reader.messages(connections=self._connections(topics, image_only=False))
+        connections = self._connections(topics, image_only=False)
+        if connections:  # rosbags reads every topic when given none
+            yield from reader.messages(connections=connections)
 
     def _image_topic_names(self, topics: Iterable[str] | str | None) -> list[str]:
         return [c.topic for c in self._connections(topics, image_only=True)]

@@ -284,6 +284,16 @@ def test_reader_errors(tmp_path):
         list(pair_images_and_labels(path, "/camera/image", "/camera/image"))
 
 
+def test_a_bag_without_images_yields_nothing(tmp_path, storage):
+    path = tmp_path / "bag"
+    with BagWriter(path, storage=storage) as writer:
+        writer.write("/chatter", T0, typestore().types["std_msgs/msg/String"](data="x"))
+    assert list_image_topics(path) == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(iter_images(path)) == []
+
+
 def test_a_closed_writer_leaves_a_readable_bag_after_an_exception(tmp_path):
     path = tmp_path / "bag"
     with pytest.raises(RuntimeError):
