@@ -37,8 +37,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile,
-                       ReliabilityPolicy)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
@@ -114,10 +113,12 @@ def stamp_seconds(stamp) -> float:
 
 
 def _policy_name(kind: Any) -> str:
+    """The name of a QoS policy kind (RELIABILITY, DURABILITY...) of a QoS event."""
     try:
+        from rclpy.qos import QoSPolicyKind
         return QoSPolicyKind(kind).name
-    except (ValueError, TypeError):
-        return str(kind)
+    except (ImportError, ValueError, TypeError):
+        return str(getattr(kind, "name", kind))
 
 
 class _Throttle:
