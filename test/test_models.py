@@ -412,3 +412,37 @@ def test_memory_to_cat_and_split():
         Memory.cat_batch([])
     with pytest.raises(ValueError):
         Memory().split_batch()
+
+
+# ------------------------------------------------------------------------------ assembly
+def test_normalisation_is_applied_inside_step():
+    from lmanet_ros.models import SingleFrameSegmenter
+    from lmanet_ros.models.erfnet import ERFNetDecoder, ERFNetEncoder
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    model = SingleFrameSegmenter("normalised", ERFNetEncoder(), ERFNetDecoder(5), num_classes=5,
+                                 mean=mean, std=std).double().eval()
+    assert model.info.mean == mean and model.info.std == std
+    x = frames(1)[0]
+    normalised = (x - torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)) / torch.tensor(
+        std, dtype=x.dtype).view(1, 3, 1, 1)
+    torch.testing.assert_close(model.step(x)[0], model.decoder(model.encoder(normalised)),
+                               rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="together"):
+        SingleFrameSegmenter("bad", ERFNetEncoder(), ERFNetDecoder(5), num_classes=5, mean=mean)
+
+
+def test_temporal_module_must_hold_sub_modules_only():
+    from lmanet_ros.models import LocalMemoryModule, TemporalSegmenter
+    from lmanet_ros.models.erfnet import ERFNetDecoder, ERFNetEncoder
+
+    temporal = LocalMemoryModule()
+    temporal.scale = torch.nn.Parameter(torch.ones(1))
+    with pytest.raises(ValueError, match="sub-modules only"):
+        TemporalSegmenter("x", ERFNetEncoder(), temporal, ERFNetDecoder(20), num_classes=20,
+                          memory_length=2)
+    clashing = LocalMemoryModule()
+    clashing.add_module("decoder", torch.nn.Identity())
+    with pytest.raises(ValueError, match="clashes"):
+        TemporalSegmenter("x", ERFNetEncoder(), clashing, ERFNetDecoder(20), num_classes=20,
+                          memory_length=2)
