@@ -128,6 +128,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     size: tuple[int, int] | None = None
     workers: int = 2
+    threads: int | None = None
     device: str = "auto"
     resume: bool = False
     time_budget_min: float | None = None
@@ -159,6 +160,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         clip_length = self.clip_length
         if clip_length is None:
             clip_length = self.memory_length + 1 if entry.temporal else 1
@@ -818,9 +821,11 @@ def _worker(rank: int, config: TrainConfig, world_size: int, init_method: str,
             results: Any = None) -> TrainResult:
     """One process of a run; ``rank``/``world_size`` 0/1 without a process group."""
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    elif world_size > 1:  # share the cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     if world_size > 1:
-        threads = max(1, (os.cpu_count() or 1) // world_size)
-        torch.set_num_threads(threads)
         dist.init_process_group(config.backend, init_method=init_method, rank=rank,
                                 world_size=world_size)
     try:
