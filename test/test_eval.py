@@ -69,7 +69,8 @@ def expected_gt_pixels(n, stride=1):
 
 @pytest.fixture
 def identity(monkeypatch):
-    """Replace the network by a perfect one: the prediction is the image's red channel."""
+    """Replace the network by a perfect one: the prediction is the image's red channel (the
+    memory rules still apply: tests of the tool need not wait for the network)."""
     def process(self, frames, *, want_confidence=False):
         out = []
         for frame in frames:
@@ -128,7 +129,7 @@ def test_eval_writes_every_output(tmp_path, storage):
     assert all(log == s + 1_000_000 for _, s, log in stamps)   # input's recording time
 
 
-def test_without_labels(tmp_path):
+def test_without_labels(tmp_path, identity):
     bag = write_bag(tmp_path / "bag", labels=False, storage="sqlite3")
     out = tmp_path / "out"
     assert run_eval(bag, out) == 0
@@ -176,7 +177,7 @@ def test_label_ids_are_mapped(tmp_path, identity):
     assert load(out2)["models"][0]["accuracy"]["invalid_label_pixels"] > 0
 
 
-def test_time_jump_back_resets_memory(tmp_path):
+def test_time_jump_back_resets_memory(tmp_path, identity):
     stamps = [T0 + i * PERIOD for i in range(4)] + [T0 + i * PERIOD for i in range(3)]
     bag = write_bag(tmp_path / "bag", stamps=stamps)
     out = tmp_path / "out"
@@ -189,7 +190,7 @@ def test_time_jump_back_resets_memory(tmp_path):
     assert model["accuracy"]["labelled_frames"] == 7         # repeated stamps paired in turn
 
 
-def test_gap_resets_memory(tmp_path):
+def test_gap_resets_memory(tmp_path, identity):
     stamps = [T0, T0 + PERIOD, T0 + 3 * 10**9, T0 + 3 * 10**9 + PERIOD]
     bag = write_bag(tmp_path / "bag", stamps=stamps)
     out = tmp_path / "out"
@@ -229,7 +230,7 @@ def test_compare_models_on_the_same_frames(tmp_path):
     assert (out / "class_iou.png").stat().st_size > 0
 
 
-def test_ctrl_c_leaves_a_valid_partial_report(tmp_path, monkeypatch):
+def test_ctrl_c_leaves_a_valid_partial_report(tmp_path, identity, monkeypatch):
     bag = write_bag(tmp_path / "bag", n=6)
     original = SegmentationPipeline.process
     calls = {"n": 0}
@@ -263,13 +264,13 @@ def test_ctrl_c_leaves_a_valid_partial_report(tmp_path, monkeypatch):
     (["--stride", "0"], "--stride"),
     ([], "choose with --image-topic"),   # /camera/image and (unnamed) /camera/labels
 ])
-def test_errors_are_reported(tmp_path, capsys, extra, message):
+def test_errors_are_reported(tmp_path, identity, capsys, extra, message):
     bag = write_bag(tmp_path / "bag", n=2)
     assert run_eval(bag, tmp_path / "out", *extra) == 2
     assert message in capsys.readouterr().err
 
 
-def test_existing_output_bag_is_refused(tmp_path, capsys):
+def test_existing_output_bag_is_refused(tmp_path, identity, capsys):
     bag = write_bag(tmp_path / "bag", n=2)
     (tmp_path / "taken").mkdir()
     assert run_eval(bag, tmp_path / "out", "--image-topic", IMAGE,
@@ -292,7 +293,7 @@ def test_image_cdr_matches_rosbags(shape, encoding, frame_id):
     assert data == bytes(store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
 
 
-def test_report_is_valid_json_without_nan(tmp_path):
+def test_report_is_valid_json_without_nan(tmp_path, identity):
     bag = write_bag(tmp_path / "bag", n=2)
     out = tmp_path / "out"
     assert run_eval(bag, out, "--label-topic", LABELS) == 0

@@ -19,7 +19,9 @@ same way (see :mod:`lmanet_ros.tools.replay`).
 from __future__ import annotations
 
 import argparse
+import queue
 import sys
+import threading
 import time
 import warnings
 from collections import Counter, deque
@@ -265,7 +267,7 @@ class OutputBag:
         self.kinds = kinds
         self._typestore = _typestore()
         self._writer = Writer(path, version=9, storage_plugin=plugin)
-        self._writer.open()
+        self._opened = False   # opened by the thread that writes (sqlite3 is per thread)
         self._connections: dict[str, object] = {}
         self.messages = 0
 
@@ -275,6 +277,9 @@ class OutputBag:
 
     def write(self, frame: EvalFrame, model_label: str, images: dict[str, np.ndarray]) -> None:
         """Write the images (``kind`` -> array) of one frame."""
+        if not self._opened:
+            self._writer.open()
+            self._opened = True
         for kind in self.kinds:
             array = images[kind]
             topic = self.topic(frame.topic, model_label, kind)
@@ -288,8 +293,10 @@ class OutputBag:
             self.messages += 1
 
     def close(self) -> None:
-        """Finish the bag (metadata written; readable afterwards)."""
+        """Finish the bag (metadata written; readable afterwards), also an empty one."""
         if self._writer is not None:
+            if not self._opened:
+                self._writer.open()
             self._writer.close()
             self._writer = None
 
@@ -342,7 +349,7 @@ def evaluate(args: argparse.Namespace) -> EvalOutcome:
     policy = MemoryPolicy(max_gap=args.max_gap, stride=args.memory_stride,
                           memory_length=args.memory_length)
     timing = {"setup_s": 0.0, "decode_s": 0.0, "model_s": 0.0, "metrics_s": 0.0,
-              "output_bag_s": 0.0, "video_s": 0.0, "report_s": 0.0}
+              "output_bag_s": 0.0, "video_s": 0.0, "outputs_drain_s": 0.0, "report_s": 0.0}
     pipelines = []
     for spec in specs:
         pipeline = SegmentationPipeline.from_pretrained(
@@ -352,9 +359,12 @@ def evaluate(args: argparse.Namespace) -> EvalOutcome:
     classes = pipelines[0].classes
     palette = np.asarray(classes.colors, dtype=np.uint8)
     runs = [RunScore(spec.label, list(p.classes.names)) for spec, p in zip(specs, pipelines)]
+    if not args.no_plots:  # import matplotlib (about a second) while the network works
+        threading.Thread(target=_import_plotting, daemon=True).start()
     bag_out = OutputBag(Path(args.output_bag), args.output_storage or plan.storage) \
         if args.output_bag else None
-    videos: dict[str, OverlayVideo] = {}
+    worker = OutputWorker(bag_out, out, {t: f / args.stride for t, f in plan.fps.items()},
+                          palette)
     expected = sum(-(-n // args.stride) for n in plan.counts.values())
     if args.max_frames:
         expected = min(expected, args.max_frames)
@@ -396,10 +406,8 @@ def evaluate(args: argparse.Namespace) -> EvalOutcome:
                         continuous=result.reset_reason not in SCENE_CUTS,
                         duplicate=result.duplicate)
                 timing["metrics_s"] += time.perf_counter() - start
-                need_video = index == 0 and not args.no_video
-                if bag_out is not None or need_video:
-                    _render(frame, spec, result.labels, palette, bag_out,
-                            videos if need_video else None, out, plan, args.stride, timing)
+                worker.submit(frame, spec.label, result.labels, bag=bag_out is not None,
+                              video=index == 0 and not args.no_video)
             frames_done += 1
             bar.update(1)
     except KeyboardInterrupt:
@@ -409,13 +417,9 @@ def evaluate(args: argparse.Namespace) -> EvalOutcome:
         for run, seconds in zip(runs, model_s):  # throughput of each model alone
             run.wall_s = seconds
         start = time.perf_counter()
-        for video in videos.values():
-            video.close()
-        timing["video_s"] += time.perf_counter() - start
-        if bag_out is not None:
-            start = time.perf_counter()
-            bag_out.close()
-            timing["output_bag_s"] += time.perf_counter() - start
+        worker.close()
+        timing["outputs_drain_s"] = time.perf_counter() - start
+        timing.update(worker.timing)
     loop_s = time.perf_counter() - loop_start
     timing["loop_s"] = loop_s
     source = {"bag": str(args.bag), "storage": plan.storage, "image_topics": plan.topics,
@@ -445,34 +449,96 @@ def evaluate(args: argparse.Namespace) -> EvalOutcome:
     files = write_report(out, payload, runs, plots=not args.no_plots)
     timing["report_s"] = time.perf_counter() - start  # metrics.json only (report.md has run)
     write_json(out / METRICS_FILE, payload)
-    files += [video.path for video in videos.values()]
+    files += [video.path for video in worker.videos.values()]
     if bag_out is not None:
         files.append(bag_out.path)
     return EvalOutcome(payload, files, interrupted)
 
 
-def _render(frame: EvalFrame, spec: ModelSpec, labels: np.ndarray, palette: np.ndarray,
-            bag_out: OutputBag | None, videos: dict[str, OverlayVideo] | None, out: Path,
-            plan: BagPlan, stride: int, timing: dict) -> None:
-    """Colour mask and overlay of one result, into the output bag and / or the video."""
-    from lmanet_ros.imaging import colorize, overlay
+class OutputWorker:
+    """Renders colour masks and overlays and writes the output bag and videos on a thread of its
+    own, so disk and encoding time overlap the network (a bounded queue keeps memory flat)."""
 
-    start = time.perf_counter()
-    color = colorize(labels, palette)
-    blended = overlay(frame.image, color, OVERLAY_ALPHA)
-    render_s = time.perf_counter() - start
-    if bag_out is not None:
-        start = time.perf_counter()
-        bag_out.write(frame, spec.label, {"labels": labels, "color": color, "overlay": blended})
-        timing["output_bag_s"] += time.perf_counter() - start + render_s
-    if videos is not None:
-        start = time.perf_counter()
-        video = videos.get(frame.topic)
-        if video is None:
-            name = VIDEO_FILE if not videos else f"overlay_{safe_name(frame.topic)}.mp4"
-            video = videos[frame.topic] = OverlayVideo(out / name, plan.fps[frame.topic] / stride)
-        video.write(frame.image, blended)
-        timing["video_s"] += time.perf_counter() - start + (render_s if bag_out is None else 0)
+    def __init__(self, bag_out: OutputBag | None, out: Path, fps: dict[str, float],
+                 palette: np.ndarray, depth: int = 8) -> None:
+        """Start the thread; ``fps`` gives each camera topic's video frame rate."""
+        self.bag_out = bag_out
+        self.videos: dict[str, OverlayVideo] = {}
+        self.timing = {"output_bag_s": 0.0, "video_s": 0.0}
+        self._out, self._fps, self._palette = out, fps, palette
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="eval-outputs", daemon=True)
+        self._thread.start()
+
+    def submit(self, frame: EvalFrame, model_label: str, labels: np.ndarray, *,
+               bag: bool, video: bool) -> None:
+        """Queue one result (blocks while the queue is full); raises the worker's error."""
+        if self._error is not None:
+            raise self._error
+        if bag or video:
+            self._queue.put((frame, model_label, labels, bag, video))
+
+    def _work(self) -> None:
+        from lmanet_ros.imaging import colorize, overlay
+
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._finish()
+                return
+            if self._error is not None:
+                continue
+            frame, model_label, labels, bag, video = item
+            try:
+                start = time.perf_counter()
+                color = colorize(labels, self._palette)
+                blended = overlay(frame.image, color, OVERLAY_ALPHA)
+                render_s = time.perf_counter() - start
+                if bag and self.bag_out is not None:
+                    start = time.perf_counter()
+                    self.bag_out.write(frame, model_label,
+                                       {"labels": labels, "color": color, "overlay": blended})
+                    self.timing["output_bag_s"] += time.perf_counter() - start + render_s
+                    render_s = 0.0
+                if video:
+                    start = time.perf_counter()
+                    writer = self.videos.get(frame.topic)
+                    if writer is None:
+                        name = VIDEO_FILE if not self.videos else \
+                            f"overlay_{safe_name(frame.topic)}.mp4"
+                        writer = self.videos[frame.topic] = OverlayVideo(
+                            self._out / name, self._fps[frame.topic])
+                    writer.write(frame.image, blended)
+                    self.timing["video_s"] += time.perf_counter() - start + render_s
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                self._error = exc
+
+    def _finish(self) -> None:
+        """On the worker thread: finalise the videos and the bag."""
+        try:
+            start = time.perf_counter()
+            for writer in self.videos.values():
+                writer.close()
+            self.timing["video_s"] += time.perf_counter() - start
+            if self.bag_out is not None:
+                start = time.perf_counter()
+                self.bag_out.close()
+                self.timing["output_bag_s"] += time.perf_counter() - start
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self._error = self._error or exc
+
+    def close(self) -> None:
+        """Finish the queued work, finalise videos and bag; raise the worker's error if any."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _import_plotting() -> None:
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
 
 
 def _threads() -> int:
