@@ -23,7 +23,7 @@ Conventions (what ``metrics.json`` and ``report.md`` mean):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -360,9 +360,3 @@ class RunScore:
                 "events": [vars(event).copy() for event in self.resets],
             },
         }
-
-
-def mean_or_none(values: Iterable[float | None]) -> float | None:
-    """Mean of the values that are not None/NaN, or None."""
-    kept = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lmanet_ros.streams import MemoryPolicy
@@ -21,7 +22,8 @@ from lmanet_ros.tools.replay import LiveScorer, ReplayError, _make_node, _Pendin
 
 def score_live(bag: Path, labels_topic: str, out: Path, *, label_topic: str | None,
                label_ids: bool = False, max_gap: float = 1.0, idle_timeout: float = 10.0,
-               timeout: float = 0.0, ready: "callable | None" = None) -> tuple[LiveScorer, bool]:
+               timeout: float = 0.0,
+               ready: Callable[[], None] | None = None) -> tuple[LiveScorer, bool]:
     """Score labels on ``labels_topic`` until done (see module doc); return (scorer, complete).
 
     ``ready`` is called once the labels subscription exists (tests use it to start a player).
