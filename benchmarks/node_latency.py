@@ -177,7 +177,8 @@ class Arrivals:
 class NodeUnderTest:
     """An ``lmanet_node`` process started like the launch file does, with its outputs."""
 
-    def __init__(self, client: Client, name: str, params: dict, workdir: Path) -> None:
+    def __init__(self, client: Client, name: str, params: dict, workdir: Path,
+                 reader_limit: int = 0, shm: bool = False) -> None:
         import yaml
 
         from lmanet_ros.launch_args import resolve
@@ -187,11 +188,17 @@ class NodeUnderTest:
         params_file.write_text(yaml.safe_dump(data, sort_keys=False))
         self.launch = resolve({"namespace": f"/lmanet_bench_{os.getpid()}_{name}",
                                "params_file": str(params_file)})
+        env = dict(os.environ)
+        if reader_limit:
+            profile = workdir / f"{name}_fastdds.xml"
+            profile.write_text(reader_limit_profile(f"{self.launch.namespace}/image",
+                                                    reader_limit, shm))
+            env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
         executable = Path(sys.executable).parent / "lmanet_node"
         self.log_path = workdir / f"{name}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.launch.command(str(executable)), stdout=log,
-                                         stderr=subprocess.STDOUT, env=dict(os.environ))
+                                         stderr=subprocess.STDOUT, env=env)
         self.client = client
         self.fqn = self.launch.fully_qualified_name
         self.outputs: dict[str, Arrivals] = {}
@@ -245,6 +252,37 @@ class NodeUnderTest:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(10)
+
+
+def reader_limit_profile(topic: str, samples: int, shm: bool) -> str:
+    """A Fast DDS profile file giving the node's input reader ``samples`` slots at most.
+
+    With a keep-all reliable input, samples the node has not taken yet wait in its DDS reader;
+    resource limits bound them there, and the (keep-all) publisher keeps the rest instead. The
+    profile is found by the fully qualified topic name. With ``shm`` the transports of
+    config/fastdds_shm.xml are included.
+    """
+    transports = ""
+    if shm:
+        text = (ROOT / "config" / "fastdds_shm.xml").read_text()
+        transports = text[text.index("<transport_descriptors>"):text.index("</profiles>")]
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<dds xmlns="http://www.eprosima.com">
+  <profiles>
+    {transports}
+    <data_reader profile_name="{topic}">
+      <topic>
+        <resourceLimitsQos>
+          <max_samples>{samples}</max_samples>
+          <max_instances>1</max_instances>
+          <max_samples_per_instance>{samples}</max_samples_per_instance>
+          <allocated_samples>{samples}</allocated_samples>
+        </resourceLimitsQos>
+      </topic>
+    </data_reader>
+  </profiles>
+</dds>
+"""
 
 
 def make_frames(count: int, height: int, width: int, start: float = 1.0, period: float = 1 / 30):
@@ -315,13 +353,22 @@ def run_burst(client, args, workdir, mode: str) -> dict:
                          reliability=ReliabilityPolicy.RELIABLE)
     else:
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
-    node = NodeUnderTest(client, f"burst_{mode}", params, workdir)
+    node = NodeUnderTest(client, f"burst_{mode}", params, workdir,
+                         reader_limit=args.reader_limit if mode == "all" else 0,
+                         shm=args.fastdds_shm)
     try:
         node.wait_ready()
         node.subscribe(("labels", "color", "overlay"))
         pub = node.publisher(qos)
         frames = make_frames(args.frames, args.height, args.width, start=100.0,
                              period=1.0 / args.rate)
+        # warm the node at this size (allocator, memory full) before the baseline is taken
+        for msg in make_frames(args.warmup, args.height, args.width, start=50.0, period=0.05):
+            pub.publish(msg)
+            node.outputs["labels"].wait(key_of(msg), 120.0)
+        with node.outputs["labels"].cond:
+            node.outputs["labels"].times.clear()
+            node.outputs["labels"].order.clear()
         sent: dict[int, float] = {}
         rss = [node.rss_mb()]
         rss_start = rss[0]
@@ -438,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--soak-size", default="128x256", help="HxW of the soak frames")
     parser.add_argument("--fastdds-shm", action="store_true",
                         help="use config/fastdds_shm.xml (shared memory) in every process")
+    parser.add_argument("--reader-limit", type=int, default=0, metavar="N",
+                        help="all scenario: give the node's input DDS reader N sample slots "
+                             "(Fast DDS resource limits by topic name) so that a backlog waits "
+                             "in the publisher, not in the node; 0 = Fast DDS defaults")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     return parser
 
@@ -478,7 +529,8 @@ def main(argv=None) -> int:
         "model": args.model, "size": f"{args.height}x{args.width}",
         "torch_threads": args.num_threads or torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-        "fastdds_shm": args.fastdds_shm, "ros_domain_id": domain,
+        "fastdds_shm": args.fastdds_shm, "reader_limit": args.reader_limit,
+        "ros_domain_id": domain,
         "load_average_start": os.getloadavg()[0]}}
     step_before = bare_step_ms(args.model, args.height, args.width, args.step_repeats,
                                args.num_threads)
