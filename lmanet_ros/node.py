@@ -262,6 +262,7 @@ class CameraStats:
         self.memory_fill = 0
         self.batch_size = 0
         self.batched = 0
+        self.rendered = 0
         self.incompatible_qos = 0
         self.last_bad_input = ""
         self.last_error = ""
@@ -325,6 +326,7 @@ class CameraStats:
                 "bad_inputs": self.bad_inputs, "errors": self.errors,
                 "duplicates": self.duplicates, "memory_fill": self.memory_fill,
                 "batch_size": self.batch_size, "batched": self.batched,
+                "rendered": self.rendered,
                 "incompatible_qos": self.incompatible_qos,
                 "last_bad_input": self.last_bad_input, "last_error": self.last_error,
                 "resets": dict(self.resets), "last_received": self.last_received,
@@ -881,6 +883,8 @@ class LmanetNode(Node):
             overlay_pub = publishers.get("overlay") if settings.publish_overlay else None
             want_color, want_overlay = _subscribed(color_pub), _subscribed(overlay_pub)
             if want_color or want_overlay:
+                with port.stats.lock:
+                    port.stats.rendered += 1
                 color = imaging.colorize(result.labels, self._pipeline.classes.colors)
                 if want_color:
                     color_pub.publish(image_message(header, color, "rgb8"))
@@ -1003,6 +1007,7 @@ class LmanetNode(Node):
             "memory_length": settings.memory_length,
             "last_batch_size": snap["batch_size"],
             "frames_batched": snap["batched"],
+            "frames_rendered": snap["rendered"],
             "resets": sum(resets.values()),
         }
         values.update({f"resets.{reason}": count for reason, count in sorted(resets.items())})

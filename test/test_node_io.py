@@ -182,6 +182,7 @@ def test_diagnostics_report_the_camera(rig):
         assert key in values, key
     assert values["topic"] == rig.node.input_topic("image")
     assert 1 <= int(values["memory_fill"]) <= 4
+    assert int(values["frames_rendered"]) > 0  # colour and overlay are subscribed here
 
 
 def send_compressed(rig, msg, outputs):

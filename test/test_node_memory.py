@@ -129,6 +129,24 @@ def test_max_gap_zero_disables_the_gap_rule(rig, cam):
         rig.ros.set_parameters(rig.node.fqn, {"memory.max_gap": 1.0})
 
 
+def test_memory_stride_stores_every_kth_frame(rig, cam):
+    assert rig.ros.set_parameters(rig.node.fqn, {"memory.stride": 2})[0].successful
+    try:
+        send(rig, cam.tick(5.0))  # gap: memory cleared, this frame is stored
+        for _ in range(4):
+            send(rig, cam.tick())
+        values = rig.status(lambda v: int(v["memory_fill"]) == 3)[1]  # frames 1, 3, 5 stored
+        assert int(values["memory_fill"]) == 3
+    finally:
+        rig.ros.set_parameters(rig.node.fqn, {"memory.stride": 1})
+
+
+def test_colour_and_overlay_are_not_rendered_without_subscribers(rig, cam):
+    settle(rig, cam)  # only ~/labels is subscribed in this module
+    values = rig.status(lambda v: int(v["frames_processed"]) > 0)[1]
+    assert int(values["frames_rendered"]) == 0
+
+
 # ------------------------------------------------------------------------------------ parameters
 REFUSED = [
     ({"overlay_alpha": 1.5}, None),                      # range (rclpy)
