@@ -309,3 +309,17 @@ def test_ddp_gloo_two_processes_end_with_identical_weights(data, erfnet_init, tm
                        initial.state_dict()["encoder.initial_block.conv.weight"])
     assert not torch.equal(trained["kv_Q_r4.Key.weight"],
                            initial.state_dict()["kv_Q_r4.Key.weight"])
+
+
+@pytest.mark.slow
+def test_cli_ddp_procs_spawns_gloo_processes(data, erfnet_init, tmp_path):
+    out = tmp_path / "ddp"
+    assert cli.main(["train", "--model", "lmanet_erfnet", "--init", str(erfnet_init),
+                     "--data", str(data), "--out", str(out), "--epochs", "1",
+                     "--batch-size", "2", "--workers", "0", "--no-progress", "--val-split", "",
+                     "--ddp-procs", "2", "--backend", "gloo"]) == 0
+    (entry,) = read_log(out)
+    assert (entry["epoch"], entry["complete"], entry["images_seen"]) == (1, True, 8)
+    meta = load_checkpoint(build_model("lmanet_erfnet", memory_length=3),
+                           out / "lmanet_erfnet.safetensors").metadata
+    assert meta["images_seen"] == 8 and "--ddp-procs 2" in meta["training_command"]
