@@ -12,6 +12,20 @@ REFERENCE = SHARED / "reference"
 GOLDEN = REFERENCE / "golden"
 
 
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    """Run each model test on one intra-op thread, restoring the setting afterwards.
+
+    On a shared 2-core machine, two OpenMP threads wait on each other at every barrier while
+    other processes hold the cores: the many small ops of these tests then take 10-100x longer.
+    Correctness does not depend on the thread count.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def require(path: Path) -> Path:
     """Skip the calling test when a shared reference file is absent."""
     if not path.exists():

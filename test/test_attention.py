@@ -7,6 +7,7 @@ import torch
 
 from lmanet_ros.models.attention import local_memory_attention, local_memory_attention_reference
 from models_helpers import random_memory_inputs
+from models_helpers import one_cpu_thread  # noqa: F401 (autouse fixture)
 
 
 def per_pixel_definition(query, keys, values, radius):

@@ -7,6 +7,8 @@ import torch
 
 from lmanet_ros.models import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from lmanet_ros.models.checkpoint import UnsafeCheckpointError
+from models_helpers import load_golden
+from models_helpers import one_cpu_thread  # noqa: F401 (autouse fixture)
 
 TEMPORAL_PARTS = ("kv_M_r4", "kv_Q_r4", "memory_fusion")
 
@@ -113,8 +115,6 @@ def test_single_frame_erfnet_into_lmanet(target_model):
 
 
 def test_golden_state_dict_loads_strictly():
-    from models_helpers import load_golden
-
     data = load_golden("lmanet_erfnet_T4_96x160.pt")
     model = build_model("lmanet_erfnet")
     report = load_checkpoint(model, data["state_dict"])

@@ -10,6 +10,7 @@ from lmanet_ros.models import (Memory, ModelInfo, build_model, list_models, load
                                registry)
 from lmanet_ros.models.attention import local_memory_attention_reference
 from models_helpers import load_golden, read_key_list
+from models_helpers import one_cpu_thread  # noqa: F401 (autouse fixture)
 
 TEMPORAL_PARTS = ("kv_M_r4", "kv_Q_r4", "memory_fusion")
 
@@ -26,7 +27,7 @@ def small_model(name="lmanet_erfnet", memory_length=2, seed=0, dtype=torch.float
     return model.to(dtype).eval()
 
 
-def frames(count, batch=1, height=32, width=48, seed=1, dtype=torch.float64):
+def frames(count, batch=1, height=16, width=32, seed=1, dtype=torch.float64):
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(count, batch, 3, height, width, generator=generator, dtype=dtype)
 
@@ -287,15 +288,15 @@ def test_memory_that_does_not_fit_is_refused():
 @pytest.mark.parametrize("name", ["erfnet", "lmanet_erfnet"])
 def test_any_input_size_is_padded_and_cropped(name):
     model = small_model(name)
-    x = frames(1, height=37, width=53)[0]
+    x = frames(1, height=13, width=21)[0]
     logits, memory = model.step(x, None)
-    assert logits.shape == (1, 20, 37, 53)
-    padded = F.pad(x, (0, 3, 0, 3), mode="replicate")  # to 40 x 56
-    direct = model.decoder(model.encoder(padded))[:, :, :37, :53]
+    assert logits.shape == (1, 20, 13, 21)
+    padded = F.pad(x, (0, 3, 0, 3), mode="replicate")  # to 16 x 24
+    direct = model.decoder(model.encoder(padded))[:, :, :13, :21]
     torch.testing.assert_close(logits, direct, rtol=0, atol=0)
     if name == "lmanet_erfnet":
-        logits2, memory = model.step(frames(1, height=37, width=53, seed=5)[0], memory)
-        assert logits2.shape == (1, 20, 37, 53) and len(memory) == 2
+        logits2, memory = model.step(frames(1, height=13, width=21, seed=5)[0], memory)
+        assert logits2.shape == (1, 20, 13, 21) and len(memory) == 2
 
 
 @pytest.mark.parametrize("bad", [torch.rand(3, 32, 32), torch.rand(1, 4, 32, 32),
