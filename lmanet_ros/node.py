@@ -407,6 +407,7 @@ class LmanetNode(Node):
         self._diagnostics_timer = None
         self._threads_applied = 0
         self._random_weights = False
+        self._inferring_since: float | None = None
         try:
             self._declare_parameters()
             self._load_pipeline(pipeline_factory)
@@ -826,6 +827,7 @@ class LmanetNode(Node):
         want_confidence = settings.publish_confidence and any(
             _subscribed(port.publishers.get("confidence")) for port, *_ in entries)
         frames = [entry[2] for entry in entries]
+        self._inferring_since = time.monotonic()
         try:
             results = self._pipeline.process(frames, want_confidence=want_confidence)
         except Exception as exc:
@@ -840,6 +842,8 @@ class LmanetNode(Node):
                 except Exception as single_exc:
                     self._frame_error(entry[0], entry[2], single_exc)
                     results.append(None)
+        finally:
+            self._inferring_since = None
         for (port, msg, frame, received, start), result in zip(entries, results):
             if result is None:
                 continue
@@ -976,6 +980,8 @@ class LmanetNode(Node):
             "memory_max_gap_s": settings.memory_max_gap, "memory_stride": settings.memory_stride,
             "processing_mode": settings.processing_mode,
             "input_size": self._size_text(settings),
+            "inferring_for_s": ("" if self._inferring_since is None
+                                else f"{time.monotonic() - self._inferring_since:.2f}"),
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         return status

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
 
 from conftest import Rig, make_image, stamp_of, wait_until
@@ -23,9 +24,11 @@ ANSWER_S = 0.100
 
 @pytest.fixture(scope="module")
 def rig(ros, node_factory):
-    node = node_factory(params={"diagnostics_period": 0.1},
+    # reliable input: a best-effort 1.5 MB frame is lost whole if one fragment is
+    node = node_factory(params={"diagnostics_period": 0.1, "input.reliability": "reliable"},
                         launch={"image": "cam0/image_raw"})
-    rig = Rig(ros, node, outputs=("labels",), input_topic="cam0/image_raw")
+    rig = Rig(ros, node, outputs=("labels",), input_topic="cam0/image_raw",
+              input_qos=QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
     assert rig.pub.topic_name == node.input_topic("cam0/image_raw")
     return rig
 
@@ -34,10 +37,20 @@ def image(shape, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
 
 
+def model_values(array_msg, fqn: str) -> dict:
+    for status in array_msg.status:
+        if status.name == f"{fqn}: model":
+            return {kv.key: kv.value for kv in status.values}
+    return {}
+
+
 def start_long_inference(rig, stamp: float) -> float:
-    """Publish a big frame and return once the node has started on it (its queue is empty)."""
+    """Publish a big frame; return once the node's diagnostics say it is inferring."""
+    count = len(rig.diagnostics)
     rig.pub.publish(make_image(image(BIG), stamp=stamp))
-    time.sleep(0.5)  # delivered and taken by the worker (the queue holds at most one frame)
+    wait_until(lambda: any(model_values(m, rig.node.fqn).get("inferring_for_s")
+                           for m in rig.diagnostics.messages[count:]), 60.0,
+               what="the node's diagnostics to report an inference in progress")
     return time.monotonic()
 
 
