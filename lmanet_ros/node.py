@@ -23,6 +23,7 @@ from __future__ import annotations
 import array
 import functools
 import os
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -81,6 +82,8 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 #: on the size; a small one keeps start-up short on a CPU).
 WARMUP_SIZE = (64, 128)
 OUTPUTS = ("labels", "color", "overlay", "confidence")
+#: Seconds to wait at shutdown for the inference in progress to finish.
+STOP_TIMEOUT_S = 4.0
 
 
 class StartupError(RuntimeError):
@@ -1051,9 +1054,13 @@ class LmanetNode(Node):
         if worker is not None and worker.is_alive() and worker is not threading.current_thread():
             worker.join(timeout)
 
+    def worker_alive(self) -> bool:
+        """Whether the worker thread still runs (an inference outlived :meth:`stop`)."""
+        return self._worker is not None and self._worker.is_alive()
+
     def destroy_node(self) -> None:
-        """Stop the worker, then destroy the node."""
-        self.stop()
+        """Stop the worker (unless already asked to), then destroy the node."""
+        self.stop(timeout=0.0 if self._stopping.is_set() else STOP_TIMEOUT_S)
         super().destroy_node()
 
 
@@ -1075,7 +1082,6 @@ def main(args: list[str] | None = None) -> int:
     try:
         rclpy.init(args=args)
     except Exception as exc:  # malformed --ros-args, unreadable parameter file
-        import sys
         print(f"lmanet_node: cannot initialise ROS: {_one_line(exc)}", file=sys.stderr)
         return 2
     node = None
@@ -1092,12 +1098,19 @@ def main(args: list[str] | None = None) -> int:
         pass
     finally:
         if node is not None:
-            node.stop()
+            node.stop(timeout=STOP_TIMEOUT_S)
         if executor is not None:
             executor.shutdown(timeout_sec=1.0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        if node is not None and node.worker_alive():
+            # An inference longer than STOP_TIMEOUT_S is still running in native code; leave
+            # without finalising the interpreter under it (ros2 launch escalates to SIGTERM
+            # after 5 s).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     return code
 
 
