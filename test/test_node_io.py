@@ -133,6 +133,22 @@ def test_overlay_alpha_changes_at_run_time(rig):
         rig.ros.set_parameters(rig.node.fqn, {"overlay_alpha": 0.5})
 
 
+def test_fixed_network_input_size_keeps_outputs_at_the_input_size(rig):
+    result = rig.ros.set_parameters(rig.node.fqn, {"input_height": 64, "input_width": 128},
+                                    atomic=True)[0]
+    assert result.successful, result.reason
+    try:
+        image = random_image(67, 131, seed=9)
+        out = rig.send(make_image(image, stamp=next_stamp()), outputs=("labels", "overlay"))
+        assert (out["labels"].height, out["labels"].width) == (67, 131)
+        color = imaging.colorize(pixels_of(out["labels"]), CITYSCAPES_COLORS)
+        assert np.array_equal(pixels_of(out["overlay"]), imaging.overlay(image, color, 0.5))
+    finally:
+        result = rig.ros.set_parameters(rig.node.fqn, {"input_height": 0, "input_width": 0},
+                                        atomic=True)[0]
+        assert result.successful, result.reason
+
+
 def _bad_inputs():
     good = make_image(random_image(16, 32), "rgb8")
     cases = {}

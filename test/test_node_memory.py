@@ -182,6 +182,19 @@ def test_bad_parameter_values_are_refused_with_a_reason(rig, values, needle):
     assert rig.ros.get_parameters(rig.node.fqn, [name])[name] == before
 
 
+@pytest.mark.parametrize("values", [{"num_threads": 1}, {"diagnostics_period": 0.3},
+                                    {"publish.color": False}, {"memory.max_gap": 2.5}])
+def test_run_time_parameters_are_accepted(rig, cam, values):
+    name = next(iter(values))
+    before = rig.ros.get_parameters(rig.node.fqn, [name])[name]
+    try:
+        assert rig.ros.set_parameters(rig.node.fqn, values)[0].successful
+        assert rig.ros.get_parameters(rig.node.fqn, [name])[name] == values[name]
+        send(rig, cam.tick())  # still segmenting
+    finally:
+        assert rig.ros.set_parameters(rig.node.fqn, {name: before})[0].successful
+
+
 def test_parameters_describe_ranges_and_read_only(rig):
     response, _ = rig.ros.call(DescribeParameters, f"{rig.node.fqn}/describe_parameters",
                                DescribeParameters.Request(names=["checkpoint", "overlay_alpha",

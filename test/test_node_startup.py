@@ -5,11 +5,13 @@ processes run concurrently to keep the module short.
 """
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 
 import pytest
 
-from conftest import child_env, node_executable, write_params_file
+from conftest import child_env, node_executable, wait_until, write_params_file
 from lmanet_ros.launch_args import resolve
 
 pytestmark = pytest.mark.ros
@@ -39,8 +41,28 @@ def _cases(directory):
     }
 
 
+WITHOUT_MESSAGES = ("import sys; sys.modules['lmanet_ros.msg'] = None; "
+                    "from lmanet_ros.node import main; sys.exit(main())")
+
+
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
+def without_messages(tmp_path_factory):
+    """A node whose lmanet_ros messages cannot be imported (a machine without the msg build)."""
+    directory = tmp_path_factory.mktemp("no_msgs")
+    launch = resolve({"namespace": "/startup_without_messages"})
+    command = [sys.executable, "-c", WITHOUT_MESSAGES, *launch.command()[1:]]
+    log = directory / "node.log"
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
+                                env=child_env(), cwd=str(directory))
+    yield proc, log
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, without_messages):
     directory = tmp_path_factory.mktemp("startup")
     cases = _cases(directory)
     assert set(cases) == set(CASES)
@@ -81,3 +103,13 @@ def test_startup_failure_is_one_clear_line(outcomes, case):
     if strict:  # failed before anything was loaded: nothing else was printed
         assert len(lines) == 1, err
     print(f"{case}: {problems[0]}")
+
+
+def test_node_runs_without_its_messages_and_says_label_info_is_off(without_messages, outcomes):
+    proc, log = without_messages
+    wait_until(lambda: "ready:" in log.read_text() or proc.poll() is not None, 120.0,
+               what="the node without messages to be ready")
+    text = log.read_text()
+    assert "label_info is off" in text and "ready:" in text, text
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0, log.read_text()
