@@ -127,7 +127,7 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 1e-4
     size: tuple[int, int] | None = None
-    workers: int = 2
+    workers: int | None = None
     threads: int | None = None
     device: str = "auto"
     resume: bool = False
@@ -158,7 +158,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
@@ -421,6 +421,10 @@ class _Trainer:
         self.checkpoint_path = self.out / CHECKPOINT_NAME
         self.log_path = self.out / LOG_NAME
         self.weights_path = self.out / f"{config.model}.safetensors"
+        # Loading a few PNGs per step is cheap next to a CPU step, and loader processes would
+        # take cores from it: no workers on CPU unless asked.
+        self.workers = (config.workers if config.workers is not None
+                        else (min(4, os.cpu_count() or 1) if self.device.type == "cuda" else 0))
         self.show_progress = ctx.main and (config.progress if config.progress is not None
                                            else sys.stderr.isatty())
 
@@ -610,7 +614,7 @@ class _Trainer:
         self.train_set.set_epoch(epoch)
         indices = list(sampler)[self.state["epoch_images"] // ctx.world_size:]
         return DataLoader(self.train_set, batch_size=self.config.batch_size, sampler=indices,
-                          num_workers=self.config.workers,
+                          num_workers=self.workers,
                           pin_memory=self.device.type == "cuda", drop_last=False)
 
     def _to_device(self, frames: torch.Tensor, labels: torch.Tensor
@@ -669,7 +673,7 @@ class _Trainer:
         self.model.eval()
         indices = list(range(ctx.rank, len(self.val_set), ctx.world_size))
         loader = DataLoader(self.val_set, batch_size=self.config.batch_size, sampler=indices,
-                            num_workers=self.config.workers,
+                            num_workers=self.workers,
                             pin_memory=self.device.type == "cuda")
         confusion = torch.zeros(NUM_CLASSES - 1, NUM_CLASSES - 1, dtype=torch.int64,
                                 device=self.device)
@@ -726,6 +730,7 @@ class _Trainer:
                     self._checkpoint()
                     last_checkpoint = time.monotonic()
                 tick = time.monotonic()
+            bar.close()
             self._sync_buffers()
             epoch_done = state["epoch_images"] >= len(self.train_set) or stop_reason is None
             mean_loss = state["epoch_loss_sum"] / max(state["epoch_loss_count"], 1)

@@ -20,6 +20,15 @@ from test_datasets import write_synth_tree
 FROZEN = ("encoder.", "decoder.")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is as fast, and on a busy machine several are much slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """2 train and 2 val sequences of 8 frames, 32x64: 8 targets per split (frames 4..7)."""

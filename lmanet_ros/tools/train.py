@@ -134,8 +134,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    runtime.add_argument("--workers", type=_non_negative_int, default=2,
-                         help="data-loading processes per training process (default: 2)")
+    runtime.add_argument("--workers", type=_non_negative_int, default=None,
+                         help="data-loading processes per training process (default: 0 on CPU, "
+                              "where they would take cores from the step; 4 on CUDA)")
     runtime.add_argument("--threads", type=_positive_int, default=None,
                          help="CPU threads per training process (default: torch's, i.e. all "
                               "cores; cores / processes with --ddp-procs). On a busy machine "
