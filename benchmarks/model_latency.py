@@ -12,11 +12,14 @@ What is measured (random weights, eval mode, ``torch.inference_mode``, batch 1):
   attention, the fusion, and kv_M of the frame pushed), both medians like the step.
 - Peak extra memory of a step:
   * CPU: each (model, size, T) runs in a fresh Python process that builds the model, the input
-    and a full memory of random tensors (no step has run yet, so no allocator caches are warm),
-    records its resident set (VmRSS), resets the kernel's peak-RSS mark (``5`` written to
-    ``/proc/self/clear_refs``; where that is refused, ``ru_maxrss`` of the fresh process is
-    used), runs ONE step and reads the peak (VmHWM). The step's extra memory is peak - before;
-    the table gives LMANet's extra over ERFNet's (what the temporal module costs).
+    and a full memory of random tensors, runs one warm-up step (so that kernels, thread pools
+    and caches are set up as in steady state, and only activations differ), returns freed heap
+    memory to the kernel (glibc ``malloc_trim``), records its resident set (VmRSS), resets the
+    kernel's peak-RSS mark (``5`` written to ``/proc/self/clear_refs``; where refused,
+    ``ru_maxrss`` is used), runs ONE step and reads the peak (VmHWM). The step's extra memory
+    is peak - before; the table's "extra MB" is LMANet's step extra minus ERFNet's, i.e. what
+    the temporal module adds at the worst moment of a step. Page-granular RSS of a fresh
+    process varies by a few MB between runs.
   * CUDA: ``torch.cuda.max_memory_allocated`` during one step minus the memory allocated before
     it (in-process, after ``reset_peak_memory_stats``), LMANet's minus ERFNet's.
 
@@ -90,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory measurements")
+    parser.add_argument("--memory-probes", type=int, default=1,
+                        help="fresh processes per CPU memory measurement, the median is "
+                             "reported (default: 1)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="also write the results as JSON to PATH")
     parser.add_argument("--probe", nargs=4, metavar=("MODEL", "SIZE", "T", "THREADS"),
@@ -135,8 +141,18 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+def _malloc_trim() -> bool:
+    """Give freed heap memory back to the kernel (glibc); False where that is not possible."""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) or True)
+    except (OSError, AttributeError):
+        return False
+
+
 def probe_cpu_peak(model_name: str, size: tuple[int, int], memory_length: int) -> dict:
-    """In THIS (fresh) process: resident memory before one step and its peak during it."""
+    """In THIS (fresh) process: resident memory before a warm step and its peak during it."""
     torch.manual_seed(0)
     temporal = model_name != "erfnet"
     model = build_model(model_name, memory_length=max(1, memory_length)).eval()
@@ -144,9 +160,11 @@ def probe_cpu_peak(model_name: str, size: tuple[int, int], memory_length: int) -
     with torch.inference_mode():
         memory = (synthetic_memory(model, size, memory_length, x.device, x.dtype)
                   if temporal else None)
+        model.step(x, memory)  # warm-up: kernels and caches as in steady state; result dropped
     gc.collect()
+    trimmed = _malloc_trim()
     before = _status_kib("VmRSS")
-    method = "clear_refs"
+    method = "VmHWM after clear_refs"
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
@@ -154,25 +172,32 @@ def probe_cpu_peak(model_name: str, size: tuple[int, int], memory_length: int) -
         method = "ru_maxrss"
     with torch.inference_mode():
         model.step(x, memory)
-    peak = _status_kib("VmHWM") if method == "clear_refs" else None
+    peak = _status_kib("VmHWM") if method != "ru_maxrss" else None
     if peak is None:
         method = "ru_maxrss"
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if before is None:
         raise RuntimeError("cannot read /proc/self/status: no resident-memory measurement")
+    if trimmed:
+        method += ", freed heap trimmed before"
     return {"model": model_name, "size": list(size), "T": memory_length, "rss_before_mb":
             before / 1024, "rss_peak_mb": peak / 1024, "step_extra_mb": (peak - before) / 1024,
             "method": method}
 
 
 def cpu_peak_in_subprocess(model_name: str, size: tuple[int, int], memory_length: int,
-                           threads: int) -> dict:
+                           threads: int, probes: int = 1) -> dict:
+    """Run :func:`probe_cpu_peak` in ``probes`` fresh processes; the median step extra."""
     command = [sys.executable, str(Path(__file__).resolve()), "--probe", model_name,
                f"{size[0]}x{size[1]}", str(memory_length), str(threads)]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory probe failed: {proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    results = []
+    for _ in range(max(1, probes)):
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory probe failed: {proc.stderr.strip()[-2000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    extras = [r["step_extra_mb"] for r in results]
+    return {**results[0], "step_extra_mb": statistics.median(extras), "step_extra_all_mb": extras}
 
 
 def cuda_peak(model, x: torch.Tensor, memory: Memory | None) -> float:
@@ -195,7 +220,7 @@ def _median_ms(samples: list[float]) -> float:
 # ---------------------------------------------------------------------------- measuring
 def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int],
             memory_lengths: list[int], repeats: int, warmup: int, with_memory: bool,
-            threads: int) -> list[dict]:
+            threads: int, probes: int = 1) -> list[dict]:
     """Time erfnet and lmanet_erfnet at each T round-robin; returns one row per model/T."""
     torch.manual_seed(0)
     x = torch.rand(1, 3, *size, device=device, dtype=dtype)
@@ -261,11 +286,11 @@ def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int],
 
     if with_memory:
         if device.type == "cpu":
-            base = cpu_peak_in_subprocess("erfnet", size, 0, threads)
+            base = cpu_peak_in_subprocess("erfnet", size, 0, threads, probes)
             rows[0]["peak_step_mb"] = base["step_extra_mb"]
             rows[0]["memory_method"] = base["method"]
             for row in rows[1:]:
-                probe = cpu_peak_in_subprocess("lmanet_erfnet", size, row["T"], threads)
+                probe = cpu_peak_in_subprocess("lmanet_erfnet", size, row["T"], threads, probes)
                 row["peak_step_mb"] = probe["step_extra_mb"]
                 row["extra_over_erfnet_mb"] = probe["step_extra_mb"] - base["step_extra_mb"]
                 row["memory_method"] = probe["method"]
@@ -332,14 +357,14 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             print(f"measuring {device.type} {dtype} {size[0]}x{size[1]} ...", file=sys.stderr)
             rows += measure(device, dtype, size, args.memory_lengths, args.repeats, args.warmup,
-                            not args.no_memory, args.threads)
+                            not args.no_memory, args.threads, args.memory_probes)
     print(format_table(rows))
     environment = {
         "torch": torch.__version__, "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "repeats": args.repeats, "warmup": args.warmup,
+        "repeats": args.repeats, "warmup": args.warmup, "memory_probes": args.memory_probes,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     print(f"torch {environment['torch']}, {environment['threads']} CPU threads, load average "
