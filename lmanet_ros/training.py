@@ -42,9 +42,8 @@ import json
 import math
 import os
 import socket
-import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,7 @@ __all__ = [
     "CHECKPOINT_NAME", "CLASS_WEIGHTINGS", "DEFAULT_FIRST_TARGET", "ERFNET_CLASS_WEIGHTS",
     "FROZEN_MODES", "LOG_NAME", "NUM_CLASSES", "TrainConfig", "TrainResult", "TrainingError",
     "class_weights", "frequency_class_weights", "labels_to_targets", "miou_from_confusion",
-    "progress", "train", "train_step", "weighted_nll",
+    "train", "train_step", "weighted_nll",
 ]
 
 #: Output channels of the models trained here: 19 trainIds + void (channel 19).
@@ -141,7 +140,7 @@ class TrainConfig:
     class_weighting: str = "auto"
     frozen_mode: str = "eval"
     checkpoint_every_min: float = 10.0
-    progress: bool | None = None
+    progress: bool = True
     ddp_procs: int = 1
     backend: str = "gloo"
     command: str = ""
@@ -247,11 +246,27 @@ class TrainResult:
 
 # --------------------------------------------------------------------------- helpers
 
-def progress(iterable: Iterable, *, enabled: bool, **kwargs: Any) -> Iterable:
-    """A tqdm progress bar around ``iterable`` (plain iteration when not ``enabled``)."""
-    from tqdm import tqdm
+class _NoBar:
+    """Stands in for a progress bar where none is shown (other ranks, ``progress=False``)."""
 
-    return tqdm(iterable, disable=not enabled, dynamic_ncols=True, leave=False, **kwargs)
+    def update(self, count: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **values: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(enabled: bool, total: int, desc: str) -> Any:
+    """The tools' shared progress bar (:func:`lmanet_ros.report.progress`: shown when stderr is
+    a terminal), or none."""
+    if not enabled:
+        return _NoBar()
+    from lmanet_ros.report import progress
+
+    return progress(total, desc, unit="batch")
 
 
 def frequency_class_weights(histogram: np.ndarray, *, c: float = ENET_WEIGHT_C) -> torch.Tensor:
@@ -425,8 +440,7 @@ class _Trainer:
         # take cores from it: no workers on CPU unless asked.
         self.workers = (config.workers if config.workers is not None
                         else (min(4, os.cpu_count() or 1) if self.device.type == "cuda" else 0))
-        self.show_progress = ctx.main and (config.progress if config.progress is not None
-                                           else sys.stderr.isatty())
+        self.show_progress = ctx.main and config.progress
 
         # Data first: the frequency weighting reads the training labels.
         common = dict(clip_length=config.clip_length, size=config.size, seed=config.seed)
@@ -678,13 +692,15 @@ class _Trainer:
         confusion = torch.zeros(NUM_CLASSES - 1, NUM_CLASSES - 1, dtype=torch.int64,
                                 device=self.device)
         k = NUM_CLASSES - 1
-        for frames, labels in progress(loader, enabled=self.show_progress, desc="validation",
-                                       unit="batch"):
+        bar = _bar(self.show_progress, len(loader), "validation")
+        for frames, labels in loader:
+            bar.update()
             frames, targets = self._to_device(frames, labels)
             predictions = self.model(frames)[:, :k].argmax(dim=1)
             valid = targets < k
             confusion += torch.bincount(targets[valid] * k + predictions[valid],
                                         minlength=k * k).view(k, k)
+        bar.close()
         confusion = ctx.all_reduce(confusion.to(self._collective_device))
         miou, iou = miou_from_confusion(confusion)
         return {"miou": miou, "iou": iou, "clips": len(self.val_set)}
@@ -705,12 +721,12 @@ class _Trainer:
             torch.manual_seed(config.seed * 100003 + epoch * 1009 + ctx.rank)  # dropout masks
             self._set_train_mode()
             loader = self._batches(epoch)
-            bar = progress(loader, enabled=self.show_progress, unit="batch",
-                           desc=f"epoch {epoch + 1}/{config.epochs}")
+            bar = _bar(self.show_progress, len(loader), f"epoch {epoch + 1}/{config.epochs}")
             epoch_start_seconds, epoch_start_images = state["train_seconds"], state["epoch_images"]
             tick = time.monotonic()
-            for frames, labels in bar:
+            for frames, labels in loader:
                 loss_sum, count = self._step(frames, labels)
+                bar.update()
                 now = time.monotonic()
                 state["train_seconds"] += now - tick
                 tick = now
@@ -719,9 +735,8 @@ class _Trainer:
                 state["epoch_images"] += count
                 state["images_seen"] += count
                 state["frames_seen"] += count * config.clip_length
-                if self.show_progress:
-                    bar.set_postfix(loss=f"{loss_sum / max(count, 1):.4f}",
-                                    seen=state["images_seen"])
+                bar.set_postfix(loss=f"{loss_sum / max(count, 1):.4f}",
+                                seen=state["images_seen"])
                 stop_reason = self._agree_reason(self._stop_reason(mid_epoch=True))
                 if stop_reason is not None:
                     break

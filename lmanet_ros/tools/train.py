@@ -146,8 +146,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               "torchrun launch (WORLD_SIZE set) is detected without it")
     runtime.add_argument("--backend", choices=("gloo", "nccl"), default="gloo",
                          help="torch.distributed backend (default: gloo; nccl for GPUs)")
-    runtime.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                         help="progress bars (default: when stderr is a terminal)")
+    runtime.add_argument("--no-progress", dest="progress", action="store_false",
+                         help="no progress bars (they are shown only when stderr is a terminal)")
     parser.set_defaults(handler=run)
     return parser
 
@@ -170,7 +170,7 @@ _FLAGS = (
 def command_line(args: argparse.Namespace) -> str:
     """The ``lmanet train`` command that reproduces ``args``, every setting explicit.
 
-    ``--resume`` and ``--progress`` are left out: they do not change the result.
+    ``--resume``, ``--no-progress`` and ``--threads`` are left out: they do not change the result.
     """
     words = ["lmanet", "train"]
     for flag, dest in _FLAGS:
