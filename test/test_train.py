@@ -260,6 +260,22 @@ def test_cli_trains_erfnet_then_lmanet_and_writes_loadable_fp16_weights(data, tm
     assert entry["val_miou"] == meta["val_miou"]
 
 
+def test_training_command_reproduces_the_config():
+    import shlex
+
+    from lmanet_ros.tools.train import config_from_args
+
+    argv = ["train", "--model", "lmanet_erfnet", "--data", "/data/synth x", "--out", "o",
+            "--init", "e.safetensors", "--val-split", "", "--size", "64x128", "--max-images",
+            "100", "--threads", "1", "--no-progress"]
+    config = config_from_args(cli.build_parser().parse_args(argv))
+    assert "--clip-length 4 " in config.command and "--first-target 4 " in config.command
+    again = config_from_args(cli.build_parser().parse_args(shlex.split(config.command)[1:]))
+    differences = {k for k, v in again.to_json().items() if config.to_json()[k] != v}
+    assert differences == {"threads", "progress"}  # not part of what is trained
+    assert again.command == config.command
+
+
 def test_cli_reports_errors(data, tmp_path, capsys):
     assert cli.main(["train", "--model", "lmanet_erfnet", "--data", str(data),
                      "--out", str(tmp_path), "--workers", "0"]) == 2

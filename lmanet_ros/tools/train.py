@@ -11,6 +11,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 
@@ -152,7 +153,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-# Flags in the order of the reproducible command line, with their argparse destinations.
+# Flags of the reproducible command line, in order, with the TrainConfig field of each.
 _FLAGS = (
     ("--model", "model"), ("--data", "data"), ("--dataset", "dataset"), ("--out", "out"),
     ("--init", "init"), ("--size", "size"), ("--train-split", "train_split"),
@@ -160,43 +161,47 @@ _FLAGS = (
     ("--first-target", "first_target"), ("--epochs", "epochs"),
     ("--batch-size", "batch_size"), ("--memory-length", "memory_length"),
     ("--clip-length", "clip_length"), ("--lr", "lr"), ("--weight-decay", "weight_decay"),
-    ("--class-weights", "class_weights"), ("--frozen-mode", "frozen_mode"), ("--seed", "seed"),
-    ("--time-budget", "time_budget"), ("--max-images", "max_images"),
-    ("--checkpoint-every", "checkpoint_every"), ("--device", "device"),
+    ("--class-weights", "class_weighting"), ("--frozen-mode", "frozen_mode"),
+    ("--seed", "seed"), ("--time-budget", "time_budget_min"), ("--max-images", "max_images"),
+    ("--checkpoint-every", "checkpoint_every_min"), ("--device", "device"),
     ("--workers", "workers"), ("--ddp-procs", "ddp_procs"), ("--backend", "backend"),
 )
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The ``lmanet train`` command that reproduces ``args``, every setting explicit.
+def command_line(config: TrainConfig) -> str:
+    """The ``lmanet train`` command that reproduces ``config``, every setting explicit (defaults
+    resolved, e.g. the clip length and first target).
 
-    ``--resume``, ``--no-progress`` and ``--threads`` are left out: they do not change the result.
+    ``--resume``, ``--no-progress`` and ``--threads`` are left out: they do not change what is
+    trained.
     """
     words = ["lmanet", "train"]
-    for flag, dest in _FLAGS:
-        value = getattr(args, dest, None)
-        if value is None:
+    for flag, name in _FLAGS:
+        value = getattr(config, name)
+        if name == "val_split" and value is None:
+            value = ""
+        elif value is None:
             continue
-        if dest == "size":
+        elif name == "size":
             value = f"{value[0]}x{value[1]}"
         words += [flag, str(value)]
     return shlex.join(words)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` of parsed ``lmanet train`` arguments."""
-    return TrainConfig(
+    """The :class:`TrainConfig` of parsed ``lmanet train`` arguments, with its command line."""
+    config = TrainConfig(
         model=args.model, data=args.data, out=args.out, dataset=args.dataset, init=args.init,
         epochs=args.epochs, batch_size=args.batch_size, clip_length=args.clip_length,
         memory_length=args.memory_length, lr=args.lr, weight_decay=args.weight_decay,
         size=args.size, workers=args.workers, threads=args.threads, device=args.device,
-        resume=args.resume,
-        time_budget_min=args.time_budget, max_images=args.max_images,
+        resume=args.resume, time_budget_min=args.time_budget, max_images=args.max_images,
         train_split=args.train_split, val_split=args.val_split or None,
         val_stride=args.val_stride, seed=args.seed, first_target=args.first_target,
         class_weighting=args.class_weights, frozen_mode=args.frozen_mode,
         checkpoint_every_min=args.checkpoint_every, progress=args.progress,
-        ddp_procs=args.ddp_procs, backend=args.backend, command=command_line(args))
+        ddp_procs=args.ddp_procs, backend=args.backend)
+    return dataclasses.replace(config, command=command_line(config))
 
 
 def run(args: argparse.Namespace) -> int:
