@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import socket
 import time
 from collections.abc import Iterator
@@ -99,6 +100,21 @@ _FORMAT = "lmanet_ros.train/1"
 _IDENTITY_FIELDS = ("model", "dataset", "clip_length", "memory_length", "batch_size", "size",
                     "train_split", "seed", "first_target", "class_weighting", "frozen_mode",
                     "lr", "weight_decay", "world_size")
+
+
+# Flags of ``lmanet train`` in the order of the reproducible command, with their config fields.
+_COMMAND_FLAGS = (
+    ("--model", "model"), ("--data", "data"), ("--dataset", "dataset"), ("--out", "out"),
+    ("--init", "init"), ("--size", "size"), ("--train-split", "train_split"),
+    ("--val-split", "val_split"), ("--val-stride", "val_stride"),
+    ("--first-target", "first_target"), ("--epochs", "epochs"),
+    ("--batch-size", "batch_size"), ("--memory-length", "memory_length"),
+    ("--clip-length", "clip_length"), ("--lr", "lr"), ("--weight-decay", "weight_decay"),
+    ("--class-weights", "class_weighting"), ("--frozen-mode", "frozen_mode"),
+    ("--seed", "seed"), ("--time-budget", "time_budget_min"), ("--max-images", "max_images"),
+    ("--checkpoint-every", "checkpoint_every_min"), ("--device", "device"),
+    ("--workers", "workers"), ("--ddp-procs", "ddp_procs"), ("--backend", "backend"),
+)
 
 
 class TrainingError(RuntimeError):
@@ -206,6 +222,25 @@ class TrainConfig:
     def temporal(self) -> bool:
         """Whether the model has a memory (LMANet)."""
         return model_entry(self.model).temporal
+
+    def command_line(self) -> str:
+        """The ``lmanet train`` command that reproduces this config, every setting explicit
+        (defaults resolved, e.g. the clip length and first target).
+
+        ``--resume``, ``--no-progress`` and ``--threads`` are left out: they do not change what
+        is trained.
+        """
+        words = ["lmanet", "train"]
+        for flag, name in _COMMAND_FLAGS:
+            value = getattr(self, name)
+            if name == "val_split" and value is None:
+                value = ""
+            elif value is None:
+                continue
+            elif name == "size":
+                value = f"{value[0]}x{value[1]}"
+            words += [flag, str(value)]
+        return shlex.join(words)
 
     def to_json(self) -> dict[str, Any]:
         """The config as JSON-friendly primitives."""
@@ -870,7 +905,10 @@ def train(config: TrainConfig) -> TrainResult | None:
             raise TrainingError(f"launched with WORLD_SIZE={env_world} but --ddp-procs "
                                 f"{config.ddp_procs}")
         rank = int(os.environ["RANK"])
-        result = _worker(rank, replace(config, ddp_procs=env_world), env_world, "env://")
+        launched = replace(config, ddp_procs=env_world)
+        if config.command:  # record the launch as a --ddp-procs run (same result)
+            launched = replace(launched, command=launched.command_line())
+        result = _worker(rank, launched, env_world, "env://")
         return result if rank == 0 else None
     if config.ddp_procs == 1:
         return _worker(0, config, 1, "")

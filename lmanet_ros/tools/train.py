@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shlex
 import sys
 
 from lmanet_ros.datasets import DATASET_KINDS, DatasetError, parse_size
@@ -153,39 +152,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-# Flags of the reproducible command line, in order, with the TrainConfig field of each.
-_FLAGS = (
-    ("--model", "model"), ("--data", "data"), ("--dataset", "dataset"), ("--out", "out"),
-    ("--init", "init"), ("--size", "size"), ("--train-split", "train_split"),
-    ("--val-split", "val_split"), ("--val-stride", "val_stride"),
-    ("--first-target", "first_target"), ("--epochs", "epochs"),
-    ("--batch-size", "batch_size"), ("--memory-length", "memory_length"),
-    ("--clip-length", "clip_length"), ("--lr", "lr"), ("--weight-decay", "weight_decay"),
-    ("--class-weights", "class_weighting"), ("--frozen-mode", "frozen_mode"),
-    ("--seed", "seed"), ("--time-budget", "time_budget_min"), ("--max-images", "max_images"),
-    ("--checkpoint-every", "checkpoint_every_min"), ("--device", "device"),
-    ("--workers", "workers"), ("--ddp-procs", "ddp_procs"), ("--backend", "backend"),
-)
-
-
 def command_line(config: TrainConfig) -> str:
-    """The ``lmanet train`` command that reproduces ``config``, every setting explicit (defaults
-    resolved, e.g. the clip length and first target).
-
-    ``--resume``, ``--no-progress`` and ``--threads`` are left out: they do not change what is
-    trained.
-    """
-    words = ["lmanet", "train"]
-    for flag, name in _FLAGS:
-        value = getattr(config, name)
-        if name == "val_split" and value is None:
-            value = ""
-        elif value is None:
-            continue
-        elif name == "size":
-            value = f"{value[0]}x{value[1]}"
-        words += [flag, str(value)]
-    return shlex.join(words)
+    """The ``lmanet train`` command that reproduces ``config`` (see
+    :meth:`TrainConfig.command_line`)."""
+    return config.command_line()
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
