@@ -315,7 +315,7 @@ def test_ddp_gloo_two_processes_end_with_identical_weights(data, erfnet_init, tm
     import torch.multiprocessing as mp
 
     cfg = config(data, tmp_path / "run", model="lmanet_erfnet", init=erfnet_init, epochs=2,
-                 max_images=12, val_split="val")
+                 max_images=12)
     os.environ.pop("WORLD_SIZE", None)
     mp.spawn(_ddp_rank, args=(cfg, f"tcp://127.0.0.1:{training._free_port()}", tmp_path),
              nprocs=2, join=True)
