@@ -194,7 +194,7 @@ class SegmentationPipeline:
             report = load_checkpoint(model, checkpoint)
             checkpoint_id = file_id(checkpoint) if Path(checkpoint).is_file() else "state-dict"
             if classes is None and report.metadata.get("classes"):
-                classes = ClassSet.from_metadata(report.metadata)
+                classes = ClassSet.from_metadata(report.metadata["classes"])
         pipeline = cls(model, device=target, precision=precision, input_size=input_size,
                        policy=policy, classes=classes, checkpoint_id=checkpoint_id)
         pipeline.load_report = report
