@@ -468,6 +468,7 @@ def run_burst(client, args, workdir, mode: str) -> dict:
             "rss_start_mb": rss_start, "rss_max_mb": max(rss), "rss_end_mb": rss[-1],
             "node_inference_ms_median": statistics.median(inference_ms) if inference_ms
             else float("nan"),
+            "latencies_ms": [round(v, 1) for v in latencies],
         }
         result["exit_code"] = node.stop()
         return result

@@ -135,9 +135,11 @@ SPECS: tuple[ParamSpec, ...] = (
               "QoS reliability of the input subscription: best_effort (sensor data, matches every "
               "publisher) or reliable (bag replay without loss; a best-effort publisher is then "
               "incompatible and a warning is logged).", choices=("best_effort", "reliable")),
-    ParamSpec("input.depth", 5,
-              "QoS history depth of the input subscription; 0 = keep all (use with reliable and "
-              "processing_mode 'all' for lossless replay).", int_range=(0, 1000)),
+    ParamSpec("input.depth", 1,
+              "QoS history depth of the input subscription. 1 (default) suits processing_mode "
+              "latest: DDS keeps only the newest frame while the node is busy. 0 = keep all: "
+              "use it with reliable and processing_mode all for lossless replay.",
+              int_range=(0, 1000)),
     ParamSpec("processing_mode", "latest",
               "latest: live cameras, only the newest frame of each camera is processed (bounded "
               "latency, older frames are counted as drops); all: every frame in order (bag "
@@ -287,7 +289,7 @@ class Settings:
     overlay_alpha: float = 0.5
     input_transport: str = "raw"
     input_reliability: str = "best_effort"
-    input_depth: int = 5
+    input_depth: int = 1
     processing_mode: str = "latest"
     cameras: tuple[str, ...] = field(default_factory=tuple)
     diagnostics_period: float = 1.0
