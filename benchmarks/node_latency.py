@@ -74,6 +74,10 @@ def setup_environment(args: argparse.Namespace):
     return domain, lock
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0..100) by linear interpolation."""
     ordered = sorted(values)
@@ -254,19 +258,20 @@ class NodeUnderTest:
             while sub.get_publisher_count() < 1 and time.monotonic() < deadline:
                 time.sleep(0.02)
 
-    def collect_inference_ms(self) -> list[float]:
-        """Start collecting the node's own inference times (from /diagnostics); returns the list
-        that fills up."""
+    def collect_diagnostics(self) -> dict[str, list[float]]:
+        """Start collecting the node's own figures from /diagnostics (inference time, latency
+        from message arrival to outputs published); returns the dict of lists that fills up."""
         from diagnostic_msgs.msg import DiagnosticArray
-        values: list[float] = []
+        keys = ("inference_ms_mean", "latency_ms_mean", "latency_ms_max", "frames_received")
+        values: dict[str, list[float]] = {key: [] for key in keys}
         name = f"{self.fqn}: camera image"
 
         def on_diagnostics(msg) -> None:
             for status in msg.status:
                 if status.name == name:
                     for kv in status.values:
-                        if kv.key == "inference_ms_mean" and kv.value:
-                            values.append(float(kv.value))
+                        if kv.key in values and kv.value:
+                            values[kv.key].append(float(kv.value))
         self.client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 50)
         return values
 
@@ -415,7 +420,7 @@ def run_burst(client, args, workdir, mode: str) -> dict:
         with node.outputs["labels"].cond:
             node.outputs["labels"].times.clear()
             node.outputs["labels"].order.clear()
-        inference_ms = node.collect_inference_ms()
+        diagnostics = node.collect_diagnostics()
         sent: dict[int, float] = {}
         rss = [node.rss_mb()]
         rss_start = rss[0]
@@ -466,8 +471,10 @@ def run_burst(client, args, workdir, mode: str) -> dict:
             "latency_last_third_median_ms": statistics.median(latencies[-third:])
             if latencies else float("nan"),
             "rss_start_mb": rss_start, "rss_max_mb": max(rss), "rss_end_mb": rss[-1],
-            "node_inference_ms_median": statistics.median(inference_ms) if inference_ms
-            else float("nan"),
+            "node_inference_ms_median": _median(diagnostics["inference_ms_mean"]),
+            "node_internal_latency_ms_median": _median(diagnostics["latency_ms_mean"]),
+            "node_internal_latency_ms_max": max(diagnostics["latency_ms_max"] or [float("nan")]),
+            "node_frames_received": int(max(diagnostics["frames_received"] or [0])),
             "latencies_ms": [round(v, 1) for v in latencies],
         }
         result["exit_code"] = node.stop()
