@@ -489,9 +489,14 @@ class LmanetNode(Node):
                                        f"{new.memory_length}: every camera's memory is reset")
             pipeline.set_policy(self._policy(new))
         if {"input_height", "input_width"} & changed:
-            pipeline.set_input_size(new.input_size)
-            self.get_logger().info(f"network input size now {self._size_text(new)}; memories "
-                                   f"reset")
+            if new.input_size != pipeline.input_size:
+                pipeline.set_input_size(new.input_size)
+                self.get_logger().info(f"network input size now {self._size_text(new)}; "
+                                       f"memories reset")
+            if (new.input_height > 0) != (new.input_width > 0):
+                self.get_logger().info(
+                    f"input_height {new.input_height}, input_width {new.input_width}: the "
+                    f"network input stays each frame's size until both are set")
         if {"class_names", "palette"} & changed:
             pipeline.set_classes(self._class_set(new))
             self._publish_label_info()
@@ -523,8 +528,8 @@ class LmanetNode(Node):
 
     @staticmethod
     def _size_text(settings: Settings) -> str:
-        return (f"{settings.input_height}x{settings.input_width}" if settings.input_height
-                else "each frame's size")
+        height, width = settings.input_size
+        return f"{height}x{width}" if height else "each frame's size"
 
     def _load_pipeline(self, factory: Callable | None) -> None:
         """Check the cheap things first, then load the model, resolve classes, warm up."""
@@ -587,7 +592,7 @@ class LmanetNode(Node):
         self._num_classes = info.num_classes
         self._resolve_classes(pipeline, settings)
         self._pipeline = pipeline
-        height, width = settings.input_size if settings.input_height else WARMUP_SIZE
+        height, width = settings.input_size if settings.input_size[0] else WARMUP_SIZE
         start = time.monotonic()
         try:
             pipeline.warmup(height, width)

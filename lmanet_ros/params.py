@@ -87,11 +87,13 @@ SPECS: tuple[ParamSpec, ...] = (
               int_range=(0, 256)),
     ParamSpec("input_height", 0,
               "Height in pixels of the network input; frames are resized to it and the outputs "
-              "back to the frame's size. 0 (with input_width 0): each frame's own size.",
-              int_range=(0, 8192), constraints="0 together with input_width, or both positive"),
+              "back to the frame's size. Used when input_width is set too; 0: each frame's own "
+              "size.", int_range=(0, 8192),
+              constraints="used only when both input_height and input_width are positive"),
     ParamSpec("input_width", 0,
-              "Width in pixels of the network input; 0 (with input_height 0): the frame's size.",
-              int_range=(0, 8192), constraints="0 together with input_height, or both positive"),
+              "Width in pixels of the network input; used when input_height is set too; 0: each "
+              "frame's own size.", int_range=(0, 8192),
+              constraints="used only when both input_height and input_width are positive"),
     # -- the temporal memory --------------------------------------------------------------------
     ParamSpec("memory.length", 4,
               "Frames held by each camera's temporal memory. A change clears every memory "
@@ -245,11 +247,6 @@ def validate(changes: Mapping[str, Any], current: Mapping[str, Any], *,
         return f"device must be auto, cpu, cuda or cuda:N, got '{values['device']}'"
     if "model" in changes and not str(values["model"]).strip():
         return "model must name a network, e.g. lmanet_erfnet"
-    if {"input_height", "input_width"} & changes.keys():
-        height, width = values.get("input_height", 0), values.get("input_width", 0)
-        if (height == 0) != (width == 0):
-            return (f"input_height and input_width must both be 0 (each frame's size) or both "
-                    f"positive, got {height}x{width} (set them together)")
     if {"class_names", "palette"} & changes.keys():
         reason = _check_classes(list(values.get("class_names") or []),
                                 [int(v) for v in values.get("palette") or []], num_classes)
@@ -322,5 +319,8 @@ class Settings:
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """(input_height, input_width)."""
-        return (self.input_height, self.input_width)
+        """The network input (height, width) in force: (0, 0) = each frame's size, which is
+        also what one of the two alone at 0 means (they are set one after the other)."""
+        if self.input_height > 0 and self.input_width > 0:
+            return (self.input_height, self.input_width)
+        return (0, 0)

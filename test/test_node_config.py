@@ -57,7 +57,6 @@ def test_descriptors_carry_ranges_and_read_only():
     ({"overlay_alpha": float("nan")}, "overlay_alpha"),
     ({"processing_mode": "fast"}, "processing_mode must be one of latest, all"),
     ({"input.transport": "theora"}, "raw, compressed"),
-    ({"input_height": 128}, "both be 0"),
     ({"cameras": ["front", "front"]}, "unique"),
     ({"cameras": ["front/left"]}, "not a valid topic name"),
     ({"device": "tpu"}, "device must be"),
@@ -80,6 +79,12 @@ def test_validate_accepts_and_knows_the_model_class_count():
                       current, num_classes=20)
     assert "the model has 20 outputs" in reason
     assert validate({"someone_elses": 1}, current) is None
+
+
+def test_network_input_size_needs_both_dimensions():
+    assert Settings().updated({"input_height": 64}).input_size == (0, 0)
+    assert Settings().updated({"input_height": 64, "input_width": 96}).input_size == (64, 96)
+    assert validate({"input_height": 64}, Settings().as_dict()) is None  # one after the other
 
 
 def test_settings_snapshot_round_trip():

@@ -134,9 +134,10 @@ def test_overlay_alpha_changes_at_run_time(rig):
 
 
 def test_fixed_network_input_size_keeps_outputs_at_the_input_size(rig):
-    result = rig.ros.set_parameters(rig.node.fqn, {"input_height": 64, "input_width": 128},
-                                    atomic=True)[0]
-    assert result.successful, result.reason
+    # one after the other, as `ros2 param set` does; the size applies once both are set
+    for name, value in (("input_height", 64), ("input_width", 128)):
+        result = rig.ros.set_parameters(rig.node.fqn, {name: value})[0]
+        assert result.successful, result.reason
     try:
         image = random_image(67, 131, seed=9)
         out = rig.send(make_image(image, stamp=next_stamp()), outputs=("labels", "overlay"))

@@ -160,7 +160,6 @@ REFUSED = [
     ({"palette": [1, 2, 3]}, "3 values (r, g, b) per class"),
     ({"palette": list(CITYSCAPES_PALETTE[:-1]) + [256]}, "outside 0..255"),
     ({"class_names": [f"c{i}" for i in range(25)]}, "the model has 20 outputs"),
-    ({"input_height": 64}, "both be 0"),
     ({"processing_mode": "fastest"}, "latest, all"),
     ({"input.transport": "ffmpeg"}, "raw, compressed"),
     ({"input.reliability": "sometimes"}, "best_effort, reliable"),
