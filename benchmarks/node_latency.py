@@ -93,10 +93,12 @@ def percentile(values: list[float], q: float) -> float:
 class BareStep:
     """``model.step`` of the same network on a (1, 3, height, width) input, memory full.
 
-    The steps run on one dedicated thread, as the node's worker runs them: with PyTorch's
-    OpenMP backend, the main thread's team was measured here to spin much more under CPU
-    contention (about 4x the wall time on a loaded 2-core machine) than a secondary thread's,
-    which would flatter the node. ``main_thread=True`` measures on the calling thread instead.
+    Like the node: the model is built and warmed up on the calling (main) thread, then the
+    measured steps run on one dedicated thread, as the node's worker runs them. With PyTorch's
+    OpenMP backend, where the steps run changed their time by up to 4x on this loaded 2-core
+    machine (the main thread's team spinning under contention; a fresh thread slow until the
+    main thread had run parallel work), so the bare step is measured the way the node runs it.
+    ``main_thread=True`` measures on the calling thread instead.
     """
 
     def __init__(self, model_name: str, height: int, width: int, threads: int,
@@ -113,9 +115,13 @@ class BareStep:
         self.model = build_model(model_name).eval()
         self.x = torch.rand(1, 3, height, width)
         self.memory = None
-        self.pool = None if main_thread else ThreadPoolExecutor(max_workers=1)
-        for _ in range(6):  # first-call costs; fill the memory
-            self.step_ms()
+        self.pool = None
+        for _ in range(6):  # first-call costs, memory filled: on this thread, as the node does
+            self._step()
+        if not main_thread:
+            self.pool = ThreadPoolExecutor(max_workers=1)
+            for _ in range(2):
+                self.step_ms()
 
     def _step(self) -> float:
         if self.threads > 0:
