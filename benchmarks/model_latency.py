@@ -7,6 +7,8 @@ What is measured (random weights, eval mode, ``torch.inference_mode``, batch 1):
   frames, is fed to the next call, so each call also pushes the new frame's keys/values).
   The models are timed round-robin (one call of each per round), so that load from other
   processes on a shared machine affects all of them alike and the ratios stay meaningful.
+- ``ratio``: the median over rounds of (LMANet step / ERFNet step of the same round), which
+  cancels slow drifts of the machine's load; ``ratio_of_medians`` is in the JSON too.
 - ``attention``: the local memory attention alone (``local_memory_attention`` on the model's
   query key and the T memory frames), and ``temporal``: the whole temporal module (kv_Q, the
   attention, the fusion, and kv_M of the frame pushed), both medians like the step.
@@ -254,9 +256,11 @@ def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int],
             temporal.memory_entry(features)
         return run
 
+    # Steps first, back to back, so that the per-round ratios compare calls made close in time.
     jobs = {("erfnet", 0, "step"): run_erfnet}
     for t in memory_lengths:
         jobs[("lmanet_erfnet", t, "step")] = make_lmanet(t)
+    for t in memory_lengths:
         jobs[("lmanet_erfnet", t, "attention")] = make_attention(t)
         jobs[("lmanet_erfnet", t, "temporal")] = make_temporal(t)
     samples = {key: [] for key in jobs}
@@ -275,10 +279,13 @@ def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int],
              "size": list(size), "model": "erfnet", "T": 0, "step_ms": erfnet_ms,
              "ratio": 1.0}]
     for t in memory_lengths:
-        step_ms = _median_ms(samples[("lmanet_erfnet", t, "step")])
+        step_samples = samples[("lmanet_erfnet", t, "step")]
+        step_ms = _median_ms(step_samples)
+        paired = [a / b for a, b in zip(step_samples, samples[("erfnet", 0, "step")])]
         rows.append({"device": device.type, "dtype": str(dtype).replace("torch.", ""),
                      "size": list(size), "model": "lmanet_erfnet", "T": t, "step_ms": step_ms,
-                     "ratio": step_ms / erfnet_ms,
+                     "ratio": statistics.median(paired),
+                     "ratio_of_medians": step_ms / erfnet_ms,
                      "attention_ms": _median_ms(samples[("lmanet_erfnet", t, "attention")]),
                      "temporal_ms": _median_ms(samples[("lmanet_erfnet", t, "temporal")])})
     for row in rows:
