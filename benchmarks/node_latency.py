@@ -268,7 +268,8 @@ class NodeUnderTest:
         """Start collecting the node's own figures from /diagnostics (inference time, latency
         from message arrival to outputs published); returns the dict of lists that fills up."""
         from diagnostic_msgs.msg import DiagnosticArray
-        keys = ("inference_ms_mean", "latency_ms_mean", "latency_ms_max", "frames_received")
+        keys = ("inference_ms_mean", "latency_ms_mean", "latency_ms_max", "frames_received",
+                "input_delay_ms_mean", "input_delay_ms_max")
         values: dict[str, list[float]] = {key: [] for key in keys}
         name = f"{self.fqn}: camera image"
 
@@ -481,6 +482,8 @@ def run_burst(client, args, workdir, mode: str) -> dict:
             "node_internal_latency_ms_median": _median(diagnostics["latency_ms_mean"]),
             "node_internal_latency_ms_max": max(diagnostics["latency_ms_max"] or [float("nan")]),
             "node_frames_received": int(max(diagnostics["frames_received"] or [0])),
+            "node_input_delay_ms_median": _median(diagnostics["input_delay_ms_mean"]),
+            "node_input_delay_ms_max": max(diagnostics["input_delay_ms_max"] or [float("nan")]),
             "latencies_ms": [round(v, 1) for v in latencies],
         }
         result["exit_code"] = node.stop()

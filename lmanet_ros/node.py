@@ -51,6 +51,12 @@ try:  # Iron and later
 except ImportError:  # Humble
     from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 
+try:  # Iron and later pass a MessageInfo (DDS source timestamp) to two-argument callbacks
+    from rclpy.subscription import MessageInfo  # noqa: F401
+    _HAS_MESSAGE_INFO = True
+except ImportError:  # Humble
+    _HAS_MESSAGE_INFO = False
+
 try:  # generated from msg/ by colcon; absent on a machine that only has the Python sources
     from lmanet_ros.msg import ClassInfo, LabelInfo
 except ImportError:  # pragma: no cover - depends on the installation
@@ -279,13 +285,16 @@ class CameraStats:
         self.period_processing_ms: list[float] = []
         self.period_inference_ms: list[float] = []
         self.period_latency_ms: list[float] = []
+        self.period_input_delay_ms: list[float] = []
 
-    def on_received(self, now: float) -> None:
-        """A message arrived."""
+    def on_received(self, now: float, input_delay_ms: float | None = None) -> None:
+        """A message arrived (``input_delay_ms``: since its publisher wrote it)."""
         with self.lock:
             self.received += 1
             self.period_received += 1
             self.last_received = now
+            if input_delay_ms is not None:
+                self.period_input_delay_ms.append(input_delay_ms)
 
     def on_dropped(self, count: int) -> None:
         """Frames replaced before they were processed."""
@@ -339,12 +348,14 @@ class CameraStats:
                 "processing_ms": list(self.period_processing_ms),
                 "inference_ms": list(self.period_inference_ms),
                 "latency_ms": list(self.period_latency_ms),
+                "input_delay_ms": list(self.period_input_delay_ms),
             }
             self.period_received = self.period_processed = 0
             self.period_bad = self.period_errors = 0
             self.period_processing_ms.clear()
             self.period_inference_ms.clear()
             self.period_latency_ms.clear()
+            self.period_input_delay_ms.clear()
         return snapshot
 
 
@@ -728,9 +739,10 @@ class LmanetNode(Node):
             durability=DurabilityPolicy.VOLATILE)
         events = SubscriptionEventCallbacks(
             incompatible_qos=functools.partial(self._on_incompatible_input_qos, port))
+        callback = self._on_image_with_info if _HAS_MESSAGE_INFO else self._on_image
         port.subscription = self.create_subscription(
             CompressedImage if compressed else Image, topic,
-            functools.partial(self._on_image, port), qos,
+            functools.partial(callback, port), qos,
             callback_group=port.group, event_callbacks=events)
 
     def _ensure_publishers(self, port: CameraPort) -> None:
@@ -746,13 +758,21 @@ class LmanetNode(Node):
         port.publishers = publishers  # replaced whole: the worker reads it without a lock
 
     # -------------------------------------------------------------------------------- callbacks
-    def _on_image(self, port: CameraPort, msg) -> None:
+    def _on_image(self, port: CameraPort, msg, input_delay_ms: float | None = None) -> None:
         """Subscription callback: hand the message to the worker (may wait in ``all`` mode)."""
         now = time.monotonic()
-        port.stats.on_received(now)
+        port.stats.on_received(now, input_delay_ms)
         dropped = self._intake.put(port.key, (msg, now))
         if dropped:
             port.stats.on_dropped(dropped)
+
+    def _on_image_with_info(self, port: CameraPort, msg, info) -> None:
+        """As :meth:`_on_image`, measuring the delay from the publisher's write to here."""
+        delay = None
+        source = info.get("source_timestamp") if isinstance(info, dict) else None
+        if source:
+            delay = (time.time_ns() - source) * 1e-6
+        self._on_image(port, msg, delay)
 
     def _on_incompatible_input_qos(self, port: CameraPort, event) -> None:
         """A publisher of our input topic offers QoS this subscription cannot match."""
@@ -1012,6 +1032,9 @@ class LmanetNode(Node):
             "inference_ms_mean": _mean_text(inference),
             "latency_ms_mean": _mean_text(latency),
             "latency_ms_max": f"{max(latency):.1f}" if latency else "",
+            "input_delay_ms_mean": _mean_text(snap["input_delay_ms"]),
+            "input_delay_ms_max": (f"{max(snap['input_delay_ms']):.1f}"
+                                   if snap["input_delay_ms"] else ""),
             "frames_received": snap["received"], "frames_processed": snap["processed"],
             "drops": snap["dropped"], "queued": self._intake.waiting(port.key),
             "bad_inputs": snap["bad_inputs"], "last_bad_input": snap["last_bad_input"],

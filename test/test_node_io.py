@@ -195,7 +195,7 @@ def test_diagnostics_report_the_camera(rig):
     rig.send(make_image(random_image(64, 128), stamp=next_stamp()), outputs=("labels",))
     status, values = rig.status(lambda v: int(v["frames_processed"]) > 0)
     for key in ("input_rate_hz", "processing_ms_mean", "drops", "memory_fill", "resets",
-                "bad_inputs", "topic", "latency_ms_mean", "queued"):
+                "bad_inputs", "topic", "latency_ms_mean", "queued", "input_delay_ms_max"):
         assert key in values, key
     assert values["topic"] == rig.node.input_topic("image")
     assert 1 <= int(values["memory_fill"]) <= 4
