@@ -266,7 +266,7 @@ class OutputBag:
         self.path = path
         self.kinds = kinds
         self._typestore = _typestore()
-        self._writer = Writer(path, version=9, storage_plugin=plugin)
+        self._writer = Writer(path, version=8, storage_plugin=plugin)  # as lmanet_ros.bags
         self._opened = False   # opened by the thread that writes (sqlite3 is per thread)
         self._connections: dict[str, object] = {}
         self.messages = 0
