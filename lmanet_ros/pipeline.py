@@ -344,7 +344,9 @@ class SegmentationPipeline:
 
     def _preprocess(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 RGB -> (1, 3, h, w) in [0, 1] on the device at the network size."""
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+        if not (image.flags.c_contiguous and image.flags.writeable):
+            image = image.copy()  # torch cannot wrap read-only views (zero-copy decoded rgb8)
+        tensor = torch.from_numpy(image).to(self.device, non_blocking=True)
         x = tensor.permute(2, 0, 1).unsqueeze(0).to(self.dtype).div_(255.0)
         size = self._network_size(*image.shape[:2])
         if size != tuple(image.shape[:2]):
