@@ -373,6 +373,7 @@ def run_latency(client, args, workdir, bare: BareStep) -> dict:
         pub = node.publisher(QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
         frames = make_frames(args.warmup + args.latency_frames, args.height, args.width,
                              period=0.1)
+        diagnostics = node.collect_diagnostics()
         latencies, all_outputs, paired_steps = [], [], []
         for index, msg in enumerate(frames):
             key = key_of(msg)
@@ -397,6 +398,9 @@ def run_latency(client, args, workdir, bare: BareStep) -> dict:
                 "all_outputs_median_ms": statistics.median(all_outputs),
                 "paired_bare_step_median_ms": statistics.median(paired_steps),
                 "paired_ratio_median": statistics.median(ratios),
+                "node_inference_ms_median": _median(diagnostics["inference_ms_mean"]),
+                "node_internal_latency_ms_median": _median(diagnostics["latency_ms_mean"]),
+                "node_input_delay_ms_median": _median(diagnostics["input_delay_ms_mean"]),
                 "exit_code": node.stop()}
     finally:
         node.stop()
