@@ -522,6 +522,8 @@ class LmanetNode(Node):
                                       else ""))
         if changed & INPUT_PARAMS:
             self._rebuild_cameras()
+        if {"processing_mode", "input.depth"} & changed:
+            self._hint_replay_memory(new)
         if "diagnostics_period" in changed:
             self._start_diagnostics_timer()
 
@@ -671,12 +673,22 @@ class LmanetNode(Node):
         self._ready_time = time.monotonic()
         self._publish_label_info()
         settings = self._settings
+        self._hint_replay_memory(settings)
         cameras = ", ".join(self._ports) if settings.cameras else "one camera"
         self.get_logger().info(
             f"ready: {cameras}, {settings.input_transport} input "
             f"({settings.input_reliability}, depth {settings.input_depth or 'all'}), "
             f"processing_mode {settings.processing_mode}, network input "
             f"{self._size_text(settings)}")
+
+    def _hint_replay_memory(self, settings: Settings) -> None:
+        """Say where a backlog waits in lossless replay (once per configuration)."""
+        if settings.processing_mode == "all" and settings.input_depth == 0:
+            self.get_logger().info(
+                "processing_mode all with a keep-all input: frames not taken yet wait in the "
+                "DDS reader, which keeps them all unless a Fast DDS profile limits it (see "
+                "config/fastdds_shm.xml); the node itself queues at most "
+                f"{ALL_MODE_CAPACITY} frames per camera")
 
     @property
     def executor_threads(self) -> int:
