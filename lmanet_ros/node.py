@@ -856,8 +856,8 @@ class LmanetNode(Node):
             start = time.perf_counter()
             try:
                 image = self._decode(msg)
-            except imaging.ImageError as exc:
-                self._bad_input(port, msg, str(exc))
+            except ValueError as exc:  # imaging.ImageError: a one-line reason
+                self._bad_input(port, msg, _one_line(exc))
                 continue
             header = msg.header
             frame = Frame(key, image, stamp_seconds(header.stamp), header.frame_id)

@@ -24,7 +24,18 @@ def rig(ros, node_factory):
 
 
 def test_latest_mode_keeps_the_newest_frame_and_counts_drops(rig):
-    rig.send(make_image(IMAGE, stamp=1.0))
+    # a deeper input queue lets every frame reach the node (with the default depth 1, DDS keeps
+    # only the newest while the node is busy): the latest-frame slot then drops and counts them
+    result = rig.ros.set_parameters(rig.node.fqn, {"input.depth": 10})[0]
+    assert result.successful, result.reason
+    attempts = iter(range(1000))
+
+    def delivered():  # the subscription was re-created: send until a frame gets through
+        try:
+            return rig.send(make_image(IMAGE, stamp=1.0 + 0.001 * next(attempts)), timeout=3.0)
+        except AssertionError:
+            return None
+    wait_until(delivered, 30.0, interval=0.0, what="a frame through the new subscription")
     stamps = [2.0 + 0.01 * i for i in range(20)]
     for stamp in stamps:  # far faster than the node can segment
         rig.pub.publish(make_image(IMAGE, stamp=stamp))
