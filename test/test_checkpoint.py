@@ -224,6 +224,7 @@ def test_missing_file_names_the_path(tmp_path):
 
 
 @pytest.mark.parametrize("name, content", [("broken.pth", b"not a checkpoint at all"),
+                                           ("text.pth", b"this is not a checkpoint" * 100),
                                            ("broken.safetensors", b"\x08\x00\x00\x00\x00\x00"
                                                                   b"\x00\x00{bad json")])
 def test_corrupt_file_is_a_checkpoint_error(tmp_path, name, content):

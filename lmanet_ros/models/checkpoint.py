@@ -177,9 +177,11 @@ def _read_file(path: Path) -> tuple[Any, dict[str, Any], str]:
         raise CheckpointError(f"cannot read checkpoint {path}: the weights-only unpickler "
                               f"rejected it (corrupt file, or not a plain tensor pickle): "
                               f"{reason}") from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as error:
+        # IndexError/KeyError: the unpickler's stacks on bytes that are no pickle at all.
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from error
+        raise CheckpointError(f"cannot read checkpoint {path}: not a checkpoint this loader "
+                              f"reads ({type(error).__name__}: {first})") from error
     return obj, {}, "torch"
 
 
