@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import fcntl
 import json
 import os
 import platform
@@ -39,28 +38,13 @@ import threading
 import time
 from pathlib import Path
 
+from lmanet_ros.domain import claim_domain_id
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("latency", "latest", "all", "soak")
 
 
 # ------------------------------------------------------------------------------ environment
-def claim_domain_id() -> tuple[int, object]:
-    """A ROS_DOMAIN_ID in 1..101 that no test or benchmark session on this host holds."""
-    lock_dir = Path(tempfile.gettempdir()) / "lmanet_ros_test_domains"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    start = os.getpid() % 101
-    for offset in range(101):
-        candidate = (start + offset) % 101 + 1
-        handle = open(lock_dir / f"{candidate}.lock", "w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        return candidate, handle
-    raise RuntimeError("no free ROS_DOMAIN_ID in 1..101")
-
-
 def setup_environment(args: argparse.Namespace):
     """Own domain, localhost only, optionally the SHM profile; before rclpy is imported."""
     domain, lock = claim_domain_id()

@@ -9,13 +9,11 @@ Humble). Nothing here imports rclpy at module level, so tests without ROS do not
 """
 from __future__ import annotations
 
-import fcntl
 import itertools
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,30 +21,20 @@ from typing import Any, Callable
 
 import pytest
 
+from lmanet_ros.domain import claim_domain_id
+
 ROOT = Path(__file__).resolve().parent.parent
-_LOCK_DIR = Path(tempfile.gettempdir()) / "lmanet_ros_test_domains"
 _domain_lock = None  # the open lock file: the domain stays ours while the session lives
 
 
 def _claim_domain_id() -> int:
-    """A ROS_DOMAIN_ID in 1..101 that no other session on this host holds (lock files)."""
+    """A ROS_DOMAIN_ID no other session on this host holds (LMANET_TEST_DOMAIN_ID forces one)."""
     global _domain_lock
     forced = os.environ.get("LMANET_TEST_DOMAIN_ID")
     if forced:
         return int(forced)
-    _LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    start = os.getpid() % 101
-    for offset in range(101):
-        candidate = (start + offset) % 101 + 1
-        handle = open(_LOCK_DIR / f"{candidate}.lock", "w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        _domain_lock = handle
-        return candidate
-    raise RuntimeError(f"no free ROS_DOMAIN_ID in 1..101 (lock files in {_LOCK_DIR})")
+    domain, _domain_lock = claim_domain_id()
+    return domain
 
 
 DOMAIN_ID = _claim_domain_id()
