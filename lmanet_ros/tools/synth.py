@@ -38,7 +38,7 @@ from lmanet_ros.report import progress
 from lmanet_ros.synth import (CORRUPTION_RECIPE, CORRUPTIONS, DEFAULT_RATE_HZ, HELDOUT_SEEDS,
                               SEQUENCE_GAP_S, START_TIME_NS, TRAIN_SEEDS, SynthSequence,
                               frame_stamps, sequence_name, split_for_seed)
-from lmanet_ros.tools.common import parse_size
+from lmanet_ros.tools.common import float_in, non_negative_int, parse_size, positive_int
 
 __all__ = ["add_parser", "run", "generate", "SynthOutput", "IMAGE_TOPIC", "LABEL_TOPIC",
            "FRAME_ID"]
@@ -73,36 +73,6 @@ class SynthOutput:
     total_s: float
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {value}")
-    return value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not 0 < value <= 1000:
-        raise argparse.ArgumentTypeError(f"expected a rate in (0, 1000] Hz, got {value}")
-    return value
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `lmanet synth`."""
     parser = subparsers.add_parser(
@@ -111,13 +81,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", metavar="OUT", help="output directory (created if missing)")
     video = parser.add_argument_group("video")
-    video.add_argument("--frames", type=_positive_int, default=300,
+    video.add_argument("--frames", type=positive_int, default=300,
                        help="frames per sequence (default: %(default)s)")
     video.add_argument("--size", type=parse_size, default=(256, 512),
                        help="frame size HxW in pixels, at least 32x32 (default: 256x512)")
-    video.add_argument("--sequences", type=_positive_int, default=1,
+    video.add_argument("--sequences", type=positive_int, default=1,
                        help="number of sequences; sequence k has seed SEED + k (default: 1)")
-    video.add_argument("--seed", type=_seed, default=0,
+    video.add_argument("--seed", type=non_negative_int, default=0,
                        help=f"seed of the first sequence (default: 0); training seeds are "
                             f"{TRAIN_SEEDS.start}..{TRAIN_SEEDS.stop - 1}, held-out seeds "
                             f"{HELDOUT_SEEDS.start}..{HELDOUT_SEEDS.stop - 1}")
@@ -125,7 +95,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                        help="per-frame image corruptions: none, or the fixed 'standard' recipe "
                             "(occluders, noise bursts, exposure flicker, motion blur, lost "
                             "detail; labels stay clean) (default: none)")
-    video.add_argument("--rate", type=_rate, default=DEFAULT_RATE_HZ,
+    video.add_argument("--rate", type=float_in(0.0, 1000.0), default=DEFAULT_RATE_HZ,
                        help="frame rate in Hz for the stamps and the motion (default: 17)")
     output = parser.add_argument_group("output")
     output.add_argument("--storage", choices=STORAGES, default=STORAGES[0],

@@ -16,6 +16,7 @@ import sys
 
 from lmanet_ros.datasets import DATASET_KINDS, DatasetError, parse_size
 from lmanet_ros.models import list_models
+from lmanet_ros.tools.common import non_negative_int, positive_float, positive_int
 from lmanet_ros.training import (CLASS_WEIGHTINGS, DEFAULT_FIRST_TARGET, FROZEN_MODES,
                                  TrainConfig, TrainingError, train)
 
@@ -27,36 +28,6 @@ def _size(text: str) -> tuple[int, int]:
         return parse_size(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -87,26 +58,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     what.add_argument("--val-split", default="val",
                       help="held-out split validated after every epoch (default: val; '' for "
                            "none)")
-    what.add_argument("--val-stride", type=_positive_int, default=1,
+    what.add_argument("--val-stride", type=positive_int, default=1,
                       help="validate on every n-th target frame of each synthetic sequence "
                            "(default: 1)")
-    what.add_argument("--first-target", type=_non_negative_int, default=None,
+    what.add_argument("--first-target", type=non_negative_int, default=None,
                       help="synthetic data: first frame of a sequence used as a target "
                            f"(default max({DEFAULT_FIRST_TARGET}, clip length - 1)); give two "
                            "models the same value to train and validate them on the same "
                            "targets")
 
     recipe = parser.add_argument_group("recipe")
-    recipe.add_argument("--epochs", type=_positive_int, default=50, help="epochs (default: 50)")
-    recipe.add_argument("--batch-size", type=_positive_int, default=5,
+    recipe.add_argument("--epochs", type=positive_int, default=50, help="epochs (default: 50)")
+    recipe.add_argument("--batch-size", type=positive_int, default=5,
                         help="clips per step and process (default: 5)")
-    recipe.add_argument("--memory-length", type=_positive_int, default=3,
+    recipe.add_argument("--memory-length", type=positive_int, default=3,
                         help="T: frames the memory holds (lmanet; stored in the metadata; "
                              "default: 3, the release's training length)")
-    recipe.add_argument("--clip-length", type=_positive_int, default=None,
+    recipe.add_argument("--clip-length", type=positive_int, default=None,
                         help="frames per clip, T+1 (default: 1 for erfnet, memory length + 1 "
                              "for lmanet)")
-    recipe.add_argument("--lr", type=_positive_float, default=2e-4,
+    recipe.add_argument("--lr", type=positive_float, default=2e-4,
                         help="Adam learning rate (default: 2e-4)")
     recipe.add_argument("--weight-decay", type=float, default=1e-4,
                         help="Adam weight decay (default: 1e-4)")
@@ -122,26 +93,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="seed of initial weights, sample order and augmentation (default: 0)")
 
     limits = parser.add_argument_group("budget and checkpoints")
-    limits.add_argument("--time-budget", type=_positive_float, default=None, metavar="MIN",
+    limits.add_argument("--time-budget", type=positive_float, default=None, metavar="MIN",
                         help="stop after this many minutes of training (validation and saving "
                              "excluded; summed over resumes)")
-    limits.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
+    limits.add_argument("--max-images", type=positive_int, default=None, metavar="N",
                         help="stop after N supervised images (clips), all processes together")
     limits.add_argument("--resume", action="store_true",
                         help="continue the run saved in --out/last.pt")
-    limits.add_argument("--checkpoint-every", type=_positive_float, default=10.0, metavar="MIN",
+    limits.add_argument("--checkpoint-every", type=positive_float, default=10.0, metavar="MIN",
                         help="also save last.pt every MIN minutes within an epoch (default: 10)")
 
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    runtime.add_argument("--workers", type=_non_negative_int, default=None,
+    runtime.add_argument("--workers", type=non_negative_int, default=None,
                          help="data-loading processes per training process (default: 0 on CPU, "
                               "where they would take cores from the step; 4 on CUDA)")
-    runtime.add_argument("--threads", type=_positive_int, default=None,
+    runtime.add_argument("--threads", type=positive_int, default=None,
                          help="CPU threads per training process (default: torch's, i.e. all "
                               "cores; cores / processes with --ddp-procs). On a busy machine "
                               "fewer threads than cores can be much faster")
-    runtime.add_argument("--ddp-procs", type=_positive_int, default=1,
+    runtime.add_argument("--ddp-procs", type=positive_int, default=1,
                          help="spawn N DistributedDataParallel processes (one per GPU); a "
                               "torchrun launch (WORLD_SIZE set) is detected without it")
     runtime.add_argument("--backend", choices=("gloo", "nccl"), default="gloo",
