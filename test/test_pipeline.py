@@ -129,3 +129,13 @@ def test_bad_frames_are_refused():
     pipeline = make_pipeline("erfnet")
     with pytest.raises(ValueError, match="uint8"):
         pipeline.process([Frame("cam", np.zeros((8, 8, 3), np.float32), 0.0)])
+
+
+def test_labels_are_the_argmax_of_the_model_logits_over_the_named_classes():
+    pipeline = make_pipeline("erfnet")
+    frame = frames_of("cam", 1)[0]
+    (result,) = pipeline.process([frame])
+    x = torch.from_numpy(frame.image).permute(2, 0, 1).unsqueeze(0).float() / 255
+    with torch.inference_mode():
+        logits, _ = pipeline.model.step(x, None)
+    np.testing.assert_array_equal(result.labels, logits[0, :19].argmax(dim=0).numpy())
