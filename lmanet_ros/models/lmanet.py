@@ -2,7 +2,8 @@
 
 Every model of :mod:`lmanet_ros.models` is a :class:`Segmenter`:
 
-- ``model.info``: a frozen :class:`ModelInfo` (name, classes, memory length, normalisation).
+- ``model.info``: a frozen :class:`ModelInfo` (name, classes, memory length, normalisation,
+  the input sizes the network runs on without padding).
 - ``logits, memory = model.step(x, memory=None, *, update_memory=True)``: one frame of B
   independent streams; the model keeps no per-stream state, the caller keeps the memory.
 - ``model(frames)``: (B, N, 3, H, W) clips streamed through ``step`` from an empty memory, the
@@ -10,6 +11,10 @@ Every model of :mod:`lmanet_ros.models` is a :class:`Segmenter`:
 
 Logits have ``num_classes`` channels (20 for Cityscapes: 19 trainIds and index 19 for void);
 taking the argmax over the first 19 is the caller's business.
+
+Callers always pass RGB float in [0, 1] of any size: a model normalises its input itself (its
+``mean``/``std``, if any) and pads it to a size its network takes (its ``size_offset`` modulo its
+``output_stride``), then crops the logits back to the input size.
 """
 from __future__ import annotations
 
@@ -35,8 +40,11 @@ class ModelInfo:
         memory_length: frames the memory holds (T); 0 for single-frame models.
         temporal: whether ``step`` uses and returns a memory.
         output_stride: resolution of the encoder features relative to the input.
-        mean, std: per-channel RGB normalisation applied inside ``step`` to inputs in [0, 1];
-            None when the model takes [0, 1] input as is (ERFNet).
+        mean, std: per-channel RGB normalisation ``(x - mean) / std`` applied inside ``step``
+            to inputs in [0, 1]; None when the model takes [0, 1] input as is (ERFNet).
+        size_offset: the network runs without padding on sides ``s`` with
+            ``s % output_stride == size_offset``: 0 for ERFNet (multiples of 8), 1 for PSPNet
+            (8k + 1). ``step`` pads other sizes up to :meth:`padded_size` itself.
     """
 
     name: str
@@ -46,6 +54,12 @@ class ModelInfo:
     output_stride: int = 8
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+    size_offset: int = 0
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) in pixels the network computes on for an input of this size."""
+        stride, offset = self.output_stride, self.size_offset
+        return height + (offset - height) % stride, width + (offset - width) % stride
 
 
 def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
@@ -57,37 +71,65 @@ def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
 class Segmenter(nn.Module):
     """Common part of the segmenters: input checks, padding, normalisation, clip forward.
 
+    The network is ``decoder(neck(features))`` where ``features`` are the encoder's (or, in a
+    temporal model, the fused) features.
+
+    Padding: an input whose sides are not ``size_offset`` modulo ``output_stride`` is padded at
+    the bottom and right up to the next such size (:meth:`ModelInfo.padded_size`), after
+    normalisation, by replicating the last row and column ("replicate" mode), and the logits are
+    cropped back to the input size. On a valid size nothing is padded, so the result is the
+    published network's computation exactly. Replicate padding adds no artificial edge or
+    colour (zero padding would add a black border, i.e. a strong edge after normalisation) and
+    keeps the statistics that global pooling (PSPNet's pyramid pooling) sees close to the
+    image's; the padded rows and columns (at most ``output_stride - 1``) are cropped away.
+
     Args:
         name: registry name reported in ``info``.
         encoder: (B, 3, H, W) -> features at 1/``output_stride``.
-        decoder: features -> (B, num_classes, H, W) logits.
+        decoder: (neck) features -> (B, num_classes, H', W') logits, H' >= H, W' >= W for the
+            padded input of size (H', W') (the padded part is cropped away).
         num_classes: number of output channels of the decoder.
         mean, std: normalisation of [0, 1] RGB inputs (None: none).
-        output_stride: the encoder's stride; inputs are padded to a multiple of it.
+        output_stride: the encoder's stride.
+        size_offset: valid input sides are ``size_offset`` modulo ``output_stride``
+            (0 <= size_offset < output_stride).
         between: further children registered between encoder and decoder (in this order, so
             that ``state_dict`` lists keys in the order of the published checkpoints).
+        neck: children applied in this order to the features right before the decoder and
+            registered after ``between`` (PSPNet's pyramid pooling module ``ppm``).
     """
 
     def __init__(self, name: str, encoder: nn.Module, decoder: nn.Module, *, num_classes: int,
                  mean: tuple[float, float, float] | None = None,
                  std: tuple[float, float, float] | None = None, output_stride: int = 8,
-                 between: dict[str, nn.Module] | None = None) -> None:
+                 size_offset: int = 0, between: dict[str, nn.Module] | None = None,
+                 neck: dict[str, nn.Module] | None = None) -> None:
         super().__init__()
         self._name = name
         self._num_classes = _check_positive_int("num_classes", num_classes)
         self._output_stride = _check_positive_int("output_stride", output_stride)
+        if (isinstance(size_offset, bool) or not isinstance(size_offset, int)
+                or not 0 <= size_offset < output_stride):
+            raise ValueError(f"size_offset must be an int in [0, output_stride), got "
+                             f"{size_offset!r}")
+        self._size_offset = size_offset
         if (mean is None) != (std is None):
             raise ValueError("mean and std must be given together")
         if mean is not None and (len(mean) != 3 or len(std) != 3 or min(std) <= 0):
             raise ValueError(f"mean and std must be 3 values each, std > 0; got {mean}, {std}")
         self._mean = tuple(float(v) for v in mean) if mean is not None else None
         self._std = tuple(float(v) for v in std) if std is not None else None
+        between, neck = dict(between or {}), dict(neck or {})
+        if between.keys() & neck.keys():
+            raise ValueError(f"sub-module names in both between and neck: "
+                             f"{sorted(between.keys() & neck.keys())}")
         self.encoder = encoder
-        for child_name, child in (between or {}).items():
+        for child_name, child in {**between, **neck}.items():
             if child_name in ("encoder", "decoder") or hasattr(self, child_name):
                 raise ValueError(f"sub-module name '{child_name}' clashes with the segmenter's "
                                  f"own attributes")
             self.add_module(child_name, child)
+        self._neck_names = tuple(neck)
         self.decoder = decoder
 
     # ------------------------------------------------------------------ description
@@ -99,7 +141,8 @@ class Segmenter(nn.Module):
     def info(self) -> ModelInfo:
         return ModelInfo(name=self._name, num_classes=self._num_classes,
                          memory_length=self.memory_length, temporal=self.memory_length > 0,
-                         output_stride=self._output_stride, mean=self._mean, std=self._std)
+                         output_stride=self._output_stride, mean=self._mean, std=self._std,
+                         size_offset=self._size_offset)
 
     # ------------------------------------------------------------------ helpers
     def _check_input(self, x: torch.Tensor) -> None:
@@ -112,16 +155,26 @@ class Segmenter(nn.Module):
             raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise (if the model has mean/std) and replicate-pad to a multiple of the stride."""
+        """Normalise (if the model has mean/std) and replicate-pad to a valid size.
+
+        (B, 3, H, W) in [0, 1] -> (B, 3, H', W') with (H', W') = ``info.padded_size(H, W)``.
+        """
         if self._mean is not None:
             mean = torch.tensor(self._mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
             std = torch.tensor(self._std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
             x = (x - mean) / std
-        stride = self._output_stride
-        pad_h, pad_w = -x.shape[2] % stride, -x.shape[3] % stride
+        height, width = x.shape[2:]
+        padded_height, padded_width = self.info.padded_size(height, width)
+        pad_h, pad_w = padded_height - height, padded_width - width
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         return x
+
+    def _decode(self, features: torch.Tensor) -> torch.Tensor:
+        """(Fused) features -> logits of the padded input: the neck, then the decoder."""
+        for name in self._neck_names:
+            features = self._modules[name](features)
+        return self.decoder(features)
 
     def step(self, x: torch.Tensor, memory: Memory | None = None, *,
              update_memory: bool = True) -> tuple[torch.Tensor, Memory | None]:
@@ -148,7 +201,7 @@ class Segmenter(nn.Module):
 
 
 class SingleFrameSegmenter(Segmenter):
-    """encoder -> decoder; ``step`` accepts and returns a memory without touching it."""
+    """encoder -> neck -> decoder; ``step`` accepts and returns a memory without touching it."""
 
     @property
     def memory_length(self) -> int:
@@ -162,26 +215,28 @@ class SingleFrameSegmenter(Segmenter):
              update_memory: bool = True) -> tuple[torch.Tensor, Memory | None]:
         self._check_input(x)
         height, width = x.shape[2:]
-        logits = self.decoder(self.encoder(self._prepare(x)))
+        logits = self._decode(self.encoder(self._prepare(x)))
         return logits[:, :, :height, :width], memory
 
 
 class TemporalSegmenter(Segmenter):
-    """encoder -> temporal module (reads a memory of past frames) -> decoder.
+    """encoder -> temporal module (reads a memory of past frames) -> neck -> decoder.
 
     The temporal module's sub-modules are registered as this model's own top-level children
     (state_dict names ``kv_M_r4.*`` etc., as in the published checkpoints); the module itself is
     reachable as :attr:`temporal_module` and must hold no parameters or buffers of its own.
 
-    Streaming order (per frame, per stream): empty memory -> ``decoder(features)``; else
-    ``decoder(temporal.read(features, memory))``; then the entry of the RAW features is pushed
-    onto the FIFO, which keeps the newest ``memory_length`` frames.
+    Streaming order (per frame, per stream): empty memory -> ``decoder(neck(features))``; else
+    ``decoder(neck(temporal.read(features, memory)))``; then the entry of the RAW features is
+    pushed onto the FIFO, which keeps the newest ``memory_length`` frames. (ERFNet has no neck;
+    PSPNet's is the pyramid pooling module.)
     """
 
     def __init__(self, name: str, encoder: nn.Module, temporal: TemporalModule,
                  decoder: nn.Module, *, num_classes: int, memory_length: int,
                  mean: tuple[float, float, float] | None = None,
-                 std: tuple[float, float, float] | None = None, output_stride: int = 8) -> None:
+                 std: tuple[float, float, float] | None = None, output_stride: int = 8,
+                 size_offset: int = 0, neck: dict[str, nn.Module] | None = None) -> None:
         if not isinstance(temporal, TemporalModule):
             raise ValueError(f"temporal must be a TemporalModule, got {type(temporal).__name__}")
         own = [n for n, _ in temporal.named_parameters(recurse=False)]
@@ -189,7 +244,8 @@ class TemporalSegmenter(Segmenter):
         if own:
             raise ValueError(f"a temporal module may hold sub-modules only; it owns {own}")
         super().__init__(name, encoder, decoder, num_classes=num_classes, mean=mean, std=std,
-                         output_stride=output_stride, between=dict(temporal.named_children()))
+                         output_stride=output_stride, size_offset=size_offset,
+                         between=dict(temporal.named_children()), neck=neck)
         # Kept outside ``_modules`` so that its children are registered once, at top level.
         object.__setattr__(self, "_temporal", temporal)
         self.memory_length = memory_length
@@ -248,7 +304,7 @@ class TemporalSegmenter(Segmenter):
             fused = self._temporal.read(features, memory.truncate(self._memory_length))
         else:
             fused = features
-        logits = self.decoder(fused)[:, :, :height, :width]
+        logits = self._decode(fused)[:, :, :height, :width]
         if not update_memory:
             return logits, memory
         key, value = self._temporal.memory_entry(features)
