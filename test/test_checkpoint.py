@@ -88,7 +88,8 @@ def test_safetensors_roundtrip_with_metadata(tmp_path, source_model, target_mode
     assert_same_weights(target_model, expected)
     assert report.format == "safetensors"
     assert report.metadata == {"classes": ["road", "sidewalk"], "palette": palette,
-                               "memory_length": 3, "model": "lmanet_erfnet", "num_classes": 20}
+                               "memory_length": 3, "model": "lmanet_erfnet", "num_classes": 20,
+                               "normalisation": None}
     assert report.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -10,7 +10,17 @@ parts as initialised (LMANet training starts so); the single-frame ``encoder.out
 ignored. The returned :class:`LoadReport` says what happened, with the checkpoint's metadata and
 the file's sha256.
 
-:func:`save_checkpoint` writes safetensors (optionally fp16/bf16) with JSON metadata.
+semseg's single-frame PSPNet checkpoints (keys ``layer0`` .. ``layer4``, ``ppm``, ``cls``,
+``aux``) load too, into ``pspnet*`` and, as a single-frame checkpoint, into ``lmanet_pspnet*``:
+``layerN.*`` becomes ``encoder.layerN.*``, ``cls.*`` becomes ``decoder.cls.*`` (19 outputs, like
+ours: the void channel is appended by the model, not learnt), and the auxiliary training head
+``aux.*`` is ignored (reported in ``LoadReport.ignored``).
+
+A checkpoint whose metadata states a ``normalisation`` other than the model's is refused: the
+weights would silently see differently scaled inputs.
+
+:func:`save_checkpoint` writes safetensors (optionally fp16/bf16) with JSON metadata, including
+the model's input normalisation.
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ import torch
 from torch import nn
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "LoadReport", "load_checkpoint",
-           "save_checkpoint", "read_state_dict", "file_sha256"]
+           "save_checkpoint", "read_state_dict", "file_sha256", "normalisation_metadata"]
 
 #: Key prefixes removed before matching: DistributedDataParallel, torch.compile.
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
@@ -39,7 +49,13 @@ WRAPPER_KEYS = ("state_dict", "model")
 METADATA_KEYS = ("meta", "metadata")
 #: Keys of the single-frame network that a temporal model does not have and ignores.
 SINGLE_FRAME_ONLY_PREFIXES = ("encoder.output_conv.",)
+#: semseg's PSPNet key layout: a checkpoint with ``layer0.*`` keys and no ``encoder.*`` key.
+SEMSEG_RENAMES = ((re.compile(r"^layer(\d+)\."), r"encoder.layer\1."),
+                  (re.compile(r"^cls\."), "decoder.cls."))
+#: Keys of semseg's PSPNet that no model here has: the auxiliary training head.
+SEMSEG_IGNORED_PREFIXES = ("aux.",)
 _SAFETENSORS_SUFFIX = ".safetensors"
+_UNSTATED = object()
 _LIST_LIMIT = 6
 
 
@@ -79,11 +95,12 @@ class LoadReport:
             ``strict=False``; ``num_batches_tracked`` of older checkpoints is tolerated).
         unexpected: checkpoint keys the model does not have, not loaded (``strict=False``).
         ignored: checkpoint keys skipped on purpose (``encoder.output_conv.*`` of a single-frame
-            checkpoint loaded into a temporal model).
+            checkpoint loaded into a temporal model; ``aux.*`` of a semseg PSPNet checkpoint).
         stripped_prefixes: prefixes removed from the keys (``module.``, ``_orig_mod.``).
         wrapper: the wrapper key the state_dict was found under (``state_dict``, ``model``).
         metadata: metadata stored with the checkpoint (safetensors metadata, JSON values
             decoded; or a ``meta``/``metadata`` dict), e.g. classes, palette, memory_length.
+        layout: ``"semseg"`` when the keys were renamed from semseg's PSPNet layout, else None.
     """
 
     source: str
@@ -97,10 +114,12 @@ class LoadReport:
     stripped_prefixes: tuple[str, ...] = ()
     wrapper: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    layout: str | None = None
 
     def summary(self) -> str:
         """One line for logs."""
-        parts = [f"loaded {len(self.loaded)} tensors from {self.source}"]
+        parts = [f"loaded {len(self.loaded)} tensors from {self.source}"
+                 + (f" ({self.layout} layout)" if self.layout else "")]
         if self.sha256:
             parts.append(f"sha256 {self.sha256[:12]}")
         if self.initialised:
@@ -242,6 +261,39 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]
     return state, details
 
 
+def _from_semseg(state: dict[str, torch.Tensor]
+                 ) -> tuple[dict[str, torch.Tensor], tuple[str, ...]] | None:
+    """Rename a semseg PSPNet state_dict to ours: (state, ignored keys); None if it is not one."""
+    if "layer0.0.weight" not in state or any(k.startswith("encoder.") for k in state):
+        return None
+    renamed: dict[str, torch.Tensor] = {}
+    ignored = tuple(k for k in state if k.startswith(SEMSEG_IGNORED_PREFIXES))
+    for key, tensor in state.items():
+        if key in ignored:
+            continue
+        for pattern, replacement in SEMSEG_RENAMES:
+            key = pattern.sub(replacement, key)
+        renamed[key] = tensor
+    return renamed, ignored
+
+
+def normalisation_metadata(model: nn.Module) -> dict[str, list[float]] | None:
+    """The model's input normalisation as metadata (None: none, ERFNet).
+
+    ``{"mean": [...], "std": [...]}``: ``(x - mean) / std`` per RGB channel of x in [0, 1].
+    """
+    info = model.info
+    return None if info.mean is None else {"mean": list(info.mean), "std": list(info.std)}
+
+
+def _same_json(first: Any, second: Any) -> bool:
+    """Whether two values are equal as JSON (tuples equal lists); False if one is not JSON."""
+    try:
+        return json.loads(json.dumps(first)) == json.loads(json.dumps(second))
+    except (TypeError, ValueError):
+        return False
+
+
 def _temporal_parts(model: nn.Module) -> tuple[str, ...]:
     temporal = getattr(model, "temporal_module", None)
     if temporal is None:
@@ -266,6 +318,15 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
     state, details = read_state_dict(source)
     expected = model.state_dict()
     name = getattr(getattr(model, "info", None), "name", type(model).__name__)
+    stated = details["metadata"].get("normalisation", _UNSTATED)
+    if (stated is not _UNSTATED and hasattr(model, "info")
+            and not _same_json(stated, normalisation_metadata(model))):
+        raise CheckpointError(f"checkpoint {details['source']} was saved for input normalisation "
+                              f"{stated} but model '{name}' applies "
+                              f"{normalisation_metadata(model)}")
+    semseg = _from_semseg(state)
+    if semseg is not None:
+        state, semseg_ignored = semseg
 
     parts = _temporal_parts(model)
     single_frame = bool(parts) and not any(k.split(".", 1)[0] in parts for k in state)
@@ -273,6 +334,8 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
                        if single_frame else set())
     ignored = tuple(k for k in state if single_frame and k not in expected
                     and k.startswith(SINGLE_FRAME_ONLY_PREFIXES))
+    if semseg is not None:
+        ignored += semseg_ignored
 
     missing = [k for k in expected if k not in state and k not in allowed_missing
                and not k.endswith(".num_batches_tracked")]
@@ -313,7 +376,7 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
         missing=tuple(k for k in not_loaded if k.split(".", 1)[0] not in initialised),
         unexpected=tuple(unexpected), ignored=ignored,
         stripped_prefixes=details["stripped_prefixes"], wrapper=details["wrapper"],
-        metadata=details["metadata"])
+        metadata=details["metadata"], layout="semseg" if semseg is not None else None)
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, *,
@@ -325,8 +388,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *,
         model: the model to save.
         path: destination, ending in ``.safetensors`` (written atomically).
         metadata: JSON-serialisable values (e.g. classes, palette, memory_length, source,
-            metrics). ``model``, ``num_classes`` and ``memory_length`` are added from
-            ``model.info`` unless given; a ``model``/``num_classes`` that contradicts it raises.
+            metrics). ``model``, ``num_classes``, ``normalisation`` (see
+            :func:`normalisation_metadata`) and ``memory_length`` are added from ``model.info``
+            unless given; a ``model``/``num_classes``/``normalisation`` that contradicts it
+            raises.
         dtype: cast floating tensors (``torch.float16``, ``torch.bfloat16``, ``torch.float32``).
 
     Raises:
@@ -342,8 +407,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *,
     entries: dict[str, Any] = dict(metadata or {})
     info = getattr(model, "info", None)
     if info is not None:
-        for key, value in (("model", info.name), ("num_classes", info.num_classes)):
-            if key in entries and entries[key] != value:
+        for key, value in (("model", info.name), ("num_classes", info.num_classes),
+                           ("normalisation", normalisation_metadata(model))):
+            if key in entries and not _same_json(entries[key], value):
                 raise ValueError(f"metadata {key}={entries[key]!r} contradicts the model "
                                  f"({value!r})")
             entries[key] = value
