@@ -71,8 +71,10 @@ class ParamSpec:
 SPECS: tuple[ParamSpec, ...] = (
     # -- the model (read-only: changing them means loading another network) ------------------
     ParamSpec("model", "lmanet_erfnet",
-              "Network to run: lmanet_erfnet (temporal, LMANet on ERFNet) or erfnet (single "
-              "frame).", read_only=True, constraints="a name known to lmanet_ros.models"),
+              "Network to run: lmanet_erfnet (temporal, LMANet on ERFNet), erfnet (single "
+              "frame), lmanet_pspnet101 / lmanet_pspnet50 (temporal, LMANet on PSPNet) or "
+              "pspnet101 / pspnet50 (single frame).", read_only=True,
+              constraints="a name known to lmanet_ros.models"),
     ParamSpec("checkpoint", "",
               "Path of the weights (.pth, .pt or .safetensors). Empty: random weights, for tests "
               "only (a loud warning is logged and diagnostics report it).", read_only=True),
@@ -96,8 +98,9 @@ SPECS: tuple[ParamSpec, ...] = (
               constraints="used only when both input_height and input_width are positive"),
     # -- the temporal memory --------------------------------------------------------------------
     ParamSpec("memory.length", 4,
-              "Frames held by each camera's temporal memory. A change clears every memory "
-              "(reset reason 'parameter').", int_range=(1, 32)),
+              "Frames held by each camera's temporal memory (the published evaluations use 4 "
+              "with ERFNet and 3 with PSPNet). A change clears every memory (reset reason "
+              "'parameter').", int_range=(1, 32)),
     ParamSpec("memory.max_gap", 1.0,
               "Largest gap in seconds between two processed frames of a camera that keeps its "
               "memory; a larger gap clears it (reason 'gap'). 0 disables the rule.",

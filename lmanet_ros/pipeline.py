@@ -7,7 +7,8 @@ this, so what is measured offline is what runs on the robot.
 Stages, each timed separately (:class:`StageTimes`):
 
 1. preprocess: uint8 RGB (H, W, 3) -> float tensor (1, 3, h, w) in [0, 1] on the device, resized
-   to the network input size when one is set (normalisation is the model's business);
+   to the network input size when one is set (normalisation and padding to a size the network
+   takes are the model's business: ``model.info`` states both);
 2. inference: ``model.step`` on a batch of streams whose memories have the same fill;
 3. postprocess: logits back to (H, W) when resized, argmax over the first K (named) classes, the
    optional max-softmax confidence, copy to host memory.
@@ -135,7 +136,7 @@ class SegmentationPipeline:
 
     def __init__(self, model: torch.nn.Module, *, device: torch.device | str = "cpu",
                  precision: str = "fp32", input_size: tuple[int, int] = (0, 0),
-                 policy: MemoryPolicy = MemoryPolicy(), classes: ClassSet | None = None,
+                 policy: MemoryPolicy | None = None, classes: ClassSet | None = None,
                  checkpoint_id: str = "random-init") -> None:
         """Wrap ``model`` (moved to ``device`` and ``precision``, put in eval mode).
 
@@ -144,7 +145,8 @@ class SegmentationPipeline:
             device: where to run; a string is resolved with :func:`resolve_device`.
             precision: ``fp32``, ``fp16`` or ``bf16`` (weights, activations and memory).
             input_size: (height, width) the network sees in pixels; (0, 0) = the frame's size.
-            policy: the memory policy; its memory_length is applied to the model.
+            policy: the memory policy; its memory_length is applied to the model. None: the
+                default policy with the model's own memory length.
             classes: class names and colours; the first K logits are used (default Cityscapes).
             checkpoint_id: identifies the weights in reports and metadata.
         """
@@ -163,6 +165,9 @@ class SegmentationPipeline:
         self.load_report = None
         self._streams: dict[str, StreamState] = {}
         self._streams_lock = threading.Lock()
+        if policy is None:
+            policy = (MemoryPolicy(memory_length=model.memory_length) if self.info.temporal
+                      else MemoryPolicy())
         self._policy = policy
         self._input_size = (0, 0)
         self.set_input_size(input_size)
@@ -173,9 +178,12 @@ class SegmentationPipeline:
     def from_pretrained(cls, model_name: str, checkpoint: str | Path | None = None, *,
                         device: str = "auto", precision: str = "fp32", num_threads: int = 0,
                         input_size: tuple[int, int] = (0, 0),
-                        policy: MemoryPolicy = MemoryPolicy(),
+                        policy: MemoryPolicy | None = None,
                         classes: ClassSet | None = None) -> "SegmentationPipeline":
         """Build the named model, load ``checkpoint`` (None = random weights) and wrap it.
+
+        ``policy`` None: the default policy with the model's default memory length (4 for
+        ``lmanet_erfnet``, 3 for ``lmanet_pspnet101``).
 
         Class metadata stored in the checkpoint is used unless ``classes`` is given. The load
         report is kept as ``self.load_report`` (None for random weights).
@@ -187,7 +195,8 @@ class SegmentationPipeline:
         target = resolve_device(device)
         if num_threads > 0:
             torch.set_num_threads(num_threads)
-        model = build_model(model_name, memory_length=policy.memory_length)
+        model = build_model(model_name,
+                            memory_length=None if policy is None else policy.memory_length)
         report = None
         checkpoint_id = "random-init"
         if checkpoint:
