@@ -17,6 +17,10 @@ Where we differ from the release, on purpose and switchable:
   release keeps the whole model in train mode, so those statistics drift towards the fused
   features, which also changes what the decoder does on the first frame of a stream (no memory).
   ``frozen_mode="train"`` reproduces the release.
+- ``fusion_init="pca"`` (default) starts the query path (``kv_Q_r4.Value`` and the fusion) as
+  a PCA pass-through of the encoder features, so that the untrained LMANet is nearly the
+  single-frame network (:mod:`lmanet_ros.fusion_init` says why and how); ``random`` keeps the
+  release's initialisation. Only initial values differ; the architecture does not.
 - Class weights: ``erfnet`` is the ERFNet paper's fixed table for Cityscapes (the release's);
   ``frequency`` computes the same ENet-style formula w_c = 1 / ln(1.10 + p_c) from the pixel
   frequencies p_c of the training labels (what the table is, for Cityscapes), which suits other
@@ -57,6 +61,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lmanet_ros.classes import ClassSet
+from lmanet_ros.fusion_init import FUSION_INITS, pca_initialise_query_path, sample_features
 from lmanet_ros.datasets import (DATASET_KINDS, ClipDataset, build_clip_dataset,
                                  label_histogram)
 from lmanet_ros.models import build_model, load_checkpoint, save_checkpoint
@@ -95,11 +100,14 @@ ERFNET_CLASS_WEIGHTS: tuple[float, ...] = (
     10.287888526917, 10.289801597595, 10.405355453491, 10.138095855713, 0.0)
 #: Labels read for the ``frequency`` weighting (evenly spread over the training set).
 FREQUENCY_MAX_LABELS = 1000
+#: Training clips (last frames) and feature vectors the ``pca`` fusion initialisation reads.
+PCA_INIT_IMAGES = 40
+PCA_INIT_VECTORS = 200_000
 _FORMAT = "lmanet_ros.train/1"
 # Config fields that must not change when a run is resumed.
 _IDENTITY_FIELDS = ("model", "dataset", "clip_length", "memory_length", "batch_size", "size",
                     "train_split", "seed", "first_target", "class_weighting", "frozen_mode",
-                    "lr", "weight_decay", "world_size")
+                    "lr", "weight_decay", "world_size", "fusion_init")
 
 
 # Flags of ``lmanet train`` in the order of the reproducible command, with their config fields.
@@ -111,6 +119,7 @@ _COMMAND_FLAGS = (
     ("--batch-size", "batch_size"), ("--memory-length", "memory_length"),
     ("--clip-length", "clip_length"), ("--lr", "lr"), ("--weight-decay", "weight_decay"),
     ("--class-weights", "class_weighting"), ("--frozen-mode", "frozen_mode"),
+    ("--fusion-init", "fusion_init"),
     ("--seed", "seed"), ("--time-budget", "time_budget_min"), ("--max-images", "max_images"),
     ("--checkpoint-every", "checkpoint_every_min"), ("--device", "device"),
     ("--workers", "workers"), ("--ddp-procs", "ddp_procs"), ("--backend", "backend"),
@@ -155,6 +164,7 @@ class TrainConfig:
     first_target: int | None = None
     class_weighting: str = "auto"
     frozen_mode: str = "eval"
+    fusion_init: str = "pca"
     checkpoint_every_min: float = 10.0
     progress: bool = True
     ddp_procs: int = 1
@@ -210,6 +220,9 @@ class TrainConfig:
         if self.frozen_mode not in FROZEN_MODES:
             raise ValueError(f"frozen_mode must be one of {FROZEN_MODES}, got "
                              f"'{self.frozen_mode}'")
+        if self.fusion_init not in FUSION_INITS:
+            raise ValueError(f"fusion_init must be one of {FUSION_INITS}, got "
+                             f"'{self.fusion_init}'")
         if self.backend not in ("gloo", "nccl"):
             raise ValueError(f"backend must be gloo or nccl, got '{self.backend}'")
         if self.size is not None:
@@ -235,7 +248,7 @@ class TrainConfig:
             value = getattr(self, name)
             if name == "val_split" and value is None:
                 value = ""
-            elif value is None:
+            elif value is None or (name == "fusion_init" and not self.temporal):
                 continue
             elif name == "size":
                 value = f"{value[0]}x{value[1]}"
@@ -547,6 +560,8 @@ class _Trainer:
         data = self.config.to_json()
         identity = {key: data[key] for key in _IDENTITY_FIELDS if key in data}
         identity["world_size"] = self.ctx.world_size
+        if not self.temporal:
+            del identity["fusion_init"]  # single-frame runs have no fusion
         return identity
 
     def _initialise_weights(self) -> None:
@@ -561,6 +576,15 @@ class _Trainer:
         # Strict: a single-frame checkpoint loads into LMANet (its temporal parts stay as
         # initialised); any other missing or unexpected key raises CheckpointError.
         self.init_report = load_checkpoint(self.model, config.init, strict=True).summary()
+        if self.temporal and config.fusion_init == "pca":
+            features = sample_features(self.model, self.train_set, images=PCA_INIT_IMAGES,
+                                       max_vectors=PCA_INIT_VECTORS, seed=config.seed,
+                                       device=self.device)
+            try:
+                report = pca_initialise_query_path(self.model.temporal_module, features)
+            except ValueError as exc:
+                raise TrainingError(f"--fusion-init pca: {exc}") from None
+            self.init_report += "; " + report.summary()
 
     def _freeze_unused_parameters(self) -> list[str]:
         """Freeze parameters the training forward never reaches (e.g. ERFNet's
@@ -637,6 +661,7 @@ class _Trainer:
             "val_miou": self.state["val_miou"],
             "class_weighting": self.weighting_used,
             "frozen_mode": config.frozen_mode if self.temporal else None,
+            "fusion_init": config.fusion_init if self.temporal else None,
             "init": None if config.init is None else str(config.init),
             "seed": config.seed,
         }

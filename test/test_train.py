@@ -163,6 +163,27 @@ def test_lmanet_trains_only_keys_values_and_fusion(data, erfnet_init, tmp_path, 
         assert len(drifted) == len(frozen_statistics)
 
 
+def test_fusion_init_pca_starts_lmanet_near_its_single_frame_network(data, erfnet_init,
+                                                                     tmp_path):
+    """Before any step: logits of the last frame are those of the single-frame network."""
+    frames, _ = build_clip_dataset("synth", data, "val", clip_length=4)[0]
+    clip = frames.unsqueeze(0).float() / 255
+    single = build_model("erfnet").eval()
+    load_checkpoint(single, erfnet_init)
+    expected = single(clip[:, -1])
+    errors = {}
+    for fusion_init in ("pca", "random"):
+        run = train(config(data, tmp_path / fusion_init, model="lmanet_erfnet", init=erfnet_init,
+                           max_images=1, lr=1e-12, fusion_init=fusion_init))
+        model = build_model("lmanet_erfnet", memory_length=3).eval()
+        report = load_checkpoint(model, run.weights)
+        assert report.metadata["fusion_init"] == fusion_init
+        with torch.no_grad():
+            errors[fusion_init] = float((model(clip) - expected).abs().mean()
+                                        / expected.abs().mean())
+    assert errors["pca"] < 0.02 and errors["pca"] < errors["random"] / 5
+
+
 def test_lmanet_needs_init_and_a_memory(data, tmp_path):
     with pytest.raises(TrainingError, match="--init"):
         train(config(data, tmp_path, model="lmanet_erfnet"))

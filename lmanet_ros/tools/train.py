@@ -15,6 +15,7 @@ import dataclasses
 import sys
 
 from lmanet_ros.datasets import DATASET_KINDS, DatasetError, parse_size
+from lmanet_ros.fusion_init import FUSION_INITS
 from lmanet_ros.models import list_models
 from lmanet_ros.tools.common import non_negative_int, positive_float, positive_int
 from lmanet_ros.training import (CLASS_WEIGHTINGS, DEFAULT_FIRST_TARGET, FROZEN_MODES,
@@ -89,6 +90,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="lmanet: frozen encoder/decoder in eval mode (BN statistics fixed, "
                              "dropout off) or in train mode as in the release (statistics "
                              "drift); default: eval")
+    recipe.add_argument("--fusion-init", choices=FUSION_INITS, default="pca",
+                        help="lmanet: start the query path as a PCA pass-through of the encoder "
+                             "features (pca, default) or randomly as in the release (random)")
     recipe.add_argument("--seed", type=int, default=0,
                         help="seed of initial weights, sample order and augmentation (default: 0)")
 
@@ -140,6 +144,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         train_split=args.train_split, val_split=args.val_split or None,
         val_stride=args.val_stride, seed=args.seed, first_target=args.first_target,
         class_weighting=args.class_weights, frozen_mode=args.frozen_mode,
+        fusion_init=args.fusion_init,
         checkpoint_every_min=args.checkpoint_every, progress=args.progress,
         ddp_procs=args.ddp_procs, backend=args.backend)
     return dataclasses.replace(config, command=command_line(config))
