@@ -8,8 +8,9 @@ chance: on our synthetic data the training loss starts at 2.9 against the single
 Cityscapes' 150,000 clips (50 epochs) the release can afford that; a short budget cannot.
 
 What ``pca`` does (ERFNet's "sigmoid-do1" fusion,
-:class:`lmanet_ros.models.temporal.SigmoidFusion`), from feature vectors ``f`` (N, C) of training frames, with mean ``mu`` and the top-V principal
-directions ``U`` (C, V) and variances ``lam`` (V = value width, 64):
+:class:`lmanet_ros.models.temporal.SigmoidFusion`), from feature vectors ``f`` (N, C) of
+training frames, with mean ``mu`` and the top-V principal directions ``U`` (C, V) and variances
+``lam`` (V = value width, 64):
 
 - ``kv_Q.Value``: centre tap ``U^T``, bias ``-U^T mu``, so ``vQ = U^T (f - mu)``;
 - ``bn1``: weight 1, bias ``shift`` (4): ``a = ReLU(z + shift)`` with ``z`` the standardised

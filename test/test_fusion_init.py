@@ -46,7 +46,8 @@ def test_truncated_pca_returns_the_reconstruction_and_reports_its_error():
     torch.manual_seed(0)
     module = LocalMemoryModule(in_channels=10, key_channels=4, value_channels=6).double().eval()
     low_rank = _features(10, 500, rank=5, seed=1)
-    assert pca_initialise_query_path(module, low_rank, damp=0.0, shift=10.0).reconstruction_error < 1e-12
+    report = pca_initialise_query_path(module, low_rank, damp=0.0, shift=10.0)
+    assert report.reconstruction_error < 1e-12
     torch.testing.assert_close(_fused(module, low_rank), low_rank, rtol=0, atol=1e-9)
 
     full = _features(10, 500, rank=10, seed=2)
