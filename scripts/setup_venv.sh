@@ -61,4 +61,9 @@ echo "$MSG_SITE" > "$SITE/zz_lmanet_ros_msgs.pth"
 # The ROS wheels put $VENV/lib on LD_LIBRARY_PATH at interpreter start (rcpputils looks up type
 # support libraries there by name): link the built interface libraries into it.
 ln -sf "$ROOT"/build_msgs/install/lmanet_ros/lib/liblmanet_ros__*.so "$VENV/lib/"
+# The compiled CPU kernel of local memory attention (lmanet_ros/csrc): built once per source and
+# torch version (a no-op when up to date). Without it lmanet_ros uses its PyTorch path.
+echo "[setup] building the compiled attention kernel (lmanet_ros/csrc)"
+python -m lmanet_ros.models._attention_ext build || \
+  echo "[setup] continuing without the compiled attention kernel (PyTorch path)"
 echo "[setup] done: . .venv/bin/activate"

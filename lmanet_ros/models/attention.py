@@ -11,21 +11,43 @@ itself in every memory frame:
 - ONE softmax per pixel jointly over all T * P * P logits;
 - read-out ``out[c, y, x] = sum_{t, dy, dx} p[t, dy, dx] * v_t[c, y + dy, x + dx]``.
 
-:func:`local_memory_attention` computes this exactly with large batched matrix products over
-tiles (see its docstring); :func:`local_memory_attention_reference` is the direct loop over
-offsets that the tests compare it with (in float64).
+:func:`local_memory_attention` computes this exactly, with one of two implementations (its
+``backend`` argument, by default the environment variable ``LMANET_ATTENTION``, default ``auto``):
+
+- ``torch``: large batched matrix products over tiles (see :func:`_tiled_attention`); any device
+  and dtype, keeps autograd. The reference path and the fallback.
+- ``compiled``: a fused C++ CPU kernel (``lmanet_ros/csrc/local_memory_attention.cpp``, built by
+  ``scripts/setup_venv.sh``; see :mod:`._attention_ext`) for float32 CPU inputs without
+  autograd: logits, softmax and read-out per tile of 8 pixels, without materialising the
+  window or the probabilities.
+- ``auto``: ``compiled`` where it applies and is available, else ``torch``. When the kernel is
+  unavailable (not built, or failing to load) one warning says why, then ``torch`` is used.
+
+:func:`attention_backend` says which one float32 CPU inference uses, and why.
+:func:`local_memory_attention_reference` is the direct loop over offsets that the tests compare
+with (in float64).
 """
 from __future__ import annotations
 
+import functools
+import logging
+import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEFAULT_RADIUS", "local_memory_attention", "local_memory_attention_reference"]
+__all__ = ["DEFAULT_RADIUS", "BACKENDS", "BACKEND_ENV", "local_memory_attention",
+           "local_memory_attention_reference", "attention_backend"]
 
 #: Window radius of the published LMANet (P = 21).
 DEFAULT_RADIUS = 10
+#: Values of ``backend`` and of the environment variable :data:`BACKEND_ENV`.
+BACKENDS = ("auto", "compiled", "torch")
+#: Environment variable choosing the backend when the call does not.
+BACKEND_ENV = "LMANET_ATTENTION"
+
+_LOG = logging.getLogger(__name__)
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
 
@@ -120,11 +142,10 @@ def _stack_padded(maps: Sequence[torch.Tensor], radius: int, extra_h: int, extra
     return out
 
 
-def local_memory_attention(query_key: torch.Tensor, memory_keys: Sequence[torch.Tensor],
-                           memory_values: Sequence[torch.Tensor], *,
-                           radius: int = DEFAULT_RADIUS, tile: tuple[int, int] = (8, 8),
-                           chunk_elements: int | None = None) -> torch.Tensor:
-    """Exact local memory attention as batched matrix products over tiles.
+def _tiled_attention(query_key: torch.Tensor, memory_keys: Sequence[torch.Tensor],
+                     memory_values: Sequence[torch.Tensor], radius: int, tile: tuple[int, int],
+                     chunk_elements: int | None) -> torch.Tensor:
+    """The ``torch`` backend: exact local memory attention as batched matrix products over tiles.
 
     The map is split into tiles of ``tile`` = (th, tw) pixels. For each tile the
     (th + 2r) x (tw + 2r) region of the zero-padded memory keys and values that covers the
@@ -135,20 +156,9 @@ def local_memory_attention(query_key: torch.Tensor, memory_keys: Sequence[torch.
     T * P * P window entries (zero-padded positions keep logit 0 and value 0); the read-out is a
     second matrix product. Tiles are processed in chunks so that the extra memory stays bounded
     (``chunk_elements`` logits at a time). Half-precision inputs take the softmax in float32.
-    Works on any device and keeps autograd.
-
-    Args:
-        query_key: (B, Ck, H, W) keys of the current frame.
-        memory_keys: T tensors (B, Ck, H, W), oldest first (the order does not matter).
-        memory_values: T tensors (B, Cv, H, W).
-        radius: window radius r (P = 2r + 1); 10 in LMANet.
-        tile: tile size (th, tw) in feature pixels.
-        chunk_elements: logits computed per chunk; default 2**23 on CPU, 2**26 on CUDA.
-
-    Returns:
-        (B, Cv, H, W) read-out, in the dtype of ``query_key``.
+    Works on any device and keeps autograd. Arguments as for :func:`local_memory_attention`
+    (inputs already checked).
     """
-    _check_inputs(query_key, memory_keys, memory_values, radius)
     tile_h, tile_w = (int(v) for v in tile)
     if tile_h < 1 or tile_w < 1:
         raise ValueError(f"tile must be two positive ints, got {tile}")
@@ -214,3 +224,103 @@ def local_memory_attention(query_key: torch.Tensor, memory_keys: Sequence[torch.
     result = result.permute(1, 5, 0, 3, 2, 4).reshape(batch, value_channels, tiles_y * tile_h,
                                                       tiles_x * tile_w)
     return result[:, :, :height, :width]
+
+
+def _requested_backend(backend: str | None) -> tuple[str, str]:
+    """(backend, where it came from): the argument, else $LMANET_ATTENTION, else "auto"."""
+    source = "backend"
+    if backend is None:
+        backend, source = os.environ.get(BACKEND_ENV, "").strip().lower() or "auto", BACKEND_ENV
+    if backend not in BACKENDS:
+        raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    return backend, source
+
+
+@functools.cache
+def _compiled_kernel() -> tuple[bool, str]:
+    """(available, instruction set or reason); warns once per process when unavailable."""
+    # Imported on first use, so that ``python -m lmanet_ros.models._attention_ext build`` runs
+    # a module that importing the models has not loaded yet.
+    from . import _attention_ext
+
+    available, detail = _attention_ext.load()
+    if not available:
+        _LOG.warning("local memory attention: compiled CPU kernel unavailable, using the "
+                     "PyTorch path: %s", detail)
+    return available, detail
+
+
+def _compiled_unsuitable(tensors: Sequence[torch.Tensor]) -> str | None:
+    """Why the compiled kernel cannot take these inputs, or None when it can."""
+    if torch.compiler.is_compiling():
+        return "traced by torch.compile"
+    if any(t.device.type != "cpu" for t in tensors):
+        return "inputs are not on the CPU"
+    if any(t.dtype != torch.float32 for t in tensors):
+        return f"dtype {tensors[0].dtype} (the kernel takes float32)"
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return "autograd needs the PyTorch path"
+    return None
+
+
+def attention_backend() -> str:
+    """The backend that float32 CPU inference takes under the current $LMANET_ATTENTION.
+
+    Returns:
+        ``"compiled (<instruction set>)"``, e.g. ``"compiled (avx2+fma)"``;
+        ``"torch (LMANET_ATTENTION=torch)"``; ``"torch (compiled kernel unavailable: <why>)"``;
+        or, with ``LMANET_ATTENTION=compiled`` and no kernel, ``"unavailable (<why>)"``
+        (calls then raise).
+    """
+    backend, _ = _requested_backend(None)
+    if backend == "torch":
+        return f"torch ({BACKEND_ENV}=torch)"
+    available, detail = _compiled_kernel()
+    if available:
+        return f"compiled ({detail})"
+    return f"unavailable ({detail})" if backend == "compiled" else (
+        f"torch (compiled kernel unavailable: {detail})")
+
+
+def local_memory_attention(query_key: torch.Tensor, memory_keys: Sequence[torch.Tensor],
+                           memory_values: Sequence[torch.Tensor], *,
+                           radius: int = DEFAULT_RADIUS, tile: tuple[int, int] = (8, 8),
+                           chunk_elements: int | None = None,
+                           backend: str | None = None) -> torch.Tensor:
+    """Exact local memory attention (see the module docstring for the semantics).
+
+    Args:
+        query_key: (B, Ck, H, W) keys of the current frame.
+        memory_keys: T tensors (B, Ck, H, W), oldest first (the order does not matter).
+        memory_values: T tensors (B, Cv, H, W).
+        radius: window radius r (P = 2r + 1); 10 in LMANet.
+        tile: tile size (th, tw) in feature pixels of the ``torch`` backend (a speed knob).
+        chunk_elements: logits per chunk of the ``torch`` backend; default 2**23 on CPU, 2**26
+            on CUDA.
+        backend: ``"auto"``, ``"compiled"`` or ``"torch"`` (see the module docstring); None
+            reads $LMANET_ATTENTION (default ``"auto"``). ``auto`` takes the compiled kernel for
+            float32 CPU inputs when no gradient is needed (not under ``torch.compile``) and the
+            kernel is available.
+
+    Returns:
+        (B, Cv, H, W) read-out, in the dtype of ``query_key``.
+
+    Raises:
+        ValueError: bad shapes, radius or backend name, or ``"compiled"`` for inputs it cannot
+            take (not float32, not on the CPU, or needing autograd).
+        RuntimeError: ``"compiled"`` requested and the kernel is not available.
+    """
+    _check_inputs(query_key, memory_keys, memory_values, radius)
+    requested, source = _requested_backend(backend)
+    if requested != "torch":
+        unsuitable = _compiled_unsuitable((query_key, *memory_keys, *memory_values))
+        if unsuitable is None:
+            available, detail = _compiled_kernel()
+            if available:
+                return torch.ops.lmanet_ros.local_memory_attention(
+                    query_key, list(memory_keys), list(memory_values), radius)
+            if requested == "compiled":
+                raise RuntimeError(f"{source}='compiled': {detail}")
+        elif requested == "compiled":
+            raise ValueError(f"{source}='compiled' cannot take these inputs: {unsuitable}")
+    return _tiled_attention(query_key, memory_keys, memory_values, radius, tile, chunk_elements)
