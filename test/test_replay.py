@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -140,6 +141,27 @@ def test_live_lockstep_scores_every_frame_like_offline(ros, node, labelled_bag, 
     live_model = live["models"][0]
     assert live_model["latency_ms"]["count"] == N      # publish -> labels, per frame
     assert (live_out / "report.md").is_file() and (live_out / "flip_rate.png").is_file()
+    # overlay.mp4: every input frame beside the overlay the node published for it
+    assert live["source"]["video_frames"] == N
+    assert live["source"]["video_frames_without_overlay"] == 0
+    assert "overlay.mp4" in (live_out / "report.md").read_text()
+    video = cv2.VideoCapture(str(live_out / "overlay.mp4"))
+    decoded = []
+    while True:
+        ok, bgr = video.read()
+        if not ok:
+            break
+        decoded.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    video.release()
+    assert len(decoded) == N and decoded[0].shape == (H, 2 * W, 3)
+
+    def blocks(rgb):  # 8x8 block means: lossy mp4v keeps these, not the per-pixel noise
+        return cv2.resize(rgb.astype(np.float32), (W // 8, H // 8), interpolation=cv2.INTER_AREA)
+
+    for image, shown in zip(frames(), decoded):
+        left, right = blocks(shown[:, :W]), blocks(shown[:, W:])
+        assert np.abs(left - blocks(image)).mean() < 12
+        assert np.abs(right - blocks(image)).mean() > 2 * np.abs(left - blocks(image)).mean()
 
 
 def test_replay_publishes_frames_and_clock(ros, tmp_path):

@@ -613,7 +613,8 @@ def _run_live(args: argparse.Namespace) -> int:
         lockstep=True, labels_topics=[args.node.rstrip("/") + "/labels"], timeout=args.timeout,
         startup_timeout=args.startup_timeout, reliable=not args.best_effort, depth=args.depth,
         clock=not args.no_clock, max_frames=args.max_frames, score_out=args.out,
-        label_topic=args.label_topic, label_ids=args.label_ids, max_gap=args.max_gap)
+        label_topic=args.label_topic, label_ids=args.label_ids, max_gap=args.max_gap,
+        video=not args.no_video)
     try:
         outcome = replay_bag(options)
     except ReplayError as exc:

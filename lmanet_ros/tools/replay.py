@@ -5,7 +5,8 @@
 for the previous one arrived (matched by header stamp), so a CPU that runs the network at 2 Hz
 still gets every frame of a 17 Hz bag, in order; and ``--score-out DIR`` scores the node's labels
 against the bag's label topic while it replays, writing the same ``metrics.json`` / ``report.md``
-as the offline ``lmanet eval``.
+as the offline ``lmanet eval``, and (``--video``) ``overlay.mp4``: each input frame beside the
+overlay the node published for it (``<node>/overlay``, matched by header stamp).
 
 Messages are published as the serialized bytes stored in the bag (no decode / encode), reliable by
 default so no frame is lost, with ``/clock`` (rosgraph_msgs/Clock) set to each message's recorded
@@ -22,11 +23,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from lmanet_ros.bags import decode_message
 from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES, LABEL_ID_TO_TRAIN_ID
 from lmanet_ros.metrics import RunScore
-from lmanet_ros.report import build_metrics, progress, write_report
+from lmanet_ros.report import VIDEO_FILE, OverlayVideo, build_metrics, progress, write_report
 from lmanet_ros.streams import MemoryPolicy, StreamState
 
 #: Message types treated as camera images (the default topics; lock-step waits on them).
@@ -205,6 +208,64 @@ class LiveScorer:
         return write_report(out_dir, payload, [self.run])
 
 
+class LiveVideo:
+    """``overlay.mp4`` of a live run: input frames beside the overlays the node published.
+
+    Frames are written in the order they were published, each once its input (given by the
+    replay) and the node's overlay of the same stamp are both known; a frame whose overlay never
+    comes is skipped and counted (``missing``).
+    """
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.video = OverlayVideo(path, fps)
+        self.order: list[int] = []
+        self.inputs: dict[int, np.ndarray] = {}
+        self.overlays: dict[int, np.ndarray] = {}
+        self.missing = 0
+
+    def add_input(self, stamp_ns: int, rgb: np.ndarray) -> None:
+        """A frame about to be published: (H, W, 3) uint8 RGB (grey is widened)."""
+        if rgb.ndim == 2:
+            rgb = np.repeat(rgb[..., None], 3, axis=2)
+        self.order.append(stamp_ns)
+        self.inputs[stamp_ns] = rgb
+        self.flush()
+
+    def add_overlay(self, stamp_ns: int, rgb: np.ndarray) -> None:
+        """The node's overlay (rgb8) of ``stamp_ns``."""
+        self.overlays[stamp_ns] = rgb
+        self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        """Write every frame at the head of the order that is complete (``final``: skip the
+        incomplete ones instead of waiting)."""
+        while self.order:
+            stamp = self.order[0]
+            overlay = self.overlays.get(stamp)
+            if overlay is None and not final:
+                return
+            self.order.pop(0)
+            rgb = self.inputs.pop(stamp)
+            if overlay is None:
+                self.missing += 1
+                continue
+            del self.overlays[stamp]
+            if overlay.shape != rgb.shape:
+                overlay = cv2.resize(overlay, (rgb.shape[1], rgb.shape[0]),
+                                     interpolation=cv2.INTER_NEAREST)
+            self.video.write(rgb, overlay)
+
+    @property
+    def pending(self) -> int:
+        """Frames published whose overlay has not come yet."""
+        return len(self.order)
+
+    def close(self) -> None:
+        """Write what is complete and finalise the file."""
+        self.flush(final=True)
+        self.video.close()
+
+
 # -------------------------------------------------------------------------------------- node
 def _message_class(msgtype: str):
     package, _, name = msgtype.partition("/msg/")
@@ -226,7 +287,8 @@ class _Pending:
 
 
 def _make_node(publish_topics: dict[str, str], *, reliable: bool, depth: int, clock: bool,
-               labels_topics: list[str], scorer: LiveScorer | None, pending: _Pending):
+               labels_topics: list[str], scorer: LiveScorer | None, pending: _Pending,
+               video: LiveVideo | None = None):
     """Build the replay node: one publisher per topic, /clock, label subscriptions."""
     from rclpy.node import Node
     from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
@@ -250,6 +312,7 @@ def _make_node(publish_topics: dict[str, str], *, reliable: bool, depth: int, cl
                 from rosgraph_msgs.msg import Clock
                 self.clock_pub = self.create_publisher(Clock, "/clock", 10)
             self.label_subs: dict = {}
+            self.overlay_sub = None
             self.model_info = None
             self.info_sub = None
             self.errors: list[str] = []
@@ -274,6 +337,35 @@ def _make_node(publish_topics: dict[str, str], *, reliable: bool, depth: int, cl
                 if self.info_sub is None and info_topic:
                     self._subscribe_info(info_topic)
             return len(self.label_subs) == len(labels_topics)
+
+        def subscribe_overlay(self) -> bool:
+            """Subscribe the node's overlay (next to its labels) once its publisher is known;
+            subscribing makes the node render it."""
+            from sensor_msgs.msg import Image
+
+            if video is None or self.overlay_sub is not None:
+                return True
+            topic = labels_topics[0].rsplit("/", 1)[0] + "/overlay"
+            infos = self.get_publishers_info_by_topic(topic)
+            if not infos:
+                return False
+            reliable_pub = all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+                               for i in infos)
+            qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE
+                             if reliable_pub else ReliabilityPolicy.BEST_EFFORT)
+            self.overlay_sub = self.create_subscription(Image, topic, self.on_overlay, qos,
+                                                        raw=True)
+            return True
+
+        def on_overlay(self, raw: bytes) -> None:
+            """An overlay image arrived: hand it to the video."""
+            try:
+                msg = typestore.deserialize_cdr(raw, "sensor_msgs/msg/Image")
+                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                rgb, _ = decode_message("sensor_msgs/msg/Image", msg)
+                video.add_overlay(stamp, rgb)
+            except Exception as exc:  # noqa: BLE001 - reported by the replay loop, not lost
+                self.errors.append(f"overlay: {exc}")
 
         def _subscribe_info(self, topic: str) -> None:
             try:
@@ -331,6 +423,7 @@ class ReplayOptions:
     label_topic: str | None = None
     label_ids: bool = False
     max_gap: float = 1.0
+    video: bool = False
 
 
 @dataclass
@@ -343,6 +436,7 @@ class ReplayOutcome:
     missing: list[tuple[str, int]] = field(default_factory=list)
     interrupted: bool = False
     report: list[Path] = field(default_factory=list)
+    video_frames: int = 0
 
 
 def _spin_until(executor, condition, deadline: float | None) -> bool:
@@ -366,6 +460,8 @@ def replay_bag(options: ReplayOptions, *, args: list[str] | None = None) -> Repl
 
     if options.loop and options.score_out:
         raise ReplayError("--loop and scoring do not go together (every loop repeats the stamps)")
+    if options.video and options.score_out is None:
+        raise ReplayError("the overlay video is written next to the scores: give --score-out")
     if options.rate < 0 or math.isnan(options.rate):
         raise ReplayError(f"--rate must be >= 0 (0: as fast as possible), got {options.rate}")
     with open_reader(options.bag) as reader:
@@ -384,6 +480,9 @@ def replay_bag(options: ReplayOptions, *, args: list[str] | None = None) -> Repl
         image_out = [options.remap.get(t, t) for t in topics if by_topic[t].msgtype in IMAGE_TYPES]
         total = sum(c.msgcount for c in reader.connections if c.topic in topics)
         storage = bag_storage(reader)
+        first = by_topic[topics[0]]
+        fps = (max(1.0, (first.msgcount - 1) / (reader.duration * 1e-9))
+               if first.msgcount > 1 and reader.duration > 0 else 17.0)
     watch_labels = options.lockstep or options.score_out is not None
     labels_topics = list(options.labels_topics) if watch_labels else []
     if watch_labels and len(labels_topics) not in (1, len(image_out)):
@@ -396,6 +495,14 @@ def replay_bag(options: ReplayOptions, *, args: list[str] | None = None) -> Repl
         scorer = LiveScorer(options.bag, options.label_topic, label_ids=options.label_ids,
                             policy=MemoryPolicy(max_gap=options.max_gap))
 
+    video = None
+    if options.video:
+        if len(image_out) != 1:
+            raise ReplayError(f"the overlay video shows one camera; {len(image_out)} image "
+                              f"topics are replayed: choose one with --topics")
+        Path(options.score_out).mkdir(parents=True, exist_ok=True)
+        video = LiveVideo(Path(options.score_out) / VIDEO_FILE, fps * max(options.rate, 1.0)
+                          if options.rate > 0 else fps)
     outcome = ReplayOutcome()
     pending = _Pending()
     context_args = ["lmanet_replay", *(args or [])]
@@ -406,7 +513,7 @@ def replay_bag(options: ReplayOptions, *, args: list[str] | None = None) -> Repl
     try:
         node = _make_node(publish_topics, reliable=options.reliable, depth=options.depth,
                           clock=options.clock, labels_topics=labels_topics, scorer=scorer,
-                          pending=pending)
+                          pending=pending, video=video)
         executor.add_node(node)
         _wait_for_graph(node, executor, options, image_out, labels_topics)
         typestore = _typestore()
@@ -429,6 +536,9 @@ def replay_bag(options: ReplayOptions, *, args: list[str] | None = None) -> Repl
                         key = (labels_for[out_topic], stamp)
                         pending.sent[key] += 1
                         pending.sent_at[key] = time.perf_counter()
+                        if video is not None:
+                            msg = typestore.deserialize_cdr(data, connection.msgtype)
+                            video.add_input(stamp, decode_message(connection.msgtype, msg)[0])
                     node.pubs[out_topic].publish(bytes(data))
                     outcome.published += 1
                     bar.update(1)
@@ -455,12 +565,17 @@ def replay_bag(options: ReplayOptions, *, args: list[str] | None = None) -> Repl
             _spin_until(executor, lambda: all(pending.received[k] >= n
                                               for k, n in pending.sent.items()),
                         time.monotonic() + options.timeout)
+        if video is not None:  # overlays are published after the labels
+            _spin_until(executor, lambda: video.pending == 0, time.monotonic() + options.timeout)
     except (KeyboardInterrupt, ExternalShutdownException):
         outcome.interrupted = True
     finally:
         bar.close()
         outcome.labels_received = sum(pending.received.values())
         outcome.missing = sorted(k for k, n in pending.sent.items() if pending.received[k] < n)
+        if video is not None:
+            video.close()
+            outcome.video_frames = video.video.frames
         if scorer is not None:
             outcome.report = scorer.write(
                 options.score_out, partial=outcome.interrupted or bool(outcome.missing),
@@ -468,7 +583,9 @@ def replay_bag(options: ReplayOptions, *, args: list[str] | None = None) -> Repl
                         "published_topics": list(publish_topics), "labels_topics": labels_topics,
                         "frames_in_bag": total, "frames_published": outcome.frames,
                         "frames_missing_labels": len(outcome.missing),
-                        "lockstep": options.lockstep, "rate": options.rate},
+                        "lockstep": options.lockstep, "rate": options.rate,
+                        "video_frames": outcome.video_frames,
+                        "video_frames_without_overlay": 0 if video is None else video.missing},
                 parameters={"reliable": options.reliable, "depth": options.depth})
         executor.shutdown(timeout_sec=1.0)
         if node is not None:
@@ -511,6 +628,9 @@ def _wait_for_graph(node, executor, options: ReplayOptions, image_out: list[str]
                 s.get_publisher_count() > 0 for s in node.label_subs.values()), deadline):
             raise ReplayError(f"the labels subscription of {labels_topics} never matched the "
                               "node's publisher (QoS?)")
+        if not _spin_until(executor, node.subscribe_overlay, deadline):
+            raise ReplayError(f"no publisher of the node's overlay next to {labels_topics[0]} "
+                              f"after {wait:g} s (needed for the video)")
         # the latched label_info says the model is loaded and names it (optional)
         _spin_until(executor, lambda: node.model_info is not None,
                     min(deadline, time.monotonic() + 2.0))
@@ -575,6 +695,8 @@ def add_replay_arguments(parser: argparse.ArgumentParser, *, for_eval: bool = Fa
                            help="the label topic holds Cityscapes labelIds (mapped to trainIds)")
         score.add_argument("--max-gap", type=float, default=1.0,
                            help="the node's memory.max_gap, to infer memory resets in the report")
+        score.add_argument("--video", action="store_true",
+                           help="also write overlay.mp4 (input | the node's overlay) to DIR")
 
 
 def options_from_args(args: argparse.Namespace) -> ReplayOptions:
@@ -586,7 +708,7 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
         reliable=not args.best_effort, depth=args.depth, clock=not args.no_clock,
         wait_for_subscribers=args.wait_for_subscribers, max_frames=args.max_frames,
         score_out=args.score_out, label_topic=args.label_topic, label_ids=args.label_ids,
-        max_gap=args.max_gap)
+        max_gap=args.max_gap, video=args.video)
 
 
 def report_outcome(outcome: ReplayOutcome, options: ReplayOptions) -> int:
