@@ -1,17 +1,22 @@
-"""Per-frame latency and peak extra memory of LMANet-ERFNet against single-frame ERFNet.
+"""Per-frame latency and peak extra memory of LMANet models against their single-frame bases,
+and the local memory attention alone with its two backends.
 
-What is measured (random weights, eval mode, ``torch.inference_mode``, batch 1):
+Model rows (``--models``, registry names; default ``erfnet,lmanet_erfnet``; random weights, eval
+mode, ``torch.inference_mode``, batch 1). The single-frame base of ``lmanet_X`` is ``X``; it is
+added to the run when it is registered and not listed.
 
 - ``step`` time: the median over ``--repeats`` calls after ``--warmup`` calls of
   ``model.step(x, memory)`` with the memory full at T frames (the returned memory, still T
   frames, is fed to the next call, so each call also pushes the new frame's keys/values).
   The models are timed round-robin (one call of each per round), so that load from other
   processes on a shared machine affects all of them alike and the ratios stay meaningful.
-- ``ratio``: the median over rounds of (LMANet step / ERFNet step of the same round), which
+- ``ratio``: the median over rounds of (LMANet step / base step of the same round), which
   cancels slow drifts of the machine's load; ``ratio_of_medians`` is in the JSON too.
 - ``attention``: the local memory attention alone (``local_memory_attention`` on the model's
   query key and the T memory frames), and ``temporal``: the whole temporal module (kv_Q, the
   attention, the fusion, and kv_M of the frame pushed), both medians like the step.
+  ``--attention torch|compiled|auto`` sets $LMANET_ATTENTION for these rows (and the memory
+  probes), i.e. which attention backend the models use on the CPU.
 - Peak extra memory of a step:
   * CPU: each (model, size, T) runs in a fresh Python process that builds the model, the input
     and a full memory of random tensors, runs one warm-up step (so that kernels, thread pools
@@ -19,11 +24,17 @@ What is measured (random weights, eval mode, ``torch.inference_mode``, batch 1):
     memory to the kernel (glibc ``malloc_trim``), records its resident set (VmRSS), resets the
     kernel's peak-RSS mark (``5`` written to ``/proc/self/clear_refs``; where refused,
     ``ru_maxrss`` is used), runs ONE step and reads the peak (VmHWM). The step's extra memory
-    is peak - before; the table's "extra MB" is LMANet's step extra minus ERFNet's, i.e. what
-    the temporal module adds at the worst moment of a step. Page-granular RSS of a fresh
+    is peak - before; the table's "extra MB" is the LMANet step's extra minus its base's, i.e.
+    what the temporal module adds at the worst moment of a step. Page-granular RSS of a fresh
     process varies by a few MB between runs.
   * CUDA: ``torch.cuda.max_memory_allocated`` during one step minus the memory allocated before
-    it (in-process, after ``reset_peak_memory_stats``), LMANet's minus ERFNet's.
+    it (in-process, after ``reset_peak_memory_stats``), LMANet's minus the base's.
+  CPU rows use ``--sizes``; CUDA rows (only where CUDA is present) use ``--cuda-sizes``.
+
+Attention rows (``--attention-cases``): ``local_memory_attention`` alone on random float32
+inputs of fixed feature shapes, the ``torch`` and ``compiled`` backends timed round-robin
+(CUDA: ``torch`` only), with the FLOP count of logits and read-out (2 x H x W x T x P^2 x
+(Ck + Cv), borders included).
 
 Reference arithmetic at 512x1024: ERFNet 53.2 GFLOP per frame; the memory module adds 10.3
 GFLOP of convolutions and 2.3 GFLOP of exact attention at T = 4 (1.24x is the floor).
@@ -32,6 +43,9 @@ Usage::
 
     python benchmarks/model_latency.py --sizes 256x512,512x1024 --memory-lengths 1,2,3,4 \\
         --repeats 7 --device all --json results.json
+    python benchmarks/model_latency.py --models none --attention-cases all --repeats 5
+    python benchmarks/model_latency.py --models pspnet101,lmanet_pspnet101 --sizes 257x513 \\
+        --memory-lengths 3 --attention compiled --attention-cases none
 """
 from __future__ import annotations
 
@@ -53,9 +67,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lmanet_ros.models import Memory, build_model, local_memory_attention  # noqa: E402
+from lmanet_ros.models import Memory, build_model, list_models  # noqa: E402
+from lmanet_ros.models.attention import (BACKEND_ENV, BACKENDS, DEFAULT_RADIUS,  # noqa: E402
+                                         attention_backend, local_memory_attention)
+from lmanet_ros.models.registry import model_entry  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: Attention-only cases: name -> (Ck, Cv, feature height, feature width, T).
+ATTENTION_CASES = {
+    "erfnet-64x128": (16, 64, 64, 128, 4),    # LMANet-ERFNet at 512x1024 input
+    "erfnet-32x64": (16, 64, 32, 64, 4),      # LMANet-ERFNet at 256x512 input
+    "pspnet-64x128": (128, 2048, 64, 128, 3),  # LMANet-PSPNet widths at 64x128 features
+}
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -75,30 +98,64 @@ def parse_list(kind):
     return parse
 
 
+def parse_names(known: list[str], what: str):
+    """Comma-separated names from ``known``; ``all`` is every one, ``none`` or '' is none."""
+    def parse(text: str) -> list[str]:
+        text = text.strip()
+        if text in ("", "none"):
+            return []
+        if text == "all":
+            return list(known)
+        names = [item.strip() for item in text.split(",") if item.strip()]
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; known: {known}")
+        return names
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Latency and peak memory of lmanet_erfnet vs erfnet per frame.",
+        description="Latency and peak memory of LMANet models vs their single-frame bases per "
+                    "frame, and of the local memory attention alone.",
         allow_abbrev=False)
-    parser.add_argument("--sizes", type=parse_list(parse_size), default="256x512,512x1024",
-                        help="input sizes HxW, comma separated (default: %(default)s)")
-    parser.add_argument("--memory-lengths", type=parse_list(int), default="1,2,3,4",
-                        help="memory lengths T of lmanet_erfnet (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timed calls per model, the median is reported (default: 5)")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed calls per model first (default: 2)")
-    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
-                        help="cpu, cuda, or all available (default: all)")
-    parser.add_argument("--cuda-dtypes", type=parse_list(str), default="fp32,fp16",
-                        help="precisions timed on CUDA (default: %(default)s); CPU runs fp32")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--no-memory", action="store_true",
+    models = parser.add_argument_group("model rows")
+    models.add_argument("--models", type=parse_names(list_models(), "models"),
+                        default="erfnet,lmanet_erfnet",
+                        help="registry names, comma separated, or none (default: %(default)s); "
+                             "the base X of lmanet_X is added where registered")
+    models.add_argument("--sizes", type=parse_list(parse_size), default="256x512,512x1024",
+                        help="CPU input sizes HxW, comma separated (default: %(default)s)")
+    models.add_argument("--cuda-sizes", type=parse_list(parse_size), default="1025x2049",
+                        help="CUDA input sizes HxW (default: %(default)s)")
+    models.add_argument("--memory-lengths", type=parse_list(int), default="1,2,3,4",
+                        help="memory lengths T of the temporal models (default: %(default)s)")
+    models.add_argument("--attention", choices=BACKENDS, default=None,
+                        help=f"attention backend of the models (sets ${BACKEND_ENV}; default: "
+                             f"as set in the environment, else auto)")
+    models.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory measurements")
-    parser.add_argument("--memory-probes", type=int, default=1,
+    models.add_argument("--memory-probes", type=int, default=1,
                         help="fresh processes per CPU memory measurement, the median is "
                              "reported (default: 1)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+    attention = parser.add_argument_group("attention rows")
+    attention.add_argument("--attention-cases",
+                           type=parse_names(list(ATTENTION_CASES), "attention cases"),
+                           default="all",
+                           help=f"attention-only cases, comma separated, all or none (default: "
+                                f"%(default)s; known: {', '.join(ATTENTION_CASES)})")
+    common = parser.add_argument_group("common")
+    common.add_argument("--repeats", type=int, default=5,
+                        help="timed calls per job, the median is reported (default: 5)")
+    common.add_argument("--warmup", type=int, default=2,
+                        help="untimed calls per job first (default: 2)")
+    common.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
+                        help="cpu, cuda, or all available (default: all)")
+    common.add_argument("--cuda-dtypes", type=parse_list(str), default="fp32,fp16",
+                        help="precisions timed on CUDA (default: %(default)s); CPU runs fp32")
+    common.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default)")
+    common.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="also write the results as JSON to PATH")
     parser.add_argument("--probe", nargs=4, metavar=("MODEL", "SIZE", "T", "THREADS"),
                         help=argparse.SUPPRESS)  # internal: one CPU peak-RSS measurement
@@ -119,7 +176,8 @@ def synthetic_memory(model, size: tuple[int, int], length: int, device: torch.de
     module), so that no large activation has been allocated before a memory measurement.
     """
     stride = model.info.output_stride
-    height, width = -(-size[0] // stride), -(-size[1] // stride)
+    padded = model.info.padded_size(*size)
+    height, width = -(-padded[0] // stride), -(-padded[1] // stride)
     temporal = model.temporal_module
     probe = torch.zeros(1, model.encoder.out_channels, 1, 1, device=device, dtype=dtype)
     key, value = temporal.memory_entry(probe)
@@ -156,7 +214,7 @@ def _malloc_trim() -> bool:
 def probe_cpu_peak(model_name: str, size: tuple[int, int], memory_length: int) -> dict:
     """In THIS (fresh) process: resident memory before a warm step and its peak during it."""
     torch.manual_seed(0)
-    temporal = model_name != "erfnet"
+    temporal = model_entry(model_name).temporal
     model = build_model(model_name, memory_length=max(1, memory_length)).eval()
     x = torch.rand(1, 3, *size)
     with torch.inference_mode():
@@ -220,49 +278,28 @@ def _median_ms(samples: list[float]) -> float:
 
 
 # ---------------------------------------------------------------------------- measuring
-def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int],
-            memory_lengths: list[int], repeats: int, warmup: int, with_memory: bool,
-            threads: int, probes: int = 1) -> list[dict]:
-    """Time erfnet and lmanet_erfnet at each T round-robin; returns one row per model/T."""
-    torch.manual_seed(0)
-    x = torch.rand(1, 3, *size, device=device, dtype=dtype)
-    erfnet = build_model("erfnet").eval().to(device=device, dtype=dtype)
-    lmanet = build_model("lmanet_erfnet", memory_length=max(memory_lengths)).eval().to(
-        device=device, dtype=dtype)
-    temporal = lmanet.temporal_module
-    with torch.inference_mode():
-        features = lmanet.encoder(lmanet._prepare(x))
-        query_key = temporal.kv_Q_r4.Key(features)
-        memories = {t: synthetic_memory(lmanet, size, t, device, dtype) for t in memory_lengths}
+def base_of(name: str) -> str | None:
+    """The registered single-frame base of a temporal model (``lmanet_X`` -> ``X``), or None."""
+    prefix = "lmanet_"
+    if name.startswith(prefix) and name[len(prefix):] in list_models():
+        return name[len(prefix):]
+    return None
 
-    def run_erfnet():
-        erfnet.step(x, None)
 
-    def make_lmanet(t):
-        def run():
-            lmanet.memory_length = t
-            _, memories[t] = lmanet.step(x, memories[t])
-        return run
+def with_bases(names: list[str]) -> list[str]:
+    """``names`` with the bases of its temporal models added before them where missing."""
+    out = []
+    for name in names:
+        base = base_of(name)
+        if base is not None and base not in out:
+            out.append(base)
+        if name not in out:
+            out.append(name)
+    return out
 
-    def make_attention(t):
-        def run():
-            local_memory_attention(query_key, memories[t].keys, memories[t].values,
-                                   radius=temporal.radius, tile=temporal.tile)
-        return run
 
-    def make_temporal(t):
-        def run():
-            temporal.read(features, memories[t])
-            temporal.memory_entry(features)
-        return run
-
-    # Steps first, back to back, so that the per-round ratios compare calls made close in time.
-    jobs = {("erfnet", 0, "step"): run_erfnet}
-    for t in memory_lengths:
-        jobs[("lmanet_erfnet", t, "step")] = make_lmanet(t)
-    for t in memory_lengths:
-        jobs[("lmanet_erfnet", t, "attention")] = make_attention(t)
-        jobs[("lmanet_erfnet", t, "temporal")] = make_temporal(t)
+def _round_robin(jobs: dict, repeats: int, warmup: int, device: torch.device) -> dict:
+    """Run every job once per round; the per-job durations (s) of the timed rounds."""
     samples = {key: [] for key in jobs}
     with torch.inference_mode():
         for round_index in range(warmup + repeats):
@@ -273,62 +310,197 @@ def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int],
                 _sync(device)
                 if round_index >= warmup:
                     samples[key].append(time.perf_counter() - start)
+    return samples
 
-    erfnet_ms = _median_ms(samples[("erfnet", 0, "step")])
-    rows = [{"device": device.type, "dtype": str(dtype).replace("torch.", ""),
-             "size": list(size), "model": "erfnet", "T": 0, "step_ms": erfnet_ms,
-             "ratio": 1.0}]
-    for t in memory_lengths:
-        step_samples = samples[("lmanet_erfnet", t, "step")]
-        step_ms = _median_ms(step_samples)
-        paired = [a / b for a, b in zip(step_samples, samples[("erfnet", 0, "step")])]
-        rows.append({"device": device.type, "dtype": str(dtype).replace("torch.", ""),
-                     "size": list(size), "model": "lmanet_erfnet", "T": t, "step_ms": step_ms,
-                     "ratio": statistics.median(paired),
-                     "ratio_of_medians": step_ms / erfnet_ms,
-                     "attention_ms": _median_ms(samples[("lmanet_erfnet", t, "attention")]),
-                     "temporal_ms": _median_ms(samples[("lmanet_erfnet", t, "temporal")])})
-    for row in rows:
-        row["step_all_ms"] = [1e3 * s for s in samples[(row["model"], row["T"], "step")]]
+
+def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int], names: list[str],
+            memory_lengths: list[int], repeats: int, warmup: int, with_memory: bool,
+            threads: int, probes: int = 1) -> list[dict]:
+    """Time the models (temporal ones at each T) round-robin; one row per model and T."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, *size, device=device, dtype=dtype)
+    models, features, query_keys, memories = {}, {}, {}, {}
+    jobs = {}
+    with torch.inference_mode():
+        for name in names:
+            temporal = model_entry(name).temporal
+            model = build_model(name, memory_length=max(memory_lengths) if temporal else 0)
+            models[name] = model = model.eval().to(device=device, dtype=dtype)
+            if not temporal:
+                continue
+            features[name] = model.encoder(model._prepare(x))
+            query_keys[name] = model.temporal_module.kv_Q_r4.Key(features[name])
+            for t in memory_lengths:
+                memories[name, t] = synthetic_memory(model, size, t, device, dtype)
+                if memories[name, t].keys[0].shape != query_keys[name].shape:
+                    raise RuntimeError(f"{name}: synthetic memory of shape "
+                                       f"{tuple(memories[name, t].keys[0].shape)} but query key "
+                                       f"{tuple(query_keys[name].shape)}")
+
+    def make_step(name, t):
+        model = models[name]
+        if t == 0:
+            return lambda: model.step(x, None)
+
+        def run():
+            model.memory_length = t
+            _, memories[name, t] = model.step(x, memories[name, t])
+        return run
+
+    def make_attention(name, t):
+        module = models[name].temporal_module
+        return lambda: local_memory_attention(query_keys[name], memories[name, t].keys,
+                                              memories[name, t].values, radius=module.radius,
+                                              tile=module.tile)
+
+    def make_temporal(name, t):
+        module = models[name].temporal_module
+
+        def run():
+            module.read(features[name], memories[name, t])
+            module.memory_entry(features[name])
+        return run
+
+    # Steps first, back to back, so that the per-round ratios compare calls made close in time.
+    keys = [(name, t) for name in names
+            for t in (memory_lengths if model_entry(name).temporal else [0])]
+    for name, t in keys:
+        jobs[name, t, "step"] = make_step(name, t)
+    for name, t in keys:
+        if t > 0:
+            jobs[name, t, "attention"] = make_attention(name, t)
+            jobs[name, t, "temporal"] = make_temporal(name, t)
+    samples = _round_robin(jobs, repeats, warmup, device)
+
+    common = {"device": device.type, "dtype": str(dtype).replace("torch.", ""),
+              "size": list(size)}
+    rows = []
+    for name, t in keys:
+        step_samples = samples[name, t, "step"]
+        row = {**common, "model": name, "T": t, "step_ms": _median_ms(step_samples),
+               "step_all_ms": [1e3 * v for v in step_samples], "base": base_of(name),
+               "ratio": 1.0 if t == 0 else None}
+        if t > 0:
+            row["attention_ms"] = _median_ms(samples[name, t, "attention"])
+            row["temporal_ms"] = _median_ms(samples[name, t, "temporal"])
+            row["attention_backend"] = (attention_backend() if device.type == "cpu"
+                                        and dtype == torch.float32 else "torch")
+            if row["base"] is not None:
+                base_samples = samples[row["base"], 0, "step"]
+                row["ratio"] = statistics.median(a / b for a, b in zip(step_samples,
+                                                                       base_samples))
+                row["ratio_of_medians"] = row["step_ms"] / _median_ms(base_samples)
+        rows.append(row)
 
     if with_memory:
-        if device.type == "cpu":
-            base = cpu_peak_in_subprocess("erfnet", size, 0, threads, probes)
-            rows[0]["peak_step_mb"] = base["step_extra_mb"]
-            rows[0]["memory_method"] = base["method"]
-            for row in rows[1:]:
-                probe = cpu_peak_in_subprocess("lmanet_erfnet", size, row["T"], threads, probes)
-                row["peak_step_mb"] = probe["step_extra_mb"]
-                row["extra_over_erfnet_mb"] = probe["step_extra_mb"] - base["step_extra_mb"]
+        peaks = {}
+        for row in rows:
+            name, t = row["model"], row["T"]
+            if device.type == "cpu":
+                probe = cpu_peak_in_subprocess(name, size, t, threads, probes)
+                peaks[name] = row["peak_step_mb"] = probe["step_extra_mb"]
                 row["memory_method"] = probe["method"]
-        else:
-            base = cuda_peak(erfnet, x, None)
-            rows[0]["peak_step_mb"] = base
-            for row in rows[1:]:
-                lmanet.memory_length = row["T"]
-                peak = cuda_peak(lmanet, x, memories[row["T"]])
-                row["peak_step_mb"] = peak
-                row["extra_over_erfnet_mb"] = peak - base
+            else:
+                memory = None
+                if t:
+                    models[name].memory_length = t
+                    memory = memories[name, t]
+                peaks[name] = row["peak_step_mb"] = cuda_peak(models[name], x, memory)
                 row["memory_method"] = "max_memory_allocated"
+            if row["base"] is not None and row["base"] in peaks:
+                row["extra_over_base_mb"] = row["peak_step_mb"] - peaks[row["base"]]
     return rows
 
 
+def attention_flops(case: tuple[int, int, int, int, int], radius: int = DEFAULT_RADIUS) -> float:
+    """Multiply-adds x 2 of logits and read-out for an attention case (borders included)."""
+    key_channels, value_channels, height, width, frames = case
+    return 2.0 * height * width * frames * (2 * radius + 1) ** 2 * (key_channels + value_channels)
+
+
+def measure_attention(device: torch.device, dtype: torch.dtype, cases: list[str], repeats: int,
+                      warmup: int) -> list[dict]:
+    """Time ``local_memory_attention`` alone per case and backend, round-robin."""
+    backends = ["torch"]
+    if device.type == "cpu" and dtype == torch.float32:
+        tiny = torch.zeros(1, 1, 1, 1)
+        try:
+            local_memory_attention(tiny, [tiny], [tiny], backend="compiled")
+            backends.append("compiled")
+        except RuntimeError as error:
+            print(f"attention rows without the compiled backend: {error}", file=sys.stderr)
+    generator = torch.Generator().manual_seed(0)
+    jobs, inputs = {}, {}
+    for case in cases:
+        key_channels, value_channels, height, width, frames = ATTENTION_CASES[case]
+
+        def rand(channels, scale):
+            return (scale * torch.randn(1, channels, height, width, generator=generator)).to(
+                device=device, dtype=dtype)
+
+        scale = key_channels ** -0.25  # logits of about unit size, as trained keys give
+        inputs[case] = (rand(key_channels, scale),
+                        [rand(key_channels, scale) for _ in range(frames)],
+                        [rand(value_channels, 1.0) for _ in range(frames)])
+        for backend in backends:
+            def run(case=case, backend=backend):
+                query, keys, values = inputs[case]
+                local_memory_attention(query, keys, values, backend=backend)
+            jobs[case, backend] = run
+    samples = _round_robin(jobs, repeats, warmup, device)
+    rows = []
+    for case in cases:
+        key_channels, value_channels, height, width, frames = ATTENTION_CASES[case]
+        row = {"device": device.type, "dtype": str(dtype).replace("torch.", ""), "case": case,
+               "key_channels": key_channels, "value_channels": value_channels,
+               "features": [height, width], "T": frames,
+               "gflop": attention_flops(ATTENTION_CASES[case]) / 1e9}
+        for backend in backends:
+            row[f"{backend}_ms"] = _median_ms(samples[case, backend])
+            row[f"{backend}_all_ms"] = [1e3 * v for v in samples[case, backend]]
+        if "compiled_ms" in row:
+            row["speedup"] = row["torch_ms"] / row["compiled_ms"]
+        rows.append(row)
+    return rows
+
+
+def _num(value, fmt):
+    return format(value, fmt) if value is not None else "-"
+
+
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'device':<6} {'dtype':<8} {'size':>9} {'model':<14} {'T':>2} {'step ms':>9} "
-              f"{'ratio':>6} {'attn ms':>8} {'module ms':>9} {'step MB':>8} {'extra MB':>8}")
+    header = (f"{'device':<6} {'dtype':<8} {'size':>9} {'model':<17} {'T':>2} {'step ms':>9} "
+              f"{'ratio':>6} {'attn ms':>8} {'module ms':>9} {'step MB':>8} {'extra MB':>8}  "
+              f"attention")
     lines = [header, "-" * len(header)]
-
-    def num(value, fmt):
-        return format(value, fmt) if value is not None else "-"
-
     for row in rows:
         size = f"{row['size'][0]}x{row['size'][1]}"
+        ratio = f"{row['ratio']:>5.2f}x" if row["ratio"] is not None else f"{'-':>6}"
         lines.append(
-            f"{row['device']:<6} {row['dtype']:<8} {size:>9} {row['model']:<14} "
-            f"{row['T'] or '-':>2} {row['step_ms']:>9.1f} {row['ratio']:>5.2f}x "
-            f"{num(row.get('attention_ms'), '8.1f'):>8} {num(row.get('temporal_ms'), '9.1f'):>9} "
-            f"{num(row.get('peak_step_mb'), '8.1f'):>8} "
-            f"{num(row.get('extra_over_erfnet_mb'), '8.1f'):>8}")
+            f"{row['device']:<6} {row['dtype']:<8} {size:>9} {row['model']:<17} "
+            f"{row['T'] or '-':>2} {row['step_ms']:>9.1f} {ratio} "
+            f"{_num(row.get('attention_ms'), '8.1f'):>8} "
+            f"{_num(row.get('temporal_ms'), '9.1f'):>9} "
+            f"{_num(row.get('peak_step_mb'), '8.1f'):>8} "
+            f"{_num(row.get('extra_over_base_mb'), '8.1f'):>8}  "
+            f"{row.get('attention_backend', '')}")
+    return "\n".join(lines)
+
+
+def format_attention_table(rows: list[dict]) -> str:
+    header = (f"{'device':<6} {'dtype':<8} {'case':<14} {'Ck':>4} {'Cv':>5} {'features':>8} "
+              f"{'T':>2} {'GFLOP':>6} {'torch ms':>9} {'compiled ms':>11} {'speedup':>7} "
+              f"{'compiled GFLOP/s':>16}")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        features = f"{row['features'][0]}x{row['features'][1]}"
+        compiled = row.get("compiled_ms")
+        lines.append(
+            f"{row['device']:<6} {row['dtype']:<8} {row['case']:<14} {row['key_channels']:>4} "
+            f"{row['value_channels']:>5} {features:>8} {row['T']:>2} {row['gflop']:>6.2f} "
+            f"{row['torch_ms']:>9.1f} {_num(compiled, '11.1f'):>11} "
+            f"{_num(row.get('speedup'), '6.1f'):>6}x "
+            f"{_num(row['gflop'] / compiled * 1e3 if compiled else None, '16.1f'):>16}")
     return "\n".join(lines)
 
 
@@ -349,36 +521,50 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in args.cuda_dtypes if d not in DTYPES]
     if unknown:
         raise SystemExit(f"unknown --cuda-dtypes {unknown}; choose from {sorted(DTYPES)}")
+    if args.attention is not None:
+        os.environ[BACKEND_ENV] = args.attention  # also seen by the memory-probe processes
+    names = with_bases(args.models)
 
     targets = []
     if args.device in ("cpu", "all"):
-        targets.append((torch.device("cpu"), torch.float32))
+        targets.append((torch.device("cpu"), torch.float32, args.sizes))
     if args.device in ("cuda", "all"):
         if torch.cuda.is_available():
-            targets += [(torch.device("cuda"), DTYPES[d]) for d in args.cuda_dtypes]
+            targets += [(torch.device("cuda"), DTYPES[d], args.cuda_sizes)
+                        for d in args.cuda_dtypes]
         elif args.device == "cuda":
             raise SystemExit("--device cuda: CUDA is not available")
 
-    rows = []
-    for device, dtype in targets:
-        for size in args.sizes:
+    rows, attention_rows = [], []
+    for device, dtype, sizes in targets:
+        if args.attention_cases:
+            print(f"measuring attention {device.type} {dtype} ...", file=sys.stderr)
+            attention_rows += measure_attention(device, dtype, args.attention_cases,
+                                                args.repeats, args.warmup)
+        for size in sizes if names else []:
             print(f"measuring {device.type} {dtype} {size[0]}x{size[1]} ...", file=sys.stderr)
-            rows += measure(device, dtype, size, args.memory_lengths, args.repeats, args.warmup,
-                            not args.no_memory, args.threads, args.memory_probes)
-    print(format_table(rows))
+            rows += measure(device, dtype, size, names, args.memory_lengths, args.repeats,
+                            args.warmup, not args.no_memory, args.threads, args.memory_probes)
+    if attention_rows:
+        print(format_attention_table(attention_rows))
+    if rows:
+        print(format_table(rows))
     environment = {
         "torch": torch.__version__, "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "repeats": args.repeats, "warmup": args.warmup, "memory_probes": args.memory_probes,
+        "attention_backend": attention_backend(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
-    print(f"torch {environment['torch']}, {environment['threads']} CPU threads, load average "
+    print(f"torch {environment['torch']}, {environment['threads']} CPU threads, attention "
+          f"backend {environment['attention_backend']}, load average "
           f"{environment['load_average']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"environment": environment, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"environment": environment, "rows": rows,
+                                         "attention_rows": attention_rows}, indent=2))
     return 0
 
 
