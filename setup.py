@@ -7,7 +7,7 @@ setup(
     description="LMANet video semantic segmentation for ROS 2",
     license="Apache-2.0",
     packages=find_packages(include=["lmanet_ros", "lmanet_ros.*"]),
-    package_data={"lmanet_ros": ["data/*"]},
+    package_data={"lmanet_ros": ["data/*", "data/demo/*"]},
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [

@@ -42,7 +42,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
-from lmanet_ros import imaging
+from lmanet_ros import demo_models, imaging
 from lmanet_ros.params import (INPUT_PARAMS, MEMORY_PARAMS, SPEC_BY_NAME, SPECS, Settings,
                                descriptor, is_default_classes, validate)
 
@@ -558,6 +558,11 @@ class LmanetNode(Node):
         except pipeline_module.PipelineError as exc:
             raise StartupError(_one_line(exc)) from None
         checkpoint = settings.checkpoint.strip()
+        if checkpoint == demo_models.DEMO:
+            try:
+                checkpoint = str(demo_models.demo_checkpoint(settings.model))
+            except FileNotFoundError as exc:
+                raise StartupError(f"{exc} (parameter checkpoint)") from None
         if checkpoint:
             checkpoint = os.path.expanduser(checkpoint)
             if not os.path.isfile(checkpoint):

@@ -76,8 +76,10 @@ SPECS: tuple[ParamSpec, ...] = (
               "pspnet101 / pspnet50 (single frame).", read_only=True,
               constraints="a name known to lmanet_ros.models"),
     ParamSpec("checkpoint", "",
-              "Path of the weights (.pth, .pt or .safetensors). Empty: random weights, for tests "
-              "only (a loud warning is logged and diagnostics report it).", read_only=True),
+              "Path of the weights (.pth, .pt or .safetensors); 'demo': the packaged demo weights "
+              "of the model (erfnet, lmanet_erfnet; trained on synthetic streets). Empty: random "
+              "weights, for tests only (a loud warning is logged and diagnostics report it).",
+              read_only=True),
     ParamSpec("device", "auto",
               "Where to run the network: auto (CUDA when available, else CPU), cpu, cuda or "
               "cuda:N. Asking for CUDA where there is none is a startup error.", read_only=True,

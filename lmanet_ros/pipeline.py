@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from lmanet_ros.classes import ClassSet
+from lmanet_ros.demo_models import resolve_checkpoint
 from lmanet_ros.models import build_model, load_checkpoint
 from lmanet_ros.models.memory import Memory
 from lmanet_ros.streams import MemoryPolicy, ResetReason, StreamState, StreamStats
@@ -180,7 +181,8 @@ class SegmentationPipeline:
                         input_size: tuple[int, int] = (0, 0),
                         policy: MemoryPolicy | None = None,
                         classes: ClassSet | None = None) -> "SegmentationPipeline":
-        """Build the named model, load ``checkpoint`` (None = random weights) and wrap it.
+        """Build the named model, load ``checkpoint`` (None = random weights; ``demo`` = the
+        packaged demo weights of the model, :mod:`lmanet_ros.demo_models`) and wrap it.
 
         ``policy`` None: the default policy with the model's default memory length (4 for
         ``lmanet_erfnet``, 3 for ``lmanet_pspnet101``).
@@ -199,6 +201,7 @@ class SegmentationPipeline:
                             memory_length=None if policy is None else policy.memory_length)
         report = None
         checkpoint_id = "random-init"
+        checkpoint = resolve_checkpoint(model_name, checkpoint)
         if checkpoint:
             report = load_checkpoint(model, checkpoint)
             checkpoint_id = file_id(checkpoint) if Path(checkpoint).is_file() else "state-dict"

@@ -1,69 +1,202 @@
-"""`lmanet demo`: stream a few synthetic street frames through the pipeline, print the timings.
+"""`lmanet demo`: the whole product on synthetic video, end to end, in a few minutes.
 
-The issue-2 form of the demo: it shows the model running one frame at a time with its memory,
-per-frame stage times, the memory fill and the pixel accuracy against the generator's exact labels
-(near chance with random weights; pass ``--checkpoint`` for trained ones).
+1. ``lmanet synth``: a rosbag2 of held-out synthetic street sequences (seeds the demo models
+   never saw in training, corruption recipe ``standard-v1``) with exact ground-truth labels;
+2. ``lmanet_node`` in its own process with the demo weights (``checkpoint:=demo``), in
+   ``processing_mode all`` with reliable input, so that no frame is dropped;
+3. lock-step replay of the bag into the node (``lmanet eval --live``): each frame is published
+   once the node's labels of the previous one arrived; the labels the node publishes are scored
+   against the ground truth, and its overlays go into ``overlay.mp4`` beside the input;
+4. the same bag through ``lmanet eval --compare`` offline: single-frame ERFNet against LMANet,
+   both demo models, so the report shows what the memory does (mIoU, label flip rate).
+
+Everything lands in ``--out`` (default ``lmanet_demo/``): ``live/`` (report.md, metrics.json,
+plots, overlay.mp4 of what the node published), ``compare/`` (report.md, metrics.json, plots),
+``bag/`` and ``node.log``. ROS traffic stays on this host (``ROS_AUTOMATIC_DISCOVERY_RANGE``
+LOCALHOST and a ``ROS_DOMAIN_ID`` of the demo's own unless both are set already).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-import numpy as np
+from lmanet_ros.demo_models import DEMO, DEMO_FILES
+from lmanet_ros.domain import claim_domain_id
+from lmanet_ros.launch_args import resolve
+from lmanet_ros.synth import HELDOUT_SEEDS
+from lmanet_ros.tools.common import int_at_least, parse_size
 
-from lmanet_ros.classes import IGNORE_INDEX
-from lmanet_ros.models import list_models
-from lmanet_ros.pipeline import Frame, SegmentationPipeline
-from lmanet_ros.streams import MemoryPolicy
-from lmanet_ros.synth import HELDOUT_SEEDS, SynthSequence
-from lmanet_ros.tools.common import parse_size
+IMAGE_TOPIC = "/camera/image"
+LABEL_TOPIC = "/camera/labels"
+#: The node's name in the demo (its outputs are /lmanet/labels, /lmanet/overlay, ...).
+NODE_NAME = "lmanet"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `lmanet demo`."""
     parser = subparsers.add_parser(
-        "demo", help="stream synthetic frames through the model and print per-frame times",
+        "demo", help="synthetic bag -> lmanet_node -> lock-step replay -> report and video",
         description=__doc__, allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="lmanet_erfnet", choices=list_models(),
-                        help="network to run (default: %(default)s)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="weights (.pth/.safetensors); default: random weights")
-    parser.add_argument("--frames", type=int, default=8, help="frames to stream (default: 8)")
-    parser.add_argument("--size", type=parse_size, default=(256, 512),
-                        help="frame size HxW in pixels (default: 256x512)")
-    parser.add_argument("--memory-length", type=int, default=4,
-                        help="frames in the memory, T (default: 4)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--out", type=Path, default=Path("lmanet_demo"),
+                        help="output directory, replaced if it holds an earlier demo "
+                             "(default: %(default)s)")
+    parser.add_argument("--sequences", type=int_at_least(1), default=4,
+                        help="held-out synthetic sequences in the bag (default: 4)")
+    parser.add_argument("--frames", type=int_at_least(2), default=60,
+                        help="frames per sequence (default: 60, 3.5 s at 17 Hz)")
+    parser.add_argument("--size", type=parse_size, default=(128, 256),
+                        help="frame size HxW; the demo models were trained at 128x256 "
+                             "(default: 128x256)")
     parser.add_argument("--seed", type=int, default=HELDOUT_SEEDS[0],
-                        help="synthetic sequence seed (default: the first held-out seed)")
+                        help="first sequence seed (default: the first held-out seed, %(default)s)")
+    parser.add_argument("--model", default="lmanet_erfnet", choices=sorted(DEMO_FILES),
+                        help="the node's network (default: %(default)s)")
+    parser.add_argument("--checkpoint", default=DEMO,
+                        help="the node's weights (default: the packaged demo weights)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--no-compare", dest="compare", action="store_false",
+                        help="skip the offline erfnet vs lmanet_erfnet comparison")
+    parser.add_argument("--startup-timeout", type=float, default=180.0,
+                        help="seconds to wait for the node to load and label the first frame")
     parser.set_defaults(handler=run)
     return parser
 
 
+def _ros_environment() -> object | None:
+    """Keep DDS on this host with a domain of the demo's own (unless the caller chose one).
+
+    Returns the domain's lock file (keep it open while the demo runs) or None.
+    """
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if "ROS_DOMAIN_ID" in os.environ:
+        return None
+    domain, lock = claim_domain_id()
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    return lock
+
+
+def _node_executable() -> str:
+    candidate = Path(sys.executable).parent / "lmanet_node"
+    return str(candidate) if candidate.exists() else "lmanet_node"
+
+
+def _prepare_out(out: Path) -> None:
+    """Create ``out``; an earlier demo there is replaced, anything else is refused."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / "demo.json").is_file():
+            raise SystemExit(f"lmanet demo: error: {out} exists and is not an earlier demo's "
+                             "output; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _stop(node: subprocess.Popen) -> int:
+    """SIGINT the node (a clean ROS shutdown), kill it if it hangs; its exit code."""
+    if node.poll() is None:
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(20)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait(10)
+    return node.returncode
+
+
+def _summary(metrics_path: Path) -> list[str]:
+    """One line per model of a metrics.json: mIoU, flip rate, latency."""
+    payload = json.loads(metrics_path.read_text())
+    lines = []
+    for model in payload["models"]:
+        accuracy = model["accuracy"] or {}
+        miou = accuracy.get("miou")
+        flips = model["temporal_consistency"]["flip_rate"]
+        p50 = model["latency_ms"]["p50"]
+        lines.append(f"  {model['label']:<16} mIoU {'-' if miou is None else f'{100 * miou:5.1f}'}"
+                     f" %   flip rate {'-' if flips is None else f'{100 * flips:5.2f}'} %"
+                     f"   latency p50 {'-' if p50 is None else f'{p50:6.1f}'} ms")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; return 0."""
+    """Run the demo; 0 when every step worked."""
+    from lmanet_ros.tools import cli
+    from lmanet_ros.tools.replay import ReplayError, ReplayOptions, replay_bag
+    from lmanet_ros.tools.synth import generate
+
+    started = time.monotonic()
+    out = args.out
+    _prepare_out(out)
+    (out / "demo.json").write_text(json.dumps({"command": sys.argv, "args": {
+        k: str(v) for k, v in vars(args).items() if k != "handler"}}, indent=2) + "\n")
+    domain_lock = _ros_environment()
     height, width = args.size
-    pipeline = SegmentationPipeline.from_pretrained(
-        args.model, args.checkpoint, device=args.device,
-        policy=MemoryPolicy(memory_length=args.memory_length))
-    if args.checkpoint is None:
-        print("WARNING: random weights (no --checkpoint): labels are meaningless, times are real")
-    print(f"model {args.model} on {pipeline.device}, {height}x{width}, T={args.memory_length}, "
-          f"checkpoint {pipeline.checkpoint_id}")
-    pipeline.warmup(height, width)
-    sequence = SynthSequence(args.seed, height=height, width=width, n_frames=args.frames,
-                             corruption="standard")
-    print(f"{'frame':>5} {'memory':>6} {'pre ms':>7} {'infer ms':>9} {'post ms':>8} "
-          f"{'total ms':>9} {'pixel acc':>9}")
-    totals = []
-    for synth in sequence:
-        (result,) = pipeline.process([Frame("demo", synth.image, synth.time_s, "camera")])
-        valid = synth.labels != IGNORE_INDEX
-        accuracy = float(np.mean(result.labels[valid] == synth.labels[valid]))
-        t = result.timings
-        totals.append(t.total_ms)
-        print(f"{synth.index:>5} {result.memory_fill:>6} {t.preprocess_ms:>7.1f} "
-              f"{t.inference_ms:>9.1f} {t.postprocess_ms:>8.1f} {t.total_ms:>9.1f} "
-              f"{accuracy:>9.3f}")
-    print(f"median total {np.median(totals):.1f} ms per frame")
+
+    print(f"[1/4] synthetic bag: {args.sequences} held-out sequences x {args.frames} frames, "
+          f"{height}x{width}, seeds {args.seed}..{args.seed + args.sequences - 1}", flush=True)
+    synth = generate(out / "synth", frames=args.frames, height=height, width=width,
+                     sequences=args.sequences, seed=args.seed, corruption="standard",
+                     folder=False, show_progress=False)
+    bag = synth.bag
+
+    print(f"[2/4] starting lmanet_node ({args.model}, checkpoint {args.checkpoint}, "
+          f"ROS_DOMAIN_ID {os.environ['ROS_DOMAIN_ID']}); log: {out / 'node.log'}", flush=True)
+    launch = resolve({"image": IMAGE_TOPIC, "checkpoint": args.checkpoint, "device": args.device,
+                      "node_name": NODE_NAME})
+    launch.overrides.update({"model": args.model, "processing_mode": "all",
+                             "input.reliability": "reliable", "input.depth": 0})
+    with open(out / "node.log", "wb") as log:
+        node = subprocess.Popen(launch.command(_node_executable()), stdout=log,
+                                stderr=subprocess.STDOUT)
+    live = out / "live"
+    try:
+        print("[3/4] replaying the bag into the node in lock-step, scoring what it publishes",
+              flush=True)
+        try:
+            outcome = replay_bag(ReplayOptions(
+                bag=bag, topics=[IMAGE_TOPIC], rate=0.0, lockstep=True,
+                labels_topics=[launch.fully_qualified_name + "/labels"], depth=0,
+                startup_timeout=args.startup_timeout, score_out=live, label_topic=LABEL_TOPIC,
+                video=True))
+        except ReplayError as exc:
+            print(f"lmanet demo: error: {exc}\n(the node's log: {out / 'node.log'})",
+                  file=sys.stderr)
+            return 1
+    finally:
+        code = _stop(node)
+        if domain_lock is not None:
+            domain_lock.close()
+    if outcome.interrupted:
+        return 130
+    if outcome.missing or code not in (0, -signal.SIGINT):
+        print(f"lmanet demo: error: {len(outcome.missing)} frames got no labels, node exit code "
+              f"{code} (log: {out / 'node.log'})", file=sys.stderr)
+        return 1
+    lines = [f"node ({outcome.frames} frames published, {outcome.labels_received} labels "
+             f"received, {outcome.video_frames} video frames):", *_summary(live / "metrics.json")]
+
+    if args.compare:
+        print("[4/4] offline comparison on the same bag: erfnet vs lmanet_erfnet (demo weights)",
+              flush=True)
+        compare = out / "compare"
+        status = cli.main(["eval", str(bag), "--image-topic", IMAGE_TOPIC, "--label-topic",
+                           LABEL_TOPIC, "--model", "erfnet", "--checkpoint", DEMO,
+                           "--compare", f"lmanet_erfnet:{DEMO}",
+                           "--device", args.device, "--out", str(compare), "--no-video"])
+        if status != 0:
+            return status
+        lines += ["offline comparison:", *_summary(compare / "metrics.json")]
+    print("\n".join(["", *lines, "",
+                     f"live report:  {live / 'report.md'}",
+                     f"live video:   {live / 'overlay.mp4'}  (input | the node's overlay)",
+                     f"plots:        {live}/*.png"]
+                    + ([f"comparison:   {out / 'compare' / 'report.md'}"] if args.compare else [])
+                    + [f"done in {time.monotonic() - started:.0f} s"]))
     return 0
