@@ -50,6 +50,7 @@ def both_backends(query, keys, values, **kwargs):
     (1, 16, 64, 24, 40, 3, 10),    # larger than the window: inner and border windows
     (2, 16, 64, 24, 40, 4, 10),
     (1, 16, 64, 13, 21, 2, 10),    # width not a multiple of the kernel's 8-pixel tiles
+    (1, 16, 8, 6, 137, 2, 10),     # rows of 18 tiles: a full group of 16 and a short one
     (1, 128, 2048, 6, 9, 3, 10),   # PSPNet widths on a small map
     (2, 5, 13, 9, 11, 2, 3),       # odd channel counts, small radius
     (1, 16, 8, 20, 24, 3, 0),      # radius 0: the pixel itself only

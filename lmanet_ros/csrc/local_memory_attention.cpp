@@ -6,28 +6,39 @@
 // one softmax jointly over all T * P * P of them (out-of-map positions: logit exactly 0, value 0,
 // and they count in the softmax), and out[c, y, x] = sum p[t, dy, dx] * v_t[c, y + dy, x + dx].
 //
-// Work unit: a tile of kLanes = 8 horizontally adjacent pixels of one row. All vector registers
-// hold one float per pixel of the tile, so the softmax needs no horizontal reductions and the
-// keys and values are read as contiguous (unaligned) 8-float slices of their rows:
+// Layout: the inputs are copied once into row-major buffers where the rows of all channels of
+// one map row lie side by side, query (B, H, Ck, W8), keys (B, T, H, Ck, Wp), values
+// (B, T, H, Cv, Wp), with W8 = W rounded up to a multiple of 8 and Wp = r + W8 + r columns.
+// Tile: kLanes = 8 horizontally adjacent pixels of one row. Every vector register holds one
+// float per pixel of the tile, so the softmax needs no horizontal reductions and the keys and
+// values are read as contiguous (unaligned) 8-float slices of their rows:
 //   1. logits: for each frame t and window row dy, the P logits of the 8 pixels are computed
 //      in groups of up to 7 window columns dx (7 accumulators, the channel loop innermost);
-//      they go into a per-thread buffer of T * P * P * 8 floats (56 KB for T = 4, P = 21);
-//   2. softmax: max over the buffer (0 included when window rows fall outside the map), then
+//      they go into the tile's slot of a per-thread buffer (T * P * P * 8 floats, 56 KB for
+//      T = 4, P = 21);
+//   2. softmax: max over the slot (0 included when window rows fall outside the map), then
 //      exp(s - max) in place (vectorised exp) and the sum, to which every out-of-map window row
 //      adds its P zero logits as P * exp(-max) without computing them;
 //   3. read-out: channel blocks of up to 12 output channels (12 accumulators); for each
 //      window position the 8 probabilities are loaded once and multiplied into 12 value rows;
-//      the sum's reciprocal is applied once at the store.
+//      the sum's reciprocal is applied once at the store. Window rows and frames are summed in
+//      two levels (per window row in registers, then across rows) for accuracy.
+// Work unit: a group of up to kGroupTiles tiles of one row. Steps 1-2 run for every tile of the
+// group, then step 3 channel block by channel block over all of them, so that the value rows of
+// a block are fetched from memory once per group (with 2048 channels the values are far larger
+// than the caches; per tile they would be fetched 16 times). The per-thread buffer holds one
+// slot per tile of a group (0.9 MB for T = 4).
 // Borders: window rows outside the map (dy) are skipped and counted; window columns outside
-// the map read zeros from copies of the keys and values padded by r columns on each side, so
-// their logit is exactly 0 and their value 0. The width is rounded up to a multiple of 8 with
-// zeros; results of those extra lanes are dropped at the store.
-// Threads: tiles are handed out in small chunks from an atomic counter (dynamic scheduling,
-// so that a core shared with another process does not hold up the whole call), inside one
+// the map read the zero padding columns, so their logit is exactly 0 and their value 0. Lanes
+// beyond the map's width compute on zeros and are dropped at the store.
+// Threads: groups are handed out one at a time from an atomic counter (dynamic scheduling, so
+// that a core shared with another process does not hold up the whole call), inside one
 // at::parallel_for over torch's own OpenMP thread pool: torch.set_num_threads applies and no
 // second OpenMP runtime is loaded.
-// Instruction sets: the tile kernel is compiled twice, for AVX2 + FMA and for the baseline
-// target, and the AVX2 one is picked at run time only where the CPU has both (x86-64).
+// Instruction sets: the kernel is compiled twice, for AVX2 + FMA (function target attribute)
+// and for the baseline target, and the AVX2 one is picked at run time only where the CPU has
+// both (x86-64); elsewhere (e.g. aarch64) only the baseline build exists. The vector code uses
+// GCC/Clang vector extensions, so the same source vectorises for any target.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -49,7 +60,7 @@ namespace {
 constexpr int kLanes = 8;            // pixels per tile, floats per vector
 constexpr int kLogitGroup = 7;       // window columns per logit group (accumulators)
 constexpr int kChannelBlock = 12;    // output channels per read-out block (accumulators)
-constexpr std::int64_t kTilesPerGrab = 4;  // tiles a thread takes from the counter at once
+constexpr int kGroupTiles = 16;      // tiles of a row read out together (see attend_group)
 
 typedef float vec8 __attribute__((vector_size(32)));
 typedef std::int32_t ivec8 __attribute__((vector_size(32)));
@@ -194,18 +205,13 @@ LMA_INLINE vec8 logit_tail(int count, const float* query, std::int64_t query_str
   }
 }
 
-// The whole computation for the tile of pixels (b, y, x0 .. x0 + 7); ``probs`` is the
-// thread's buffer of T * P * P * 8 floats.
-LMA_INLINE void attend_tile(const Problem& pb, std::int64_t b, std::int64_t y, std::int64_t x0,
-                            float* probs) {
-  const int r = pb.radius;
-  const int size = 2 * r + 1;
-  // Window rows inside the map: dy in [row_lo, row_lo + rows).
-  const int row_lo = static_cast<int>(std::max<std::int64_t>(-r, -y));
-  const int row_hi = static_cast<int>(std::min<std::int64_t>(r, pb.height - 1 - y));
-  const int rows = row_hi - row_lo + 1;
-
-  // 1. Logits, layout [t][row][dx][lane].
+// Logits and softmax of the tile of pixels (b, y, x0 .. x0 + 7) whose window rows inside the
+// map are dy in [row_lo, row_lo + rows): exp(s - max) into ``probs`` (T * rows * P * 8 floats,
+// layout [t][row][dx][lane]); returns 1 / (sum of the T * P * P terms) per pixel.
+LMA_INLINE vec8 tile_softmax(const Problem& pb, std::int64_t b, std::int64_t y, std::int64_t x0,
+                             int row_lo, int rows, float* probs) {
+  const int size = 2 * pb.radius + 1;
+  // 1. Logits.
   const std::int64_t query_stride = pb.width8;
   const std::int64_t key_stride = pb.padded_width;
   const float* query = pb.query + (b * pb.height + y) * pb.key_channels * pb.width8 + x0;
@@ -242,50 +248,81 @@ LMA_INLINE void attend_tile(const Problem& pb, std::int64_t b, std::int64_t y, s
     sum += row_sum;
   }
   if (outside > 0) sum += static_cast<float>(outside) * exp_nonpositive(-running_max);
-  const vec8 inv_sum = splat(1.0f) / sum;
+  return splat(1.0f) / sum;
+}
 
-  // 3. Read-out in channel blocks.
+// Tiles first_tile .. first_tile + count - 1 of row (b, y): the softmax of each into its slot of
+// ``probs`` (count slots of T * P * P * 8 floats), then the read-out channel block by channel
+// block, each block for all the tiles in turn: the value rows of a block are read from memory
+// once for the whole group and then found in cache (with 2048 value channels the values of a
+// frame are far larger than the caches).
+LMA_INLINE void attend_group(const Problem& pb, std::int64_t b, std::int64_t y,
+                             std::int64_t first_tile, int count, float* probs,
+                             vec8* inv_sums) {
+  const int r = pb.radius;
+  const int size = 2 * r + 1;
+  // Window rows inside the map, the same for all tiles of a row: dy in [row_lo, row_lo + rows).
+  const int row_lo = static_cast<int>(std::max<std::int64_t>(-r, -y));
+  const int row_hi = static_cast<int>(std::min<std::int64_t>(r, pb.height - 1 - y));
+  const int rows = row_hi - row_lo + 1;
+  const std::int64_t slot = pb.frames * size * size * kLanes;
+  for (int k = 0; k < count; ++k) {
+    inv_sums[k] = tile_softmax(pb, b, y, (first_tile + k) * kLanes, row_lo, rows,
+                               probs + k * slot);
+  }
   std::int64_t c0 = 0;
   for (; c0 + kChannelBlock <= pb.value_channels; c0 += kChannelBlock) {
-    readout_block<kChannelBlock>(pb, probs, b, y, x0, c0, row_lo, rows, inv_sum);
+    for (int k = 0; k < count; ++k) {
+      readout_block<kChannelBlock>(pb, probs + k * slot, b, y, (first_tile + k) * kLanes, c0,
+                                   row_lo, rows, inv_sums[k]);
+    }
   }
   if (c0 < pb.value_channels) {
-    readout_tail(static_cast<int>(pb.value_channels - c0), pb, probs, b, y, x0, c0, row_lo,
-                 rows, inv_sum);
+    for (int k = 0; k < count; ++k) {
+      readout_tail(static_cast<int>(pb.value_channels - c0), pb, probs + k * slot, b, y,
+                   (first_tile + k) * kLanes, c0, row_lo, rows, inv_sums[k]);
+    }
   }
 }
 
-// Tiles [begin, end) in the order (b, y, x tile), the same body built for two targets.
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) void tiles_avx2(const Problem& pb, std::int64_t begin,
-                                                     std::int64_t end, float* probs) {
+// Groups [begin, end) in the order (b, y, group of up to kGroupTiles tiles). Inlined into the
+// two entry points below, which compile it for their targets.
+LMA_INLINE void run_groups(const Problem& pb, std::int64_t begin, std::int64_t end, float* probs,
+                           vec8* inv_sums) {
   const std::int64_t tiles_x = pb.width8 / kLanes;
+  const std::int64_t groups_x = (tiles_x + kGroupTiles - 1) / kGroupTiles;
   for (std::int64_t i = begin; i < end; ++i) {
-    attend_tile(pb, i / (pb.height * tiles_x), (i / tiles_x) % pb.height,
-                (i % tiles_x) * kLanes, probs);
+    const std::int64_t first = (i % groups_x) * kGroupTiles;
+    attend_group(pb, i / (pb.height * groups_x), (i / groups_x) % pb.height, first,
+                 static_cast<int>(std::min<std::int64_t>(kGroupTiles, tiles_x - first)), probs,
+                 inv_sums);
   }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void groups_avx2(const Problem& pb, std::int64_t begin,
+                                                      std::int64_t end, float* probs,
+                                                      vec8* inv_sums) {
+  run_groups(pb, begin, end, probs, inv_sums);
 }
 #endif
 
-void tiles_baseline(const Problem& pb, std::int64_t begin, std::int64_t end, float* probs) {
-  const std::int64_t tiles_x = pb.width8 / kLanes;
-  for (std::int64_t i = begin; i < end; ++i) {
-    attend_tile(pb, i / (pb.height * tiles_x), (i / tiles_x) % pb.height,
-                (i % tiles_x) * kLanes, probs);
-  }
+void groups_baseline(const Problem& pb, std::int64_t begin, std::int64_t end, float* probs,
+                     vec8* inv_sums) {
+  run_groups(pb, begin, end, probs, inv_sums);
 }
 
-using TilesFn = void (*)(const Problem&, std::int64_t, std::int64_t, float*);
+using GroupsFn = void (*)(const Problem&, std::int64_t, std::int64_t, float*, vec8*);
 
-TilesFn select_tiles_fn() {
+GroupsFn select_groups_fn() {
 #if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return tiles_avx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return groups_avx2;
 #endif
-  return tiles_baseline;
+  return groups_baseline;
 }
 
 std::string kernel_isa() {
-  return select_tiles_fn() == tiles_baseline ? "baseline" : "avx2+fma";
+  return select_groups_fn() == groups_baseline ? "baseline" : "avx2+fma";
 }
 
 // Maps (B, C, H, W), ``lead`` of them -> (B, lead, H, C, left + width + right): the rows of all
@@ -343,19 +380,20 @@ at::Tensor local_memory_attention(const at::Tensor& query_key, at::TensorList me
                    out.data_ptr<float>(), batch, static_cast<std::int64_t>(memory_keys.size()),
                    key_channels, value_channels, height, width, width8,
                    width8 + 2 * radius, static_cast<int>(radius)};
-  const TilesFn tiles_fn = select_tiles_fn();
+  const GroupsFn groups_fn = select_groups_fn();
   const std::int64_t size = 2 * radius + 1;
-  const std::size_t buffer_floats = static_cast<std::size_t>(pb.frames * size * size * kLanes);
-  const std::int64_t total = batch * height * (width8 / kLanes);
+  const std::int64_t slot_vectors = pb.frames * size * size;  // vec8 per tile
+  const std::int64_t tiles_x = width8 / kLanes;
+  const std::int64_t total = batch * height * ((tiles_x + kGroupTiles - 1) / kGroupTiles);
   std::atomic<std::int64_t> next{0};
-  // One task per thread; each takes chunks of tiles from ``next`` until none are left.
+  // One task per thread; each takes groups from ``next`` until none are left.
   at::parallel_for(0, at::get_num_threads(), 1, [&](std::int64_t, std::int64_t) {
-    std::unique_ptr<vec8[]> buffer(new vec8[buffer_floats / kLanes]);
-    float* probs = reinterpret_cast<float*>(buffer.get());
+    std::unique_ptr<vec8[]> buffer(new vec8[kGroupTiles * slot_vectors]);
+    vec8 inv_sums[kGroupTiles];
     for (;;) {
-      const std::int64_t begin = next.fetch_add(kTilesPerGrab);
-      if (begin >= total) break;
-      tiles_fn(pb, begin, std::min(begin + kTilesPerGrab, total), probs);
+      const std::int64_t group = next.fetch_add(1);
+      if (group >= total) break;
+      groups_fn(pb, group, group + 1, reinterpret_cast<float*>(buffer.get()), inv_sums);
     }
   });
   return out;
