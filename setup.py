@@ -7,7 +7,9 @@ setup(
     description="LMANet video semantic segmentation for ROS 2",
     license="Apache-2.0",
     packages=find_packages(include=["lmanet_ros", "lmanet_ros.*"]),
-    package_data={"lmanet_ros": ["data/*", "data/demo/*"]},
+    # csrc/: the attention kernel's source, compiled after installing (see
+    # lmanet_ros/models/_attention_ext.py; scripts/setup_venv.sh does it).
+    package_data={"lmanet_ros": ["data/*", "data/demo/*", "csrc/*.cpp"]},
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [

@@ -228,6 +228,12 @@ def test_build_failure_is_a_clear_error(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())  # no partial library left behind
 
 
+def test_missing_source_is_reported(monkeypatch, tmp_path):
+    monkeypatch.setattr(_attention_ext, "SOURCE", tmp_path / "missing.cpp")
+    available, reason = _attention_ext.load.__wrapped__()
+    assert not available and "not installed" in reason
+
+
 def test_library_name_follows_the_source_and_torch(monkeypatch):
     before = _attention_ext.library_path()
     monkeypatch.setattr(torch, "__version__", "0.0.0-other")

@@ -109,6 +109,8 @@ def load() -> tuple[bool, str]:
         (True, instruction set of the kernel, e.g. ``"avx2+fma"``) when the operator is
         available, else (False, the reason, with how to build it).
     """
+    if not SOURCE.exists():
+        return False, f"the kernel's source {SOURCE} is not installed"
     path = library_path()
     if not path.exists():
         return False, ("the compiled kernel is not built for this source and torch "
