@@ -43,6 +43,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from lmanet_ros import demo_models, imaging
+from lmanet_ros.models.attention import attention_backend
 from lmanet_ros.params import (INPUT_PARAMS, MEMORY_PARAMS, SPEC_BY_NAME, SPECS, Settings,
                                descriptor, is_default_classes, validate)
 
@@ -593,7 +594,9 @@ class LmanetNode(Node):
         report = getattr(pipeline, "load_report", None)
         log.info(f"loaded {info.name} in {time.monotonic() - start:.1f} s: "
                  f"{info.num_classes} outputs, memory {info.memory_length if info.temporal else 0}"
-                 f" frames, checkpoint id {pipeline.checkpoint_id}")
+                 f" frames, checkpoint id {pipeline.checkpoint_id}"
+                 + (f", memory attention {self._attention_text(pipeline)}" if info.temporal
+                    else ""))
         if report is not None:
             for what in ("initialised", "missing", "unexpected", "ignored"):
                 keys = getattr(report, what, ())
@@ -1010,6 +1013,17 @@ class LmanetNode(Node):
                                                         period, now))
         self._diagnostics_pub.publish(array_msg)
 
+    @staticmethod
+    def _attention_text(pipeline) -> str:
+        """Which memory attention implementation runs ('' for single-frame models)."""
+        if not pipeline.info.temporal:
+            return ""
+        if pipeline.device.type != "cpu":
+            return f"torch ({pipeline.device.type})"
+        if pipeline.precision != "fp32":
+            return f"torch ({pipeline.precision})"
+        return attention_backend()
+
     def _model_status(self, settings: Settings) -> DiagnosticStatus:
         pipeline = self._pipeline
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: model",
@@ -1025,6 +1039,9 @@ class LmanetNode(Node):
             "memory_max_gap_s": settings.memory_max_gap, "memory_stride": settings.memory_stride,
             "processing_mode": settings.processing_mode,
             "input_size": self._size_text(settings),
+            "normalisation": ("none (RGB in [0, 1])" if pipeline.info.mean is None else
+                              f"mean {pipeline.info.mean} std {pipeline.info.std}"),
+            "attention": self._attention_text(pipeline),
             "inferring_for_s": ("" if self._inferring_since is None
                                 else f"{time.monotonic() - self._inferring_since:.2f}"),
         }

@@ -59,6 +59,16 @@ def test_remapped_input_topic_is_used(rig):
     assert out["labels"].width == SMALL[1]
 
 
+def test_diagnostics_name_the_attention_backend_and_normalisation(rig):
+    from lmanet_ros.models.attention import attention_backend
+
+    values = wait_until(lambda: next((v for v in (model_values(m, rig.node.fqn)
+                                                  for m in reversed(rig.diagnostics.messages))
+                                      if v), None), 30.0, what="a model diagnostics status")
+    assert values["attention"] == attention_backend()   # fp32 lmanet_erfnet on the CPU
+    assert values["normalisation"] == "none (RGB in [0, 1])"
+
+
 def test_services_and_diagnostics_answer_during_inference(rig):
     ros, fqn = rig.ros, rig.node.fqn
     calls = {  # clients made (and matched) before the inference starts
