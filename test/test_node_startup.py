@@ -35,6 +35,8 @@ def _cases(directory):
                           ["unknown model 'segformer'", "lmanet_erfnet"], True),
         "corrupt_checkpoint": ({"checkpoint": str(corrupt)}, None, ["corrupt.pth"], False),
         "mismatched_checkpoint": ({"checkpoint": str(wrong)}, None, ["wrong_shapes.pth"], False),
+        "no_demo_weights": ({"checkpoint": "demo"}, {"model": "pspnet50"},
+                            ["no demo weights for model 'pspnet50'", "lmanet_erfnet"], True),
         "palette_length": ({}, {"palette": [1, 2, 3]}, ["palette must hold 3 values"], True),
         "wrong_type": ({}, {"memory.max_gap": "long"}, ["memory.max_gap"], True),
         "out_of_range": ({}, {"overlay_alpha": 2.0}, ["overlay_alpha"], True),
@@ -86,7 +88,8 @@ def outcomes(tmp_path_factory, without_messages):
 
 
 CASES = ("missing_checkpoint", "cuda_absent", "cuda_index", "unknown_model", "corrupt_checkpoint",
-         "mismatched_checkpoint", "palette_length", "wrong_type", "out_of_range")
+         "mismatched_checkpoint", "no_demo_weights", "palette_length", "wrong_type",
+         "out_of_range")
 
 
 @pytest.mark.parametrize("case", CASES)
