@@ -109,7 +109,8 @@ def test_eval_writes_every_output(tmp_path, storage):
     assert set(model["latency_ms"]) >= {"p50", "p90", "p99", "max"}
     assert model["latency_ms"]["count"] == 6 and model["throughput_fps"] > 0
     assert model["temporal_consistency"]["pairs"] == 5
-    assert metrics["parameters"]["memory_length"] == 4
+    assert metrics["parameters"]["memory_length"] is None  # the model's own (4)
+    assert model["info"]["memory_length"] == 4
     report = (out / "report.md").read_text()
     assert "Per-class IoU" in report and "| road |" in report
 

@@ -35,6 +35,7 @@ from lmanet_ros.bags import BadMessageWarning, BagError, BagReader, ReadStats, d
 from lmanet_ros.classes import LABEL_ID_TO_TRAIN_ID
 from lmanet_ros.imaging import ImageError
 from lmanet_ros.metrics import RunScore
+from lmanet_ros.models.registry import model_entry
 from lmanet_ros.report import (METRICS_FILE, VIDEO_FILE, OverlayVideo, build_metrics, progress,
                                safe_name, write_json, write_report)
 from lmanet_ros.streams import MemoryPolicy
@@ -346,15 +347,19 @@ def evaluate(args: argparse.Namespace) -> EvalOutcome:
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_bag(args.bag, args.image_topic, args.label_topic)
     specs = label_models([ModelSpec(args.model, args.checkpoint)] + parse_compare(args.compare))
-    policy = MemoryPolicy(max_gap=args.max_gap, stride=args.memory_stride,
-                          memory_length=args.memory_length)
+
+    def policy_for(name: str) -> MemoryPolicy:  # --memory-length, else the model's own T
+        return MemoryPolicy(max_gap=args.max_gap, stride=args.memory_stride,
+                            memory_length=args.memory_length
+                            or model_entry(name).default_memory_length)
     timing = {"setup_s": 0.0, "decode_s": 0.0, "model_s": 0.0, "metrics_s": 0.0,
               "output_bag_s": 0.0, "video_s": 0.0, "outputs_drain_s": 0.0, "report_s": 0.0}
     pipelines = []
     for spec in specs:
         pipeline = SegmentationPipeline.from_pretrained(
             spec.name, spec.checkpoint, device=args.device, precision=args.precision,
-            num_threads=args.num_threads, input_size=args.input_size or (0, 0), policy=policy)
+            num_threads=args.num_threads, input_size=args.input_size or (0, 0),
+            policy=policy_for(spec.name))
         pipelines.append(pipeline)
     classes = pipelines[0].classes
     palette = np.asarray(classes.colors, dtype=np.uint8)
@@ -432,8 +437,8 @@ def evaluate(args: argparse.Namespace) -> EvalOutcome:
               "output_bag": str(args.output_bag) if args.output_bag else None}
     parameters = {"device": str(pipelines[0].device), "precision": args.precision,
                   "input_size": list(args.input_size or (0, 0)),
-                  "memory_length": policy.memory_length, "max_gap": policy.max_gap,
-                  "memory_stride": policy.stride, "num_threads": _threads()}
+                  "memory_length": args.memory_length, "max_gap": args.max_gap,
+                  "memory_stride": args.memory_stride, "num_threads": _threads()}
     models = []
     for spec, pipeline in zip(specs, pipelines):
         info = pipeline.info
@@ -568,7 +573,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       help="use every N-th frame of each camera (a slower processing rate)")
     data.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all)")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", help="registered model name (lmanet_erfnet, erfnet)")
+    model.add_argument("--model", help="registered model name (lmanet_erfnet, erfnet, "
+                       "lmanet_pspnet101, pspnet101, ...)")
     model.add_argument("--checkpoint", help="weights file (default: random weights, tests only)")
     model.add_argument("--compare", nargs="+", metavar="MODEL[:CKPT]",
                        help="more models to run on the same frames (one table, one plot)")
@@ -581,7 +587,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="network input size (default: each frame's size), as the node's "
                        "input_height/input_width")
     memory = parser.add_argument_group("memory rules (as the node's memory.* parameters)")
-    memory.add_argument("--memory-length", type=int, default=4, help="frames in the memory")
+    memory.add_argument("--memory-length", type=int, default=None,
+                        help="frames in the memory (default: the model's, 4 for lmanet_erfnet, "
+                             "3 for lmanet_pspnet*)")
     memory.add_argument("--max-gap", type=float, default=1.0,
                         help="seconds between frames beyond which the memory is cleared (0: off)")
     memory.add_argument("--memory-stride", type=int, default=1,
