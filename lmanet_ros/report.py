@@ -299,6 +299,14 @@ def write_report(out_dir: str | Path, payload: dict, runs: Sequence[RunScore], *
 
 
 # ---------------------------------------------------------------------------------------- video
+def recorded_fps(stamps_ns: list[int] | np.ndarray, default: float = 17.0) -> float:
+    """Frame rate of a camera from some of its consecutive stamps (ns): 1 / the median positive
+    step, so pauses between recordings and equal stamps do not count; ``default`` without one."""
+    steps = np.diff(np.asarray(stamps_ns, dtype=np.int64))
+    steps = steps[steps > 0]
+    return float(1e9 / np.median(steps)) if steps.size else default
+
+
 class OverlayVideo:
     """An MP4 (mp4v) of input and overlay side by side, one row per frame written.
 

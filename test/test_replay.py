@@ -17,7 +17,8 @@ import pytest
 from conftest import child_env, wait_until
 from lmanet_ros.bags import BagWriter
 from lmanet_ros.tools import cli
-from lmanet_ros.tools.replay import (ReplayError, ReplayOptions, header_of, mono8_of,
+from lmanet_ros.report import recorded_fps
+from lmanet_ros.tools.replay import (LiveVideo, ReplayError, ReplayOptions, header_of, mono8_of,
                                      parse_remaps, replay_bag)
 
 pytestmark = pytest.mark.ros
@@ -162,6 +163,42 @@ def test_live_lockstep_scores_every_frame_like_offline(ros, node, labelled_bag, 
         left, right = blocks(shown[:, :W]), blocks(shown[:, W:])
         assert np.abs(left - blocks(image)).mean() < 12
         assert np.abs(right - blocks(image)).mean() > 2 * np.abs(left - blocks(image)).mean()
+
+
+def test_recorded_fps_ignores_pauses_and_equal_stamps():
+    stamps = [T0 + i * PERIOD for i in range(5)] + [T0 + 4 * PERIOD] + \
+        [T0 + 5 * 10**9 + i * PERIOD for i in range(5)]
+    assert recorded_fps(stamps) == pytest.approx(17.0, rel=1e-3)
+    assert recorded_fps([T0]) == 17.0 and recorded_fps([T0, T0], default=5.0) == 5.0
+
+
+def test_live_video_pairs_equal_stamps_in_order_and_skips_missing_overlays(tmp_path):
+    """Two frames with one stamp (the node counts them as duplicates), a 5 s pause, an overlay
+    that never comes, overlays arriving late: every frame lands once, beside its own overlay."""
+    stamps = [T0 + i * PERIOD for i in range(10)] + [T0 + 9 * PERIOD] + \
+        [T0 + 5 * 10**9 + i * PERIOD for i in range(9)]
+    inputs = [np.full((16, 32, 3), 12 * i, np.uint8) for i in range(len(stamps))]
+    video = LiveVideo(tmp_path / "overlay.mp4")
+    for stamp, image in zip(stamps, inputs):
+        video.add_input(stamp, image)
+    assert video.frames == 0 and video.pending == len(stamps)
+    for stamp, image in list(zip(stamps, inputs))[:-1]:  # the last overlay never comes
+        video.add_overlay(stamp, 255 - image)
+    video.close()
+    assert video.frames == len(stamps) - 1 and video.missing == 1 and video.pending == 0
+    capture = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(17.0, abs=0.1)
+    shown = []
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        shown.append(bgr)
+    capture.release()
+    assert len(shown) == len(stamps) - 1
+    for bgr, image in zip(shown, inputs):  # left: the input, right: its own overlay
+        assert abs(float(bgr[:, :32].mean()) - image.mean()) < 6
+        assert abs(float(bgr[:, 32:].mean()) - (255 - image.mean())) < 6
 
 
 def test_replay_publishes_frames_and_clock(ros, tmp_path):

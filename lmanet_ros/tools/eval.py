@@ -19,6 +19,7 @@ same way (see :mod:`lmanet_ros.tools.replay`).
 from __future__ import annotations
 
 import argparse
+import itertools
 import queue
 import sys
 import threading
@@ -37,7 +38,7 @@ from lmanet_ros.imaging import ImageError
 from lmanet_ros.metrics import RunScore
 from lmanet_ros.models.registry import model_entry
 from lmanet_ros.report import (METRICS_FILE, VIDEO_FILE, OverlayVideo, build_metrics, progress,
-                               safe_name, write_json, write_report)
+                               recorded_fps, safe_name, write_json, write_report)
 from lmanet_ros.streams import MemoryPolicy
 from lmanet_ros.tools.common import parse_size
 from lmanet_ros.tools.replay import (SCENE_CUTS, ReplayError, ReplayOptions, _typestore,
@@ -111,10 +112,14 @@ def plan_bag(bag: Path, topics: list[str] | None, label_topic: str | None) -> Ba
             counts = {t: available[t][1] for t in topics}
     except BagError as exc:
         raise EvalError(str(exc)) from exc
+    fps = {}
     with open_reader(bag) as raw:
-        duration = max(raw.duration * 1e-9, 1e-9)
         storage = bag_storage(raw)
-    fps = {t: max(1.0, (n - 1) / duration) if n > 1 else 17.0 for t, n in counts.items()}
+        for topic in topics:  # the recorded rate, from the first log times (gaps excluded)
+            connections = [c for c in raw.connections if c.topic == topic]
+            times = list(itertools.islice((log_ns for _, log_ns, _ in
+                                           raw.messages(connections=connections)), 32))
+            fps[topic] = recorded_fps(times)
     return BagPlan(storage, list(topics), label_topic, counts, label_stamps, fps)
 
 

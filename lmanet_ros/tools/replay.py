@@ -19,7 +19,7 @@ import importlib
 import math
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,8 @@ import numpy as np
 from lmanet_ros.bags import decode_message
 from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES, LABEL_ID_TO_TRAIN_ID
 from lmanet_ros.metrics import RunScore
-from lmanet_ros.report import VIDEO_FILE, OverlayVideo, build_metrics, progress, write_report
+from lmanet_ros.report import (VIDEO_FILE, OverlayVideo, build_metrics, progress, recorded_fps,
+                               write_report)
 from lmanet_ros.streams import MemoryPolicy, StreamState
 
 #: Message types treated as camera images (the default topics; lock-step waits on them).
@@ -212,48 +213,63 @@ class LiveVideo:
     """``overlay.mp4`` of a live run: input frames beside the overlays the node published.
 
     Frames are written in the order they were published, each once its input (given by the
-    replay) and the node's overlay of the same stamp are both known; a frame whose overlay never
-    comes is skipped and counted (``missing``).
+    replay) and the node's overlay of the same stamp are both known; frames of equal stamps are
+    matched first in, first out; a frame whose overlay never comes is skipped and counted
+    (``missing``). The video's frame rate is the recorded one: 1 / the median step between the
+    first input stamps (:data:`FPS_PROBE` of them), whatever the replay speed.
     """
 
-    def __init__(self, path: Path, fps: float) -> None:
-        self.video = OverlayVideo(path, fps)
-        self.order: list[int] = []
-        self.inputs: dict[int, np.ndarray] = {}
-        self.overlays: dict[int, np.ndarray] = {}
+    #: Input stamps from which the frame rate is taken before the first frame is written.
+    FPS_PROBE = 16
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.video: OverlayVideo | None = None
+        self.order: deque[tuple[int, np.ndarray]] = deque()
+        self.overlays: dict[int, deque[np.ndarray]] = {}
+        self.stamps: list[int] = []
+        self.frames = 0
         self.missing = 0
 
     def add_input(self, stamp_ns: int, rgb: np.ndarray) -> None:
         """A frame about to be published: (H, W, 3) uint8 RGB (grey is widened)."""
         if rgb.ndim == 2:
             rgb = np.repeat(rgb[..., None], 3, axis=2)
-        self.order.append(stamp_ns)
-        self.inputs[stamp_ns] = rgb
+        self.order.append((stamp_ns, rgb))
+        if len(self.stamps) < self.FPS_PROBE:
+            self.stamps.append(stamp_ns)
         self.flush()
 
     def add_overlay(self, stamp_ns: int, rgb: np.ndarray) -> None:
         """The node's overlay (rgb8) of ``stamp_ns``."""
-        self.overlays[stamp_ns] = rgb
+        self.overlays.setdefault(stamp_ns, deque()).append(rgb)
         self.flush()
 
     def flush(self, final: bool = False) -> None:
         """Write every frame at the head of the order that is complete (``final``: skip the
-        incomplete ones instead of waiting)."""
-        while self.order:
-            stamp = self.order[0]
-            overlay = self.overlays.get(stamp)
-            if overlay is None and not final:
+        incomplete ones instead of waiting). Waits for :data:`FPS_PROBE` inputs (or the end)
+        before the first frame."""
+        if self.video is None:
+            if len(self.stamps) < self.FPS_PROBE and not final:
                 return
-            self.order.pop(0)
-            rgb = self.inputs.pop(stamp)
-            if overlay is None:
+            self.video = OverlayVideo(self.path, recorded_fps(self.stamps))
+        while self.order:
+            stamp, rgb = self.order[0]
+            waiting = self.overlays.get(stamp)
+            if not waiting and not final:
+                return
+            self.order.popleft()
+            if not waiting:
                 self.missing += 1
                 continue
-            del self.overlays[stamp]
+            overlay = waiting.popleft()
+            if not waiting:
+                del self.overlays[stamp]
             if overlay.shape != rgb.shape:
                 overlay = cv2.resize(overlay, (rgb.shape[1], rgb.shape[0]),
                                      interpolation=cv2.INTER_NEAREST)
             self.video.write(rgb, overlay)
+            self.frames += 1
 
     @property
     def pending(self) -> int:
@@ -262,8 +278,11 @@ class LiveVideo:
 
     def close(self) -> None:
         """Write what is complete and finalise the file."""
-        self.flush(final=True)
-        self.video.close()
+        try:
+            self.flush(final=True)
+        finally:
+            if self.video is not None:
+                self.video.close()
 
 
 # -------------------------------------------------------------------------------------- node
@@ -480,9 +499,6 @@ def replay_bag(options: ReplayOptions, *, args: list[str] | None = None) -> Repl
         image_out = [options.remap.get(t, t) for t in topics if by_topic[t].msgtype in IMAGE_TYPES]
         total = sum(c.msgcount for c in reader.connections if c.topic in topics)
         storage = bag_storage(reader)
-        first = by_topic[topics[0]]
-        fps = (max(1.0, (first.msgcount - 1) / (reader.duration * 1e-9))
-               if first.msgcount > 1 and reader.duration > 0 else 17.0)
     watch_labels = options.lockstep or options.score_out is not None
     labels_topics = list(options.labels_topics) if watch_labels else []
     if watch_labels and len(labels_topics) not in (1, len(image_out)):
@@ -501,8 +517,7 @@ def replay_bag(options: ReplayOptions, *, args: list[str] | None = None) -> Repl
             raise ReplayError(f"the overlay video shows one camera; {len(image_out)} image "
                               f"topics are replayed: choose one with --topics")
         Path(options.score_out).mkdir(parents=True, exist_ok=True)
-        video = LiveVideo(Path(options.score_out) / VIDEO_FILE, fps * max(options.rate, 1.0)
-                          if options.rate > 0 else fps)
+        video = LiveVideo(Path(options.score_out) / VIDEO_FILE)
     outcome = ReplayOutcome()
     pending = _Pending()
     context_args = ["lmanet_replay", *(args or [])]
@@ -574,8 +589,11 @@ def replay_bag(options: ReplayOptions, *, args: list[str] | None = None) -> Repl
         outcome.labels_received = sum(pending.received.values())
         outcome.missing = sorted(k for k, n in pending.sent.items() if pending.received[k] < n)
         if video is not None:
-            video.close()
-            outcome.video_frames = video.video.frames
+            try:
+                video.close()
+            except (OSError, cv2.error) as exc:  # the scores are still written below
+                print(f"overlay video not written: {exc}", file=sys.stderr)
+            outcome.video_frames = video.frames
         if scorer is not None:
             outcome.report = scorer.write(
                 options.score_out, partial=outcome.interrupted or bool(outcome.missing),
