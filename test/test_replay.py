@@ -239,8 +239,9 @@ def test_lockstep_without_node_fails_clearly(ros, tmp_path, subscribed, message)
     topic = f"/lockstep_{int(subscribed)}/image"
     if subscribed:
         ros.subscribe(Image, topic)
+    # the replay's own node must discover the test's subscription first: allow for a busy host
     options = ReplayOptions(bag=bag, remap={IMAGE: topic}, lockstep=True, rate=0.0,
-                            labels_topics=["/nobody/labels"], startup_timeout=3.0)
+                            labels_topics=["/nobody/labels"], startup_timeout=8.0)
     with pytest.raises(ReplayError, match=message):
         replay_bag(options)
 
