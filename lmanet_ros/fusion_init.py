@@ -39,10 +39,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmanet_ros.models.temporal import SigmoidFusion
 
-__all__ = ["FUSION_INITS", "PcaInitReport", "pca_initialise_query_path", "sample_features"]
+__all__ = ["FUSION_INITS", "PcaInitReport", "pca_initialise_query_path", "sample_features",
+           "supports_pca"]
 
-#: ``--fusion-init`` choices: ``pca`` (above) or ``random`` (the release's initialisation).
-FUSION_INITS = ("pca", "random")
+#: ``--fusion-init`` choices: ``pca`` (above), ``random`` (the release's initialisation) or
+#: ``auto`` (``pca`` where :func:`supports_pca`, else ``random``).
+FUSION_INITS = ("auto", "pca", "random")
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ class PcaInitReport:
                 f"the variance, relative reconstruction error {self.reconstruction_error:.3f}")
 
 
-def _supports_pca(module: nn.Module) -> bool:
+def supports_pca(module: nn.Module) -> bool:
+    """Whether :func:`pca_initialise_query_path` applies to the temporal module ``module``."""
     fusion = getattr(module, "memory_fusion", None)
     key_value = getattr(module, "kv_Q_r4", None)
     return (isinstance(fusion, SigmoidFusion) and key_value is not None
@@ -93,7 +96,7 @@ def pca_initialise_query_path(module: nn.Module, features: torch.Tensor, *, shif
         ValueError: the module has another fusion, or ``features`` has the wrong shape or fewer
             vectors than components.
     """
-    if not _supports_pca(module):
+    if not supports_pca(module):
         raise ValueError(f"PCA initialisation needs LMANet's sigmoid-do1 fusion (ERFNet); "
                          f"{type(module).__name__} has "
                          f"{type(getattr(module, 'memory_fusion', None)).__name__}: use 'random'")

@@ -17,10 +17,11 @@ Where we differ from the release, on purpose and switchable:
   release keeps the whole model in train mode, so those statistics drift towards the fused
   features, which also changes what the decoder does on the first frame of a stream (no memory).
   ``frozen_mode="train"`` reproduces the release.
-- ``fusion_init="pca"`` (default) starts the query path (``kv_Q_r4.Value`` and the fusion) as
-  a PCA pass-through of the encoder features, so that the untrained LMANet is nearly the
-  single-frame network (:mod:`lmanet_ros.fusion_init` says why and how); ``random`` keeps the
-  release's initialisation. Only initial values differ; the architecture does not.
+- ``fusion_init="pca"`` (what the default ``auto`` picks for ERFNet's fusion) starts the query
+  path (``kv_Q_r4.Value`` and the fusion) as a PCA pass-through of the encoder features, so that
+  the untrained LMANet is nearly the single-frame network (:mod:`lmanet_ros.fusion_init` says
+  why and how); ``random`` keeps the release's initialisation. Only initial values differ; the
+  architecture does not.
 - Class weights: ``erfnet`` is the ERFNet paper's fixed table for Cityscapes (the release's);
   ``frequency`` computes the same ENet-style formula w_c = 1 / ln(1.10 + p_c) from the pixel
   frequencies p_c of the training labels (what the table is, for Cityscapes), which suits other
@@ -61,7 +62,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lmanet_ros.classes import ClassSet
-from lmanet_ros.fusion_init import FUSION_INITS, pca_initialise_query_path, sample_features
+from lmanet_ros.fusion_init import (FUSION_INITS, pca_initialise_query_path,
+                                    sample_features, supports_pca)
 from lmanet_ros.datasets import (DATASET_KINDS, ClipDataset, build_clip_dataset,
                                  label_histogram)
 from lmanet_ros.models import build_model, load_checkpoint, save_checkpoint
@@ -164,7 +166,7 @@ class TrainConfig:
     first_target: int | None = None
     class_weighting: str = "auto"
     frozen_mode: str = "eval"
-    fusion_init: str = "pca"
+    fusion_init: str = "auto"
     checkpoint_every_min: float = 10.0
     progress: bool = True
     ddp_procs: int = 1
@@ -506,6 +508,14 @@ class _Trainer:
                                  memory_length=config.memory_length).to(self.device)
         self.temporal = self.model.info.temporal
         self.init_report: str | None = None
+        self.fusion_init_used: str | None = None  # "auto" resolved; None: no temporal module
+        if self.temporal:
+            supported = supports_pca(self.model.temporal_module)
+            if config.fusion_init == "pca" and not supported:
+                raise TrainingError(f"--fusion-init pca needs ERFNet's sigmoid-do1 fusion; "
+                                    f"'{config.model}' has another: use --fusion-init random")
+            self.fusion_init_used = ("pca" if config.fusion_init != "random" and supported
+                                     else "random")
         self.state: dict[str, Any] = dict(epoch=0, epoch_images=0, epoch_loss_sum=0.0,
                                           epoch_loss_count=0, images_seen=0, frames_seen=0,
                                           train_seconds=0.0, wall_seconds=0.0, val_miou=None,
@@ -514,7 +524,7 @@ class _Trainer:
         if resume_state is None:
             self._initialise_weights()
         if self.temporal:
-            for part in (self.model.encoder, self.model.decoder):
+            for part in self.model.single_frame_modules:
                 part.requires_grad_(False)
         self.unused = self._freeze_unused_parameters()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -576,7 +586,7 @@ class _Trainer:
         # Strict: a single-frame checkpoint loads into LMANet (its temporal parts stay as
         # initialised); any other missing or unexpected key raises CheckpointError.
         self.init_report = load_checkpoint(self.model, config.init, strict=True).summary()
-        if self.temporal and config.fusion_init == "pca":
+        if self.fusion_init_used == "pca":
             features = sample_features(self.model, self.train_set, images=PCA_INIT_IMAGES,
                                        max_vectors=PCA_INIT_VECTORS, seed=config.seed,
                                        device=self.device)
@@ -661,7 +671,7 @@ class _Trainer:
             "val_miou": self.state["val_miou"],
             "class_weighting": self.weighting_used,
             "frozen_mode": config.frozen_mode if self.temporal else None,
-            "fusion_init": config.fusion_init if self.temporal else None,
+            "fusion_init": self.fusion_init_used,
             "init": None if config.init is None else str(config.init),
             "seed": config.seed,
         }
@@ -676,8 +686,8 @@ class _Trainer:
     def _set_train_mode(self) -> None:
         self.net.train()
         if self.temporal and self.config.frozen_mode == "eval":
-            self.model.encoder.eval()
-            self.model.decoder.eval()
+            for part in self.model.single_frame_modules:
+                part.eval()
 
     def _batches(self, epoch: int) -> DataLoader:
         """The loader of ``epoch``, skipping what this rank already did (mid-epoch resume)."""

@@ -184,6 +184,24 @@ def test_fusion_init_pca_starts_lmanet_near_its_single_frame_network(data, erfne
     assert errors["pca"] < 0.02 and errors["pca"] < errors["random"] / 5
 
 
+def test_pspnet_lmanet_freezes_its_neck_and_refuses_a_pca_start(data, tmp_path):
+    """LMANet on PSPNet: encoder, pyramid pooling and classifier frozen; `auto` starts randomly."""
+    init = tmp_path / "pspnet50.safetensors"
+    save_checkpoint(build_model("pspnet50"), init)
+    with pytest.raises(TrainingError, match="--fusion-init random"):
+        train(config(data, tmp_path / "pca", model="lmanet_pspnet50", init=init,
+                     fusion_init="pca", max_images=2))
+    settings = config(data, tmp_path / "auto", model="lmanet_pspnet50", init=init, max_images=2)
+    trainer = training._Trainer(settings, training._Context(0, 1, 0))
+    assert trainer.fusion_init_used == "random"
+    frozen = {name for name, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert any(name.startswith("ppm.") for name in frozen)
+    assert all(name.startswith(("encoder.", "ppm.", "decoder.", "memory_fusion.conv_layer_2"))
+               for name in frozen)
+    trainer._set_train_mode()
+    assert not trainer.model.ppm.training and trainer.model.memory_fusion.training
+
+
 def test_lmanet_needs_init_and_a_memory(data, tmp_path):
     with pytest.raises(TrainingError, match="--init"):
         train(config(data, tmp_path, model="lmanet_erfnet"))

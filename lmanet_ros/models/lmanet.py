@@ -134,6 +134,14 @@ class Segmenter(nn.Module):
 
     # ------------------------------------------------------------------ description
     @property
+    def single_frame_modules(self) -> tuple[nn.Module, ...]:
+        """The single-frame network's parts: encoder, neck (e.g. PSPNet's ``ppm``), decoder.
+
+        LMANet training freezes these and trains only what lies between them.
+        """
+        return (self.encoder, *(getattr(self, name) for name in self._neck_names), self.decoder)
+
+    @property
     def memory_length(self) -> int:
         return 0
 

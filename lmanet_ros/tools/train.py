@@ -90,9 +90,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="lmanet: frozen encoder/decoder in eval mode (BN statistics fixed, "
                              "dropout off) or in train mode as in the release (statistics "
                              "drift); default: eval")
-    recipe.add_argument("--fusion-init", choices=FUSION_INITS, default="pca",
+    recipe.add_argument("--fusion-init", choices=FUSION_INITS, default="auto",
                         help="lmanet: start the query path as a PCA pass-through of the encoder "
-                             "features (pca, default) or randomly as in the release (random)")
+                             "features (pca) or randomly as in the release (random); auto "
+                             "(default): pca where the fusion allows it (ERFNet), else random")
     recipe.add_argument("--seed", type=int, default=0,
                         help="seed of initial weights, sample order and augmentation (default: 0)")
 
