@@ -3,6 +3,7 @@
 The node is started with the launch argument image:=cam0/image_raw (a remap), live defaults."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -60,12 +61,16 @@ def test_remapped_input_topic_is_used(rig):
 
 
 def test_diagnostics_name_the_attention_backend_and_normalisation(rig):
+    from lmanet_ros.models import _attention_ext
     from lmanet_ros.models.attention import attention_backend
 
     values = wait_until(lambda: next((v for v in (model_values(m, rig.node.fqn)
                                                   for m in reversed(rig.diagnostics.messages))
                                       if v), None), 30.0, what="a model diagnostics status")
     assert values["attention"] == attention_backend()   # fp32 lmanet_erfnet on the CPU
+    if _attention_ext.load()[0] and os.environ.get("LMANET_ATTENTION", "auto") == "auto":
+        # the set-up builds the kernel: the node must take it
+        assert values["attention"].startswith("compiled (")
     assert values["normalisation"] == "none (RGB in [0, 1])"
 
 

@@ -40,7 +40,7 @@ from lmanet_ros.models.registry import model_entry
 from lmanet_ros.report import (METRICS_FILE, VIDEO_FILE, OverlayVideo, build_metrics, progress,
                                recorded_fps, safe_name, write_json, write_report)
 from lmanet_ros.streams import MemoryPolicy
-from lmanet_ros.tools.common import parse_size
+from lmanet_ros.tools.common import int_at_least, parse_size
 from lmanet_ros.tools.replay import (SCENE_CUTS, ReplayError, ReplayOptions, _typestore,
                                      add_replay_arguments, bag_storage, open_reader,
                                      parse_remaps, replay_bag, report_outcome)
@@ -355,8 +355,8 @@ def evaluate(args: argparse.Namespace) -> EvalOutcome:
 
     def policy_for(name: str) -> MemoryPolicy:  # --memory-length, else the model's own T
         return MemoryPolicy(max_gap=args.max_gap, stride=args.memory_stride,
-                            memory_length=args.memory_length
-                            or model_entry(name).default_memory_length)
+                            memory_length=model_entry(name).default_memory_length
+                            if args.memory_length is None else args.memory_length)
     timing = {"setup_s": 0.0, "decode_s": 0.0, "model_s": 0.0, "metrics_s": 0.0,
               "output_bag_s": 0.0, "video_s": 0.0, "outputs_drain_s": 0.0, "report_s": 0.0}
     pipelines = []
@@ -592,7 +592,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="network input size (default: each frame's size), as the node's "
                        "input_height/input_width")
     memory = parser.add_argument_group("memory rules (as the node's memory.* parameters)")
-    memory.add_argument("--memory-length", type=int, default=None,
+    memory.add_argument("--memory-length", type=int_at_least(1), default=None,
                         help="frames in the memory (default: the model's, 4 for lmanet_erfnet, "
                              "3 for lmanet_pspnet*)")
     memory.add_argument("--max-gap", type=float, default=1.0,
