@@ -43,7 +43,6 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from lmanet_ros import demo_models, imaging
-from lmanet_ros.models.attention import attention_backend
 from lmanet_ros.params import (INPUT_PARAMS, MEMORY_PARAMS, SPEC_BY_NAME, SPECS, Settings,
                                descriptor, is_default_classes, validate)
 
@@ -91,6 +90,14 @@ WARMUP_SIZE = (64, 128)
 OUTPUTS = ("labels", "color", "overlay", "confidence")
 #: Seconds to wait at shutdown for the inference in progress to finish.
 STOP_TIMEOUT_S = 4.0
+
+
+def memory_frames(settings: Settings) -> int:
+    """The memory length in force: ``memory.length``, or the model's own T when it is 0."""
+    if settings.memory_length:
+        return settings.memory_length
+    from lmanet_ros.models.registry import model_entry
+    return model_entry(settings.model).default_memory_length
 
 
 class StartupError(RuntimeError):
@@ -496,9 +503,9 @@ class LmanetNode(Node):
             return
         changed = {name for name in changes if old.value(name) != new.value(name)}
         if changed & MEMORY_PARAMS:
-            if old.memory_length != new.memory_length:
-                self.get_logger().info(f"memory.length {old.memory_length} -> "
-                                       f"{new.memory_length}: every camera's memory is reset")
+            if memory_frames(old) != memory_frames(new):
+                self.get_logger().info(f"memory.length {memory_frames(old)} -> "
+                                       f"{memory_frames(new)}: every camera's memory is reset")
             pipeline.set_policy(self._policy(new))
         if {"input_height", "input_width"} & changed:
             if new.input_size != pipeline.input_size:
@@ -533,7 +540,7 @@ class LmanetNode(Node):
     def _policy(settings: Settings):
         from lmanet_ros.streams import MemoryPolicy
         return MemoryPolicy(max_gap=settings.memory_max_gap, stride=settings.memory_stride,
-                            memory_length=settings.memory_length)
+                            memory_length=memory_frames(settings))
 
     @staticmethod
     def _class_set(settings: Settings):
@@ -983,7 +990,7 @@ class LmanetNode(Node):
             msg.header.stamp = stamp
             msg.model_name = pipeline.info.name
             msg.checkpoint_id = pipeline.checkpoint_id
-            msg.memory_length = self._settings.memory_length if pipeline.info.temporal else 0
+            msg.memory_length = memory_frames(self._settings) if pipeline.info.temporal else 0
             msg.classes = [ClassInfo(id=index, name=name, r=int(rgb[0]), g=int(rgb[1]),
                                      b=int(rgb[2]))
                            for index, (name, rgb) in enumerate(zip(classes.names,
@@ -1022,6 +1029,7 @@ class LmanetNode(Node):
             return f"torch ({pipeline.device.type})"
         if pipeline.precision != "fp32":
             return f"torch ({pipeline.precision})"
+        from lmanet_ros.models.attention import attention_backend
         return attention_backend()
 
     def _model_status(self, settings: Settings) -> DiagnosticStatus:
@@ -1035,7 +1043,7 @@ class LmanetNode(Node):
             "model": pipeline.info.name, "checkpoint": settings.checkpoint or "(none)",
             "checkpoint_id": pipeline.checkpoint_id, "device": str(pipeline.device),
             "precision": settings.precision, "classes": len(pipeline.classes),
-            "memory_length": settings.memory_length if pipeline.info.temporal else 0,
+            "memory_length": memory_frames(settings) if pipeline.info.temporal else 0,
             "memory_max_gap_s": settings.memory_max_gap, "memory_stride": settings.memory_stride,
             "processing_mode": settings.processing_mode,
             "input_size": self._size_text(settings),
@@ -1075,7 +1083,7 @@ class LmanetNode(Node):
             "processing_errors": snap["errors"], "last_error": snap["last_error"],
             "duplicates": snap["duplicates"],
             "memory_fill": snap["memory_fill"],
-            "memory_length": settings.memory_length,
+            "memory_length": memory_frames(settings),
             "last_batch_size": snap["batch_size"],
             "frames_batched": snap["batched"],
             "frames_rendered": snap["rendered"],
@@ -1102,7 +1110,7 @@ class LmanetNode(Node):
             status.level = DiagnosticStatus.OK
             status.message = (f"{values['input_rate_hz']} Hz in, {values['processed_rate_hz']} "
                               f"Hz processed, memory {snap['memory_fill']}/"
-                              f"{settings.memory_length}")
+                              f"{memory_frames(settings)}")
         return status
 
     # --------------------------------------------------------------------------------- shutdown

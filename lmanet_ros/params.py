@@ -99,10 +99,10 @@ SPECS: tuple[ParamSpec, ...] = (
               "frame's own size.", int_range=(0, 8192),
               constraints="used only when both input_height and input_width are positive"),
     # -- the temporal memory --------------------------------------------------------------------
-    ParamSpec("memory.length", 4,
-              "Frames held by each camera's temporal memory (the published evaluations use 4 "
-              "with ERFNet and 3 with PSPNet). A change clears every memory (reset reason "
-              "'parameter').", int_range=(1, 32)),
+    ParamSpec("memory.length", 0,
+              "Frames held by each camera's temporal memory; 0: the model's own (4 for "
+              "lmanet_erfnet, 3 for lmanet_pspnet*, as in the published evaluations). A change "
+              "clears every memory (reset reason 'parameter').", int_range=(0, 32)),
     ParamSpec("memory.max_gap", 1.0,
               "Largest gap in seconds between two processed frames of a camera that keeps its "
               "memory; a larger gap clears it (reason 'gap'). 0 disables the rule.",
@@ -279,7 +279,7 @@ class Settings:
     num_threads: int = 0
     input_height: int = 0
     input_width: int = 0
-    memory_length: int = 4
+    memory_length: int = 0
     memory_max_gap: float = 1.0
     memory_stride: int = 1
     class_names: tuple[str, ...] = CITYSCAPES_CLASS_NAMES

@@ -42,9 +42,18 @@ def test_descriptors_carry_ranges_and_read_only():
     alpha = descriptor(SPEC_BY_NAME["overlay_alpha"]).floating_point_range[0]
     assert (alpha.from_value, alpha.to_value) == (0.0, 1.0)
     length = descriptor(SPEC_BY_NAME["memory.length"]).integer_range[0]
-    assert length.from_value == 1
+    assert (length.from_value, length.to_value) == (0, 32)  # 0: the model's own T
     assert "latest" in descriptor(SPEC_BY_NAME["processing_mode"]).additional_constraints
     assert all(descriptor(spec).description for spec in SPECS)
+
+
+def test_memory_length_zero_means_the_models_own():
+    from lmanet_ros.node import memory_frames
+    from lmanet_ros.params import Settings
+
+    assert memory_frames(Settings()) == 4                              # lmanet_erfnet
+    assert memory_frames(Settings(model="lmanet_pspnet101")) == 3     # the release's T
+    assert memory_frames(Settings(model="lmanet_pspnet101", memory_length=5)) == 5
 
 
 @pytest.mark.parametrize("changes, needle", [
@@ -61,7 +70,7 @@ def test_descriptors_carry_ranges_and_read_only():
     ({"cameras": ["front/left"]}, "not a valid topic name"),
     ({"device": "tpu"}, "device must be"),
     ({"precision": "int8"}, "precision must be one of"),
-    ({"memory.length": 0}, "memory.length must be in [1, 32]"),
+    ({"memory.length": 33}, "memory.length must be in [0, 32]"),
 ])
 def test_validate_refuses_with_a_reason(changes, needle):
     reason = validate(changes, Settings().as_dict(), num_classes=20)
