@@ -71,6 +71,7 @@ from lmanet_ros.models import Memory, build_model, list_models  # noqa: E402
 from lmanet_ros.models.attention import (BACKEND_ENV, BACKENDS, DEFAULT_RADIUS,  # noqa: E402
                                          attention_backend, local_memory_attention)
 from lmanet_ros.models.registry import model_entry  # noqa: E402
+from lmanet_ros.sizes import size_type  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Attention-only cases: name -> (Ck, Cv, feature height, feature width, T).
@@ -81,15 +82,7 @@ ATTENTION_CASES = {
 }
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'512x1024' -> (512, 1024)."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 512x1024, got '{text}'") from None
-    if height < 8 or width < 8:
-        raise argparse.ArgumentTypeError(f"size must be at least 8x8, got '{text}'")
-    return height, width
+parse_size = size_type(minimum=8)
 
 
 def parse_list(kind):

@@ -15,21 +15,24 @@ Stages, each timed separately (:class:`StageTimes`):
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lmanet_ros.classes import ClassSet
-from lmanet_ros.demo_models import resolve_checkpoint
+from lmanet_ros.devices import DeviceError, resolve_device
 from lmanet_ros.models import build_model, load_checkpoint
+from lmanet_ros.models.checkpoint import LoadReport
 from lmanet_ros.models.memory import Memory
+from lmanet_ros.models.weights import (Weights, resolve_checkpoint, resolve_memory_length,
+                                       trained_input_size)
 from lmanet_ros.streams import MemoryPolicy, ResetReason, StreamState, StreamStats
 
 PRECISIONS: dict[str, torch.dtype] = {
@@ -47,13 +50,13 @@ class Frame:
     Attributes:
         stream: the stream (camera) name; each stream has its own memory.
         image: RGB image, (H, W, 3) uint8.
-        stamp: capture time in seconds (the header stamp).
+        stamp_ns: capture time in integer nanoseconds (the header stamp; compared exactly).
         frame_id: the header frame_id (a change resets the memory).
     """
 
     stream: str
     image: np.ndarray
-    stamp: float
+    stamp_ns: int
     frame_id: str = ""
 
 
@@ -97,35 +100,12 @@ class Result:
     timings: StageTimes
 
 
-def resolve_device(spec: str) -> torch.device:
-    """Turn ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` into a device, failing fast if absent."""
-    spec = spec.strip().lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _device(spec: str) -> torch.device:
+    """:func:`~lmanet_ros.devices.resolve_device`, its error raised as a PipelineError."""
     try:
-        device = torch.device(spec)
-    except RuntimeError as exc:
-        raise PipelineError(
-            f"device '{spec}' is not valid (use auto, cpu, cuda or cuda:N)") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise PipelineError(f"device '{spec}' requested but CUDA is not available "
-                                f"(torch {torch.__version__}, {torch.cuda.device_count()} GPUs)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise PipelineError(f"device '{spec}' requested but only "
-                                f"{torch.cuda.device_count()} CUDA devices exist")
-    elif device.type != "cpu":
-        raise PipelineError(f"device '{spec}' is not supported (use auto, cpu, cuda or cuda:N)")
-    return device
-
-
-def file_id(path: str | Path) -> str:
-    """First 16 hex digits of the sha256 of a file: the checkpoint id in metadata and reports."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+        return resolve_device(spec)
+    except DeviceError as exc:
+        raise PipelineError(str(exc)) from exc
 
 
 class SegmentationPipeline:
@@ -136,24 +116,30 @@ class SegmentationPipeline:
     """
 
     def __init__(self, model: torch.nn.Module, *, device: torch.device | str = "cpu",
-                 precision: str = "fp32", input_size: tuple[int, int] = (0, 0),
-                 policy: MemoryPolicy | None = None, classes: ClassSet | None = None,
-                 checkpoint_id: str = "random-init") -> None:
+                 precision: str = "fp32", input_size: tuple[int, int] | None = None,
+                 memory_length: int | None = None, policy: MemoryPolicy | None = None,
+                 classes: ClassSet | None = None, checkpoint_id: str = "random-init",
+                 trained_size: tuple[int, int] | None = None,
+                 default_memory_length: int | None = None) -> None:
         """Wrap ``model`` (moved to ``device`` and ``precision``, put in eval mode).
 
         Args:
             model: a network of :mod:`lmanet_ros.models` (has ``info`` and ``step``).
             device: where to run; a string is resolved with :func:`resolve_device`.
             precision: ``fp32``, ``fp16`` or ``bf16`` (weights, activations and memory).
-            input_size: (height, width) the network sees in pixels; (0, 0) = the frame's size.
-            policy: the memory policy; its memory_length is applied to the model. None: the
-                default policy with the model's own memory length.
+            input_size: (height, width) the network sees in pixels; (0, 0) = each frame's own
+                size; None = ``trained_size`` when known, else (0, 0).
+            memory_length: frames T the memory holds; None or 0 = ``default_memory_length``.
+            policy: the memory policy (gap and stride rules); None = the defaults.
             classes: class names and colours; the first K logits are used (default Cityscapes).
             checkpoint_id: identifies the weights in reports and metadata.
+            trained_size: (height, width) the weights were trained at, if known (metadata).
+            default_memory_length: T when none is given; None = the model's own T. Built by
+                :meth:`from_pretrained` from the checkpoint's metadata.
         """
         if precision not in PRECISIONS:
             raise PipelineError(f"precision '{precision}' is not one of {sorted(PRECISIONS)}")
-        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.device = _device(device) if isinstance(device, str) else device
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
@@ -163,53 +149,67 @@ class SegmentationPipeline:
             raise PipelineError(f"{len(self.classes.names)} class names given but model "
                                 f"'{self.info.name}' has {self.info.num_classes} outputs")
         self.checkpoint_id = checkpoint_id
-        self.load_report = None
+        #: The loader's report (None for random weights); the file's sha256 is in it.
+        self.load_report: LoadReport | None = None
+        #: The weights file that was loaded (None: random weights or a state_dict mapping).
+        self.checkpoint_path: Path | None = None
+        #: The packaged weights' record when the checkpoint was a tag such as ``demo``.
+        self.weights: Weights | None = None
+        self.trained_size = trained_size
+        self._default_memory_length = (
+            0 if not self.info.temporal
+            else default_memory_length or model.memory_length)
         self._streams: dict[str, StreamState] = {}
         self._streams_lock = threading.Lock()
-        if policy is None:
-            policy = (MemoryPolicy(memory_length=model.memory_length) if self.info.temporal
-                      else MemoryPolicy())
-        self._policy = policy
+        self._policy = policy if policy is not None else MemoryPolicy()
+        self._memory_length = 0
+        self.set_memory_length(memory_length)
         self._input_size = (0, 0)
         self.set_input_size(input_size)
-        if self.info.temporal:
-            self.model.memory_length = policy.memory_length
 
     @classmethod
-    def from_pretrained(cls, model_name: str, checkpoint: str | Path | None = None, *,
+    def from_pretrained(cls, model_name: str,
+                        checkpoint: str | Path | Mapping[str, Any] | None = None, *,
                         device: str = "auto", precision: str = "fp32", num_threads: int = 0,
-                        input_size: tuple[int, int] = (0, 0),
-                        policy: MemoryPolicy | None = None,
+                        input_size: tuple[int, int] | None = None,
+                        memory_length: int | None = None, policy: MemoryPolicy | None = None,
                         classes: ClassSet | None = None) -> "SegmentationPipeline":
-        """Build the named model, load ``checkpoint`` (None = random weights; ``demo`` = the
-        packaged demo weights of the model, :mod:`lmanet_ros.demo_models`) and wrap it.
+        """Build the named model, load ``checkpoint`` and wrap it.
 
-        ``policy`` None: the default policy with the model's default memory length (4 for
-        ``lmanet_erfnet``, 3 for ``lmanet_pspnet101``).
+        ``checkpoint``: a file, a state_dict mapping, None (random weights) or a weights tag
+        (``demo``: the packaged demo weights of the model, :mod:`lmanet_ros.models.weights`). It
+        is resolved, read and hashed once, here.
 
-        Class metadata stored in the checkpoint is used unless ``classes`` is given. The load
-        report is kept as ``self.load_report`` (None for random weights).
+        What is not given comes from the checkpoint's metadata, then from the model: the memory
+        length (:func:`~lmanet_ros.models.weights.resolve_memory_length`), the input size (the
+        trained size; else each frame's own), the classes. The load report is kept as
+        ``self.load_report`` (None for random weights).
 
         Raises:
-            PipelineError: bad device or precision; ValueError: unknown model name; the
-            checkpoint loader's errors for a missing or mismatched checkpoint.
+            PipelineError: bad device or precision; ValueError: unknown model name or bad
+            metadata; the checkpoint loader's errors for a missing or mismatched checkpoint.
         """
-        target = resolve_device(device)
+        target = _device(device)
         if num_threads > 0:
             torch.set_num_threads(num_threads)
-        model = build_model(model_name,
-                            memory_length=None if policy is None else policy.memory_length)
-        report = None
-        checkpoint_id = "random-init"
-        checkpoint = resolve_checkpoint(model_name, checkpoint)
-        if checkpoint:
-            report = load_checkpoint(model, checkpoint)
-            checkpoint_id = file_id(checkpoint) if Path(checkpoint).is_file() else "state-dict"
-            if classes is None and report.metadata.get("classes"):
-                classes = ClassSet.from_metadata(report.metadata["classes"])
+        source, weights = resolve_checkpoint(model_name, checkpoint)
+        model = build_model(model_name)
+        report = load_checkpoint(model, source) if source is not None else None
+        metadata = report.metadata if report is not None else {}
+        if classes is None and metadata.get("classes"):
+            classes = ClassSet.from_metadata(metadata["classes"])
+        if report is None:
+            checkpoint_id = "random-init"
+        else:
+            checkpoint_id = report.sha256[:16] if report.sha256 else "state-dict"
         pipeline = cls(model, device=target, precision=precision, input_size=input_size,
-                       policy=policy, classes=classes, checkpoint_id=checkpoint_id)
+                       memory_length=memory_length, policy=policy, classes=classes,
+                       checkpoint_id=checkpoint_id, trained_size=trained_input_size(metadata),
+                       default_memory_length=resolve_memory_length(model_name, None, metadata))
         pipeline.load_report = report
+        pipeline.weights = weights
+        if report is not None and report.sha256:
+            pipeline.checkpoint_path = Path(source)
         return pipeline
 
     # ----------------------------------------------------------------- configuration (any thread)
@@ -219,20 +219,48 @@ class SegmentationPipeline:
         return self._policy
 
     def set_policy(self, policy: MemoryPolicy) -> None:
-        """Change the memory policy; a new memory length resets every stream (``parameter``)."""
-        changed_length = policy.memory_length != self._policy.memory_length
+        """Change the gap and stride rules (the memories are kept)."""
         self._policy = policy
-        if changed_length and self.info.temporal:
-            self.model.memory_length = policy.memory_length
-            self.reset(reason=ResetReason.PARAMETER.value)
+
+    @property
+    def memory_length(self) -> int:
+        """Frames T the memory holds now (0 for a single-frame model): the value in force."""
+        return self._memory_length
+
+    @property
+    def default_memory_length(self) -> int:
+        """T when none is given: the checkpoint metadata's, else the model's own (0: single)."""
+        return self._default_memory_length
+
+    def set_memory_length(self, length: int | None) -> None:
+        """Set T (None or 0: :attr:`default_memory_length`); a change resets every stream
+        (``parameter``). Ignored by single-frame models (T stays 0).
+
+        Raises:
+            ValueError: a negative length.
+        """
+        if length is not None and length < 0:
+            raise ValueError(f"memory length must be >= 0, got {length}")
+        if not self.info.temporal:
+            return
+        length = length or self._default_memory_length
+        if length != self._memory_length:
+            first = self._memory_length == 0
+            self._memory_length = length
+            self.model.memory_length = length
+            if not first:
+                self.reset(reason=ResetReason.PARAMETER.value)
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """Network input (height, width) in pixels; (0, 0) = each frame's own size."""
+        """Network input (height, width) in pixels in force; (0, 0) = each frame's own size."""
         return self._input_size
 
-    def set_input_size(self, size: tuple[int, int]) -> None:
-        """Set the network input size; the memories are cleared (``parameter``) on a change."""
+    def set_input_size(self, size: tuple[int, int] | None) -> None:
+        """Set the network input size (None: the trained size when known, else (0, 0) = each
+        frame's own); the memories are cleared (``parameter``) on a change."""
+        if size is None:
+            size = self.trained_size or (0, 0)
         height, width = (int(v) for v in size)
         if (height == 0) != (width == 0) or height < 0 or width < 0:
             raise ValueError(f"input size must be (0, 0) or two positive ints, got {size}")
@@ -315,7 +343,7 @@ class SegmentationPipeline:
             with self._streams_lock:
                 state = self._state(frame.stream)
             size = frame.image.shape[:2]
-            admission = state.admit(frame.stamp, size, frame.frame_id, self._policy)
+            admission = state.admit(frame.stamp_ns, size, frame.frame_id, self._policy)
             start = time.perf_counter()
             x = self._preprocess(frame.image)
             prep_ms = (time.perf_counter() - start) * 1e3

@@ -21,6 +21,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmanet_ros.stamps import seconds_to_ns
+
 
 class ResetReason(str, enum.Enum):
     """Why a stream's memory was cleared; the value is what logs and diagnostics show."""
@@ -37,22 +39,26 @@ class ResetReason(str, enum.Enum):
 class MemoryPolicy:
     """How the temporal memory of every stream is fed and when it is cleared.
 
+    The memory length T is not part of the policy: the pipeline holds the value in force
+    (:func:`lmanet_ros.models.weights.resolve_memory_length` decides it).
+
     Attributes:
         max_gap: largest gap in seconds between two processed frames that keeps the memory;
             ``<= 0`` disables the rule.
         stride: store every ``stride``-th processed frame in the memory (1 = every frame).
-        memory_length: frames the memory holds (T); the oldest is dropped beyond it.
     """
 
     max_gap: float = 1.0
     stride: int = 1
-    memory_length: int = 4
 
     def __post_init__(self) -> None:
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
-        if self.memory_length < 1:
-            raise ValueError(f"memory_length must be >= 1, got {self.memory_length}")
+
+    @property
+    def max_gap_ns(self) -> int:
+        """``max_gap`` in integer nanoseconds (``<= 0``: the rule is off)."""
+        return seconds_to_ns(self.max_gap)
 
 
 @dataclass
@@ -98,7 +104,7 @@ class StreamState:
         self.name = name
         self.memory: Any = None
         self.stats = StreamStats()
-        self._last_stamp: float | None = None
+        self._last_stamp: int | None = None
         self._last_size: tuple[int, int] | None = None
         self._last_frame_id: str | None = None
         self._since_reset = 0
@@ -110,12 +116,13 @@ class StreamState:
         with self._lock:
             self._pending_reset = reason
 
-    def admit(self, stamp: float, size: tuple[int, int], frame_id: str,
+    def admit(self, stamp_ns: int, size: tuple[int, int], frame_id: str,
               policy: MemoryPolicy) -> Admission:
         """Apply the reset rules for a frame about to be processed and update the bookkeeping.
 
         Args:
-            stamp: the frame's header stamp in seconds.
+            stamp_ns: the frame's header stamp in integer nanoseconds (compared exactly:
+                frames 1 ns apart are distinct, a stamp 1 ns earlier is a jump back).
             size: (height, width) of the frame in pixels.
             frame_id: the frame's header frame_id.
             policy: the memory policy in force.
@@ -124,16 +131,16 @@ class StreamState:
             reason, self._pending_reset = self._pending_reset, None
         duplicate = False
         if self._last_stamp is not None:
-            duplicate = stamp == self._last_stamp
+            duplicate = stamp_ns == self._last_stamp
             if reason is not None:
                 pass
-            elif stamp < self._last_stamp:
+            elif stamp_ns < self._last_stamp:
                 reason = ResetReason.TIME_JUMP_BACK.value
             elif size != self._last_size:
                 reason = ResetReason.SIZE_CHANGE.value
             elif frame_id != self._last_frame_id:
                 reason = ResetReason.FRAME_ID_CHANGE.value
-            elif policy.max_gap > 0 and stamp - self._last_stamp > policy.max_gap:
+            elif policy.max_gap > 0 and stamp_ns - self._last_stamp > policy.max_gap_ns:
                 reason = ResetReason.GAP.value
         if reason is not None:
             self.memory = None
@@ -141,7 +148,7 @@ class StreamState:
             self.stats.resets[reason] = self.stats.resets.get(reason, 0) + 1
         store = self._since_reset % policy.stride == 0
         self._since_reset += 1
-        self._last_stamp, self._last_size, self._last_frame_id = stamp, size, frame_id
+        self._last_stamp, self._last_size, self._last_frame_id = stamp_ns, size, frame_id
         self.stats.processed += 1
         self.stats.duplicates += int(duplicate)
         self.stats.stored += int(store)

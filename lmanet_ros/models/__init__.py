@@ -6,18 +6,23 @@ Models return ``num_classes`` (20) logit channels: 19 Cityscapes trainIds and a 
 RGB in [0, 1] of any size and normalises and pads it itself (``model.info`` says how).
 
 Public entry points: :func:`build_model`, :func:`list_models`, :func:`load_checkpoint`,
-:func:`save_checkpoint`, :class:`Memory`, :class:`ModelInfo`.
+:func:`save_checkpoint`, :class:`Memory`, :class:`ModelInfo`, and weights as data
+(:mod:`lmanet_ros.models.weights`: :func:`get_weights`, :func:`resolve_checkpoint`,
+:func:`resolve_memory_length`).
 """
 from .attention import local_memory_attention, local_memory_attention_reference
 from .checkpoint import CheckpointError, LoadReport, load_checkpoint, save_checkpoint
-from .lmanet import ModelInfo, Segmenter, SingleFrameSegmenter, TemporalSegmenter
+from .segmenter import ModelInfo, Segmenter, SingleFrameSegmenter, TemporalSegmenter
 from .memory import Memory
 from .registry import build_model, list_models, register_model
 from .temporal import LocalMemoryModule, TemporalModule
+from .weights import (DEMO, Weights, get_weights, list_weights, models_with_weights,
+                      resolve_checkpoint, resolve_memory_length, trained_input_size)
 
 __all__ = [
     "build_model", "list_models", "register_model", "load_checkpoint", "save_checkpoint",
     "LoadReport", "CheckpointError", "Memory", "ModelInfo", "Segmenter", "SingleFrameSegmenter",
     "TemporalSegmenter", "TemporalModule", "LocalMemoryModule", "local_memory_attention",
-    "local_memory_attention_reference",
+    "local_memory_attention_reference", "DEMO", "Weights", "get_weights", "list_weights",
+    "models_with_weights", "resolve_checkpoint", "resolve_memory_length", "trained_input_size",
 ]

@@ -9,7 +9,7 @@ Sizes. The released network computes on inputs whose sides are 8k + 1 pixels (10
 the release): the features then have k + 1 pixels, feature pixel i lies on input pixel 8i, and
 bilinear up-sampling with ``align_corners=True`` to 8k + 1 pixels maps the feature grid exactly
 onto the input grid. The segmenter pads other sizes up to the next such size (see
-:class:`~lmanet_ros.models.lmanet.Segmenter`) and crops the logits back.
+:class:`~lmanet_ros.models.segmenter.Segmenter`) and crops the logits back.
 
 Normalisation. semseg, whose PSPNet weights the release starts from, subtracts the ImageNet mean
 (123.675, 116.28, 103.53) and divides by the ImageNet std (58.395, 57.12, 57.375) of 0..255 RGB.

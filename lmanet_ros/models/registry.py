@@ -5,7 +5,7 @@
 ['erfnet', 'lmanet_erfnet', 'lmanet_pspnet101', 'lmanet_pspnet50', 'pspnet101', 'pspnet50']
 
 A builder takes ``num_classes`` and ``memory_length`` keyword arguments and returns a
-:class:`~lmanet_ros.models.lmanet.Segmenter`. New networks (other temporal modules) register
+:class:`~lmanet_ros.models.segmenter.Segmenter`. New networks (other temporal modules) register
 themselves with :func:`register_model`.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from .erfnet import ERFNetDecoder, ERFNetEncoder
-from .lmanet import Segmenter, SingleFrameSegmenter, TemporalSegmenter, _check_positive_int
+from .segmenter import Segmenter, SingleFrameSegmenter, TemporalSegmenter, _check_positive_int
 from .pspnet import IMAGENET_MEAN, IMAGENET_STD, PSPNetDecoder, PyramidPooling
 from .resnet import RESNET_BLOCKS, DilatedResNet
 from .temporal import LocalMemoryModule, SigmoidDownFusion

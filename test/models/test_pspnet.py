@@ -367,12 +367,12 @@ def test_saved_metadata_states_the_normalisation(tmp_path):
 def test_pipeline_runs_pspnet_checkpoints_at_any_frame_size(semseg_file):
     path, _ = semseg_file
     pipeline = SegmentationPipeline.from_pretrained("lmanet_pspnet101", path, device="cpu")
-    assert pipeline.policy.memory_length == 3 and pipeline.model.memory_length == 3
+    assert pipeline.memory_length == 3 and pipeline.model.memory_length == 3
     assert pipeline.load_report.layout == "semseg"
     rng = np.random.default_rng(0)
     sizes = [(30, 50), (33, 65), (30, 50), (30, 50), (30, 50)]
     results = [pipeline.process([Frame("cam", rng.integers(0, 256, (*size, 3), dtype=np.uint8),
-                                       0.06 * index, "cam")])[0]
+                                       60_000_000 * index, "cam")])[0]
                for index, size in enumerate(sizes)]
     assert [r.labels.shape for r in results] == sizes
     assert all(r.labels.max() < 19 for r in results)

@@ -7,20 +7,22 @@ from models_helpers import one_cpu_thread  # noqa: F401 (autouse fixture)
 from lmanet_ros.classes import ClassSet
 from lmanet_ros.models import build_model
 from lmanet_ros.pipeline import Frame, PipelineError, SegmentationPipeline
+from lmanet_ros.stamps import seconds_to_ns
 from lmanet_ros.streams import MemoryPolicy
 
 
 def make_pipeline(name="lmanet_erfnet", seed=0, **kwargs) -> SegmentationPipeline:
-    """A pipeline over a random model; memory length 3 unless ``policy`` says otherwise."""
+    """A pipeline over a random model; memory length 3 unless ``memory_length`` says otherwise."""
     torch.manual_seed(seed)
-    kwargs.setdefault("policy", MemoryPolicy(memory_length=3))
+    kwargs.setdefault("memory_length", 3)
     return SegmentationPipeline(build_model(name, memory_length=3), **kwargs)
 
 
 def frames_of(stream, count, size=(32, 64), seed=0, t0=0.0, period=1 / 17):
+    """``count`` random frames of ``stream`` from ``t0`` every ``period`` (both in seconds)."""
     rng = np.random.default_rng(seed)
-    return [Frame(stream, rng.integers(0, 256, (*size, 3), dtype=np.uint8), t0 + i * period, "cam")
-            for i in range(count)]
+    return [Frame(stream, rng.integers(0, 256, (*size, 3), dtype=np.uint8),
+                  seconds_to_ns(t0 + i * period), "cam") for i in range(count)]
 
 
 def test_results_have_frame_size_and_valid_ids():
@@ -73,10 +75,10 @@ def test_resets_reach_the_result_and_stats():
     pipeline = make_pipeline()
     frames = frames_of("cam", 3)
     pipeline.process(frames)
-    back = Frame("cam", frames[0].image, 0.0, "cam")
+    back = Frame("cam", frames[0].image, 0, "cam")
     assert pipeline.process([back])[0].reset_reason == "time_jump_back"
     pipeline.reset("cam")
-    result = pipeline.process([Frame("cam", frames[0].image, 0.05, "cam")])[0]
+    result = pipeline.process([Frame("cam", frames[0].image, seconds_to_ns(0.05), "cam")])[0]
     assert result.reset_reason == "request" and result.memory_fill == 1
     assert pipeline.stats("cam").resets == {"time_jump_back": 1, "request": 1}
 
@@ -84,14 +86,14 @@ def test_resets_reach_the_result_and_stats():
 def test_memory_length_change_resets_with_reason_parameter():
     pipeline = make_pipeline()
     pipeline.process(frames_of("cam", 2))
-    pipeline.set_policy(MemoryPolicy(memory_length=2))
+    pipeline.set_memory_length(2)
     results = pipeline.process(frames_of("cam", 3, t0=1.0))
     assert results[0].reset_reason == "parameter"
     assert [r.memory_fill for r in results] == [1, 2, 2]
 
 
 def test_stride_stores_every_kth_frame():
-    pipeline = make_pipeline(policy=MemoryPolicy(stride=2, memory_length=3))
+    pipeline = make_pipeline(policy=MemoryPolicy(stride=2))
     results = pipeline.process(frames_of("cam", 6))
     assert [r.memory_fill for r in results] == [1, 1, 2, 2, 3, 3]
 
@@ -128,7 +130,7 @@ def test_unknown_model_and_missing_checkpoint_fail_fast(tmp_path):
 def test_bad_frames_are_refused():
     pipeline = make_pipeline("erfnet")
     with pytest.raises(ValueError, match="uint8"):
-        pipeline.process([Frame("cam", np.zeros((8, 8, 3), np.float32), 0.0)])
+        pipeline.process([Frame("cam", np.zeros((8, 8, 3), np.float32), 0)])
 
 
 def test_labels_are_the_argmax_of_the_model_logits_over_the_named_classes():

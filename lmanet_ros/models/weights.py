@@ -1,0 +1,196 @@
+"""Weights as data: one record per (model, tag), and the rules that turn a checkpoint into settings.
+
+In the spirit of torchvision's weights enums and timm's pretrained configs, a :class:`Weights`
+record says everything known about a set of packaged weights before it is loaded: the file, the
+classes and palette, the input normalisation, the input size it was trained at, the memory
+length it was trained with and where it came from. ``checkpoint: demo`` (node parameter,
+``--checkpoint demo``, ``MODEL:demo`` in ``lmanet eval --compare``) names the record of tag
+``demo`` of the chosen model.
+
+Three questions have one answer each, here:
+
+- which file does a checkpoint value name: :func:`resolve_checkpoint` (a tag, a path, a mapping);
+- which memory length T is in force: :func:`resolve_memory_length` (the explicit value, else the
+  checkpoint's metadata, else the model's own T);
+- which input size the weights were trained at: :func:`trained_input_size` (from metadata).
+
+The demo weights are small fp16 safetensors in ``lmanet_ros/data/demo/`` trained by
+``lmanet train`` on ``lmanet synth`` streets (``data/demo/TRAINING.md``): they know synthetic
+streets at 128x256, not real cameras.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES, CITYSCAPES_COLORS
+
+from .registry import model_entry
+
+__all__ = ["DEMO", "DATA_DIR", "Weights", "register_weights", "get_weights", "list_weights",
+           "weights_tags", "models_with_weights", "resolve_checkpoint", "resolve_memory_length",
+           "trained_input_size"]
+
+#: The tag of the demo weights.
+DEMO = "demo"
+#: Package data: ``<DATA_DIR>/<tag>/<file>``.
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+_CITYSCAPES_PALETTE = tuple(tuple(int(v) for v in rgb) for rgb in CITYSCAPES_COLORS)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A packaged set of weights of one registered model.
+
+    Attributes:
+        model: the registry name of the model the weights belong to.
+        tag: the name users give as checkpoint (e.g. ``demo``).
+        file: file name under ``DATA_DIR / tag``.
+        class_names: the K class names of the first K logits.
+        palette: K (r, g, b) colours, one per class.
+        normalisation: ``{"mean": [...], "std": [...]}`` of RGB in [0, 1], or None (the network
+            takes RGB in [0, 1] as it is).
+        input_size: (height, width) in pixels the weights were trained at, or None (unknown).
+        memory_length: frames T of memory the weights were trained with (0: single frame).
+        source: how the weights were made (the document with the exact commands).
+        description: one line for listings.
+    """
+
+    model: str
+    tag: str
+    file: str
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    normalisation: Mapping[str, Any] | None
+    input_size: tuple[int, int] | None
+    memory_length: int
+    source: str
+    description: str = ""
+
+    @property
+    def path(self) -> Path:
+        """Where the file lives in the installed package."""
+        return DATA_DIR / self.tag / self.file
+
+
+_WEIGHTS: dict[tuple[str, str], Weights] = {}
+
+
+def register_weights(weights: Weights) -> Weights:
+    """Add a record; ValueError for an unknown model or a (model, tag) registered twice."""
+    model_entry(weights.model)  # raises for an unknown model
+    key = (weights.model, weights.tag)
+    if key in _WEIGHTS:
+        raise ValueError(f"weights '{weights.tag}' of model '{weights.model}' already registered")
+    if len(weights.palette) != len(weights.class_names):
+        raise ValueError(f"weights {key}: {len(weights.class_names)} classes but "
+                         f"{len(weights.palette)} colours")
+    _WEIGHTS[key] = weights
+    return weights
+
+
+def list_weights(model: str | None = None) -> list[Weights]:
+    """Every record (of ``model`` when given), sorted by model then tag."""
+    return [_WEIGHTS[key] for key in sorted(_WEIGHTS) if model is None or key[0] == model]
+
+
+def weights_tags() -> set[str]:
+    """The tags that name weights of at least one model."""
+    return {tag for _, tag in _WEIGHTS}
+
+
+def models_with_weights(tag: str) -> list[str]:
+    """Sorted names of the models that have weights tagged ``tag``."""
+    return sorted(model for model, other in _WEIGHTS if other == tag)
+
+
+def get_weights(model: str, tag: str) -> Weights:
+    """The record of ``model``'s weights ``tag`` whose file is present.
+
+    Raises:
+        FileNotFoundError: no such record (the message names the models that have the tag), or
+            its file is missing (a package installed without its data).
+    """
+    record = _WEIGHTS.get((model, tag))
+    if record is None:
+        owners = models_with_weights(tag)
+        raise FileNotFoundError(f"no {tag} weights for model '{model}' ({tag} weights exist for: "
+                                f"{', '.join(owners) if owners else 'no model'})")
+    if not record.path.is_file():
+        raise FileNotFoundError(f"{tag} weights {record.path} are missing: the package was "
+                                f"installed without lmanet_ros/data/{tag}")
+    return record
+
+
+def resolve_checkpoint(model: str, checkpoint: str | os.PathLike | Mapping[str, Any] | None
+                       ) -> tuple[str | os.PathLike | Mapping[str, Any] | None, Weights | None]:
+    """What a checkpoint value names: (path, mapping or None; the record when it is a tag).
+
+    A string equal to a registered tag (``demo``) names that tag's weights of ``model``; any other
+    value (a path, a state_dict mapping, None for random weights) is returned as it is.
+
+    Raises:
+        FileNotFoundError: a tag without weights for ``model`` (see :func:`get_weights`).
+    """
+    if isinstance(checkpoint, str) and checkpoint.strip() in weights_tags():
+        record = get_weights(model, checkpoint.strip())
+        return record.path, record
+    return checkpoint, None
+
+
+def resolve_memory_length(model: str, explicit: int | None,
+                          metadata: Mapping[str, Any] | None = None) -> int:
+    """The memory length T in force: ``explicit`` when > 0, else the checkpoint metadata's
+    ``memory_length`` when > 0, else the model's own T; always 0 for a single-frame model.
+
+    Raises:
+        ValueError: unknown model, or a negative or non-integer explicit value or metadata value.
+    """
+    entry = model_entry(model)
+    if not entry.temporal:
+        return 0
+    for source, value in (("memory_length", explicit),
+                          ("checkpoint metadata memory_length",
+                           (metadata or {}).get("memory_length"))):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{source} must be an integer >= 0, got {value!r}")
+        if value > 0:
+            return value
+    return entry.default_memory_length
+
+
+def trained_input_size(metadata: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    """The (height, width) a checkpoint's metadata says it was trained at, or None.
+
+    Raises:
+        ValueError: ``input_size`` present but not two positive integers.
+    """
+    value = (metadata or {}).get("input_size")
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise ValueError(f"checkpoint metadata input_size must be [height, width], got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+_DEMO_SOURCE = ("lmanet train on lmanet synth streets (recipe standard-v1, training seeds 0..59), "
+                "one CPU thread; lmanet_ros/data/demo/TRAINING.md has the exact commands and logs")
+
+register_weights(Weights(
+    model="erfnet", tag=DEMO, file="erfnet_synth.safetensors",
+    class_names=CITYSCAPES_CLASS_NAMES, palette=_CITYSCAPES_PALETTE, normalisation=None,
+    input_size=(128, 256), memory_length=0, source=_DEMO_SOURCE,
+    description="demo ERFNet: 6,000 synthetic 128x256 street images (val mIoU 49.0)"))
+register_weights(Weights(
+    model="lmanet_erfnet", tag=DEMO, file="lmanet_erfnet_synth.safetensors",
+    class_names=CITYSCAPES_CLASS_NAMES, palette=_CITYSCAPES_PALETTE, normalisation=None,
+    input_size=(128, 256), memory_length=3, source=_DEMO_SOURCE,
+    description="demo LMANet on ERFNet: from the demo ERFNet, 6,000 synthetic clips "
+                "(val mIoU 49.2)"))
