@@ -13,7 +13,7 @@ bag ``OUT/bag_<first sequence>`` holds ``/camera/image`` (sensor_msgs/msg/Image 
 reset triggers between them. The folder follows the Cityscapes layout read by ``lmanet train``:
 ``OUT/leftImg8bit/<split>/<seq>/<seq>_<frame:06d>_leftImg8bit.png`` and
 ``OUT/gtFine/<split>/<seq>/<seq>_<frame:06d>_gtFine_labelTrainIds.png``, the split being ``val``
-for the held-out seeds (lmanet_ros.synth.HELDOUT_SEEDS) and ``train`` otherwise.
+for the held-out seeds (lmanet_ros.synthetic.HELDOUT_SEEDS) and ``train`` otherwise.
 ``OUT/sequences.json`` describes every run written into OUT (seeds, size, rate, corruption recipe,
 per-frame corruption log, scene parameters); several runs (e.g. training seeds, then held-out
 seeds) may share one OUT as long as their sequences differ.
@@ -21,56 +21,15 @@ seeds) may share one OUT as long as their sequences differ.
 from __future__ import annotations
 
 import argparse
-import collections
-import concurrent.futures
-import dataclasses
-import json
-import os
+import functools
 import sys
-import time
-from pathlib import Path
-
-import cv2
-import numpy as np
 
 from lmanet_ros.bags import STORAGES, BagError, BagWriter
-from lmanet_ros.report import progress
-from lmanet_ros.synth import (CORRUPTION_RECIPE, CORRUPTIONS, DEFAULT_RATE_HZ, HELDOUT_SEEDS,
-                              SEQUENCE_GAP_S, START_TIME_NS, TRAIN_SEEDS, SynthSequence,
-                              frame_stamps, sequence_name, split_for_seed)
+from lmanet_ros.synthetic import (CORRUPTIONS, DEFAULT_RATE_HZ, HELDOUT_SEEDS, IMAGE_TOPIC,
+                                  LABEL_TOPIC, TRAIN_SEEDS, SynthError, generate)
 from lmanet_ros.tools.common import float_in, non_negative_int, parse_size, positive_int
 
-__all__ = ["add_parser", "run", "generate", "SynthOutput", "IMAGE_TOPIC", "LABEL_TOPIC",
-           "FRAME_ID"]
-
-IMAGE_TOPIC = "/camera/image"
-LABEL_TOPIC = "/camera/labels"
-FRAME_ID = "camera"
-#: Receive latency of the image messages: 8 ms plus up to 4 ms; labels follow 1 ms later.
-_LATENCY_NS = (8_000_000, 4_000_000)
-_LABEL_AFTER_NS = 1_000_000
-_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
-#: PNGs are compressed by this many threads (OpenCV releases the GIL) while the next frame
-#: renders; at most _PNG_BACKLOG writes wait.
-_PNG_THREADS = 1
-_PNG_BACKLOG = 16
-
-
-class SynthError(Exception):
-    """The output cannot be written as asked (existing bag, sequence already generated...)."""
-
-
-@dataclasses.dataclass
-class SynthOutput:
-    """What :func:`generate` wrote and how long it took."""
-
-    bag: Path | None
-    image_folders: list[Path]
-    label_folders: list[Path]
-    description: Path | None
-    frames: int
-    render_s: float
-    total_s: float
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -107,167 +66,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _load_description(path: Path) -> dict:
-    if not path.is_file():
-        return {"generator": "lmanet_ros.synth", "runs": []}
-    try:
-        description = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SynthError(f"{path} exists but cannot be read as JSON ({exc}); move it away") \
-            from None
-    if not isinstance(description, dict) or not isinstance(description.get("runs"), list):
-        raise SynthError(f"{path} is not a description written by `lmanet synth`; move it away")
-    return description
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), array, _PNG):
-        raise SynthError(f"cannot write {path}")
-
-
-def generate(out: str | Path, *, frames: int, height: int, width: int, sequences: int = 1,
-             seed: int = 0, corruption: str = "none", rate: float = DEFAULT_RATE_HZ,
-             storage: str = STORAGES[0], bag: bool = True, folder: bool = True,
-             show_progress: bool = True) -> SynthOutput:
-    """Generate ``sequences`` sequences into ``out``; see the module docstring for the layout.
-
-    Raises:
-        ValueError: a bad argument (size, frames, seed, storage, corruption...).
-        SynthError: the bag exists already, a sequence is already in the folder, or a file
-            cannot be written.
-        BagError: the bag cannot be created.
-    """
-    if not (bag or folder):
-        raise ValueError("nothing to write: bag and folder are both disabled")
-    if storage not in STORAGES:
-        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
-    if sequences < 1:
-        raise ValueError(f"sequences must be >= 1, got {sequences}")
-    started = time.monotonic()
-    out = Path(out)
-    seeds = [seed + k for k in range(sequences)]
-
-    def make(sequence_seed: int) -> SynthSequence:
-        return SynthSequence(sequence_seed, height=height, width=width, n_frames=frames,
-                             rate=rate, corruption=corruption)
-
-    first = make(seeds[0])  # validates the arguments before anything is written
-    names = [sequence_name(s) for s in seeds]
-    bag_path = out / f"bag_{names[0]}" if bag else None
-    json_path = out / "sequences.json"
-    description = _load_description(json_path) if folder else None
-    if bag_path is not None and bag_path.exists():
-        raise SynthError(f"{bag_path} exists already; remove it or pass --no-bag")
-    image_dirs = [out / "leftImg8bit" / split_for_seed(s) / n for s, n in zip(seeds, names)]
-    label_dirs = [out / "gtFine" / split_for_seed(s) / n for s, n in zip(seeds, names)]
-    if folder:
-        known = {seq["name"] for run in description["runs"] for seq in run["sequences"]}
-        for name, image_dir in zip(names, image_dirs):
-            if name in known or image_dir.exists():
-                raise SynthError(f"sequence {name} is already in {out}; pick other seeds "
-                                 "(--seed) or another OUT")
-    out.mkdir(parents=True, exist_ok=True)
-
-    writer = BagWriter(bag_path, storage=storage) if bag_path is not None else None
-    render_s = 0.0
-    run_sequences = []
-    start_ns = START_TIME_NS
-    bar = progress(sequences * frames, "synth") if show_progress else None
-    pool = concurrent.futures.ThreadPoolExecutor(_PNG_THREADS) if folder else None
-    pending: collections.deque[concurrent.futures.Future] = collections.deque()
-
-    def write_png(path: Path, array: np.ndarray) -> None:
-        pending.append(pool.submit(_write_png, path, array))
-        while len(pending) > _PNG_BACKLOG or (pending and pending[0].done()):
-            pending.popleft().result()  # re-raises a failed write
-
-    try:
-        if writer is not None:
-            writer.open()
-            writer.add_topic(IMAGE_TOPIC, "sensor_msgs/msg/Image")
-            writer.add_topic(LABEL_TOPIC, "sensor_msgs/msg/Image")
-        for k, (name, image_dir, label_dir) in enumerate(zip(names, image_dirs, label_dirs)):
-            video = first if k == 0 else make(seeds[k])
-            stamps = frame_stamps(frames, rate, start_ns, video.seed)
-            latency = np.random.default_rng([video.seed, 7]).integers(
-                0, _LATENCY_NS[1], frames) + _LATENCY_NS[0]
-            if folder:
-                image_dir.mkdir(parents=True)
-                label_dir.mkdir(parents=True)
-            for index in range(frames):
-                tick = time.perf_counter()
-                frame = video.frame(index)
-                render_s += time.perf_counter() - tick
-                stamp = int(stamps[index])
-                if writer is not None:
-                    log = stamp + int(latency[index])
-                    writer.write_image(IMAGE_TOPIC, stamp, FRAME_ID, frame.image, "rgb8",
-                                       log_time_ns=log)
-                    writer.write_image(LABEL_TOPIC, stamp, FRAME_ID, frame.labels, "mono8",
-                                       log_time_ns=log + _LABEL_AFTER_NS)
-                if folder:
-                    stem = f"{name}_{index:06d}"
-                    write_png(image_dir / f"{stem}_leftImg8bit.png",
-                              cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
-                    write_png(label_dir / f"{stem}_gtFine_labelTrainIds.png", frame.labels)
-                if bar is not None:
-                    bar.update(1)
-            log_entry = video.corruption_log
-            run_sequences.append({
-                "name": name, "seed": video.seed, "split": split_for_seed(video.seed),
-                "frames": frames, "first_stamp_ns": int(stamps[0]),
-                "last_stamp_ns": int(stamps[-1]),
-                "corrupted_frames": {str(i): list(kinds) for i, kinds in enumerate(log_entry)
-                                     if kinds},
-                "scene": video.describe()["scene"],
-            })
-            start_ns = int(stamps[-1]) + int(round(SEQUENCE_GAP_S * 1e9))
-        while pending:
-            pending.popleft().result()
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
-
-    json_out = None
-    if folder:
-        description["runs"].append({
-            "created_by": "lmanet synth",
-            "base_seed": seed, "sequences": run_sequences, "size": [height, width],
-            "rate_hz": rate, "frames_per_sequence": frames, "corruption": corruption,
-            "corruption_recipe": CORRUPTION_RECIPE if corruption == "standard" else None,
-            "sequence_gap_s": SEQUENCE_GAP_S,
-            "bag": str(bag_path.relative_to(out)) if bag_path is not None else None,
-            "storage": storage if bag_path is not None else None,
-            "topics": {"image": IMAGE_TOPIC, "labels": LABEL_TOPIC, "frame_id": FRAME_ID},
-            "label_format": "Cityscapes trainIds, 255 void",
-            "train_seeds": [TRAIN_SEEDS.start, TRAIN_SEEDS.stop],
-            "heldout_seeds": [HELDOUT_SEEDS.start, HELDOUT_SEEDS.stop],
-        })
-        _write_json(json_path, description)
-        json_out = json_path
-    elif bag_path is not None:
-        # Without a folder the run is still described, next to the bag.
-        _write_json(bag_path.with_name(bag_path.name + ".json"), {
-            "generator": "lmanet_ros.synth", "base_seed": seed, "sequences": run_sequences,
-            "size": [height, width], "rate_hz": rate, "corruption": corruption,
-            "corruption_recipe": CORRUPTION_RECIPE if corruption == "standard" else None})
-        json_out = bag_path.with_name(bag_path.name + ".json")
-    return SynthOutput(bag=bag_path, image_folders=image_dirs if folder else [],
-                       label_folders=label_dirs if folder else [], description=json_out,
-                       frames=frames * sequences, render_s=render_s,
-                       total_s=time.monotonic() - started)
-
-
 def run(args: argparse.Namespace) -> int:
     """Generate as ``args`` say; print where things were written. 0 on success, 2 on a bad
     argument or an existing output, 1 when writing fails."""
@@ -277,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
+        bag = None if args.no_bag else functools.partial(BagWriter, storage=args.storage)
         result = generate(args.out, frames=args.frames, height=height, width=width,
                           sequences=args.sequences, seed=args.seed, corruption=args.corruption,
-                          rate=args.rate, storage=args.storage, bag=not args.no_bag,
-                          folder=not args.no_folder)
+                          rate=args.rate, bag=bag, folder=not args.no_folder)
     except (ValueError, SynthError) as exc:
         print(f"lmanet synth: error: {exc}", file=sys.stderr)
         return 2

@@ -14,19 +14,20 @@ import argparse
 import dataclasses
 import sys
 
-from lmanet_ros.datasets import DATASET_KINDS, DatasetError, parse_size
-from lmanet_ros.fusion_init import FUSION_INITS
 from lmanet_ros.models import list_models
+from lmanet_ros.sizes import parse_size
 from lmanet_ros.tools.common import non_negative_int, positive_float, positive_int
-from lmanet_ros.training import (CLASS_WEIGHTINGS, DEFAULT_FIRST_TARGET, FROZEN_MODES,
-                                 TrainConfig, TrainingError, train)
+from lmanet_ros.training import (CLASS_WEIGHTINGS, DATASET_KINDS, DEFAULT_FIRST_TARGET,
+                                 FROZEN_MODES, FUSION_INITS, DatasetError, TrainConfig,
+                                 TrainingError, command_line, train)
 
-__all__ = ["add_parser", "run", "config_from_args", "command_line"]
+__all__ = ["add_parser", "run", "config_from_args"]
 
 
 def _size(text: str) -> tuple[int, int]:
+    """argparse type of ``--size``: ``HxW``, multiples of 8 (the network works at 1/8)."""
     try:
-        return parse_size(text)
+        return parse_size(text, multiple_of=8)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -126,12 +127,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                          help="no progress bars (they are shown only when stderr is a terminal)")
     parser.set_defaults(handler=run)
     return parser
-
-
-def command_line(config: TrainConfig) -> str:
-    """The ``lmanet train`` command that reproduces ``config`` (see
-    :meth:`TrainConfig.command_line`)."""
-    return config.command_line()
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -1,107 +1,47 @@
-"""Training loop of ``lmanet train``: ERFNet from scratch, then LMANet with the release's recipe.
+"""The training loop of one process: set-up, optimisation steps, validation, stop decisions,
+the resumable state and the final weights with their metadata.
 
-The recipe (``shared/docs/lmanet-reference.md``, "Training recipe of the release"):
-
-- samples are clips of T + 1 consecutive frames ending at a labelled frame (one frame for the
-  single-frame ERFNet); the loss is on the last frame only;
-- loss: NLL of log-softmax, class-weighted, void (trainId 255, mapped to channel 19) weight 0;
-- Adam, lr 2e-4, betas (0.9, 0.999), weight decay 1e-4; ReduceLROnPlateau(factor 0.8, torch's
-  default patience 10) stepped on each epoch's mean training loss;
-- LMANet starts from single-frame weights (``init``); encoder and decoder are frozen
-  (``requires_grad`` False), only the key/value projections and the fusion train.
-
-Where we differ from the release, on purpose and switchable:
-
-- ``frozen_mode="eval"`` (default) runs the frozen encoder and decoder in eval mode: their batch
-  norm running statistics stay those of the single-frame network and their dropout is off. The
-  release keeps the whole model in train mode, so those statistics drift towards the fused
-  features, which also changes what the decoder does on the first frame of a stream (no memory).
-  ``frozen_mode="train"`` reproduces the release.
-- ``fusion_init="pca"`` (what the default ``auto`` picks for ERFNet's fusion) starts the query
-  path (``kv_Q_r4.Value`` and the fusion) as a PCA pass-through of the encoder features, so that
-  the untrained LMANet is nearly the single-frame network (:mod:`lmanet_ros.fusion_init` says
-  why and how); ``random`` keeps the release's initialisation. Only initial values differ; the
-  architecture does not.
-- Class weights: ``erfnet`` is the ERFNet paper's fixed table for Cityscapes (the release's);
-  ``frequency`` computes the same ENet-style formula w_c = 1 / ln(1.10 + p_c) from the pixel
-  frequencies p_c of the training labels (what the table is, for Cityscapes), which suits other
-  data such as ``lmanet synth``; ``auto`` picks ``erfnet`` for Cityscapes and ``frequency``
-  otherwise; ``none`` weighs every class 1. Void always weighs 0.
+Every rank of a run builds a :class:`Trainer` and calls :meth:`Trainer.run`; rank 0 alone writes
+``last.pt`` (resumable: model, optimizer, scheduler, epoch, images seen, ...; written atomically
+at every epoch end, every ``checkpoint_every_min`` and at the stop), ``train_log.jsonl`` (one JSON
+object per epoch, and one for a partial last epoch) and ``<model>.safetensors`` (final weights,
+fp16, with metadata). :mod:`lmanet_ros.training.launch` starts the processes.
 
 Counting and budgets: "images seen" counts supervised samples (labelled target frames, i.e.
 clips), summed over DDP processes; frames run through the network (clips x clip length) are
 logged as ``frames_seen``. ``max_images`` and ``time_budget_min`` stop training on the same
 footing for two models: the budget is training wall time (steps and data loading), excluding
-validation and checkpoint writing, summed over resumed runs. With the same seed, data, batch
-size and ``first_target`` two models draw the same targets in the same order with the same
-augmentation.
-
-Outputs in ``out``: ``last.pt`` (resumable: model, optimizer, scheduler, epoch, images seen, ...;
-written atomically at every epoch end, every ``checkpoint_every_min`` and at the stop),
-``train_log.jsonl`` (one JSON object per epoch, and one for a partial last epoch) and
-``<model>.safetensors`` (final weights, fp16, with metadata). Only rank 0 writes.
+validation and checkpoint writing, summed over resumed runs.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import shlex
-import socket
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lmanet_ros.classes import ClassSet
-from lmanet_ros.fusion_init import (FUSION_INITS, pca_initialise_query_path,
-                                    sample_features, supports_pca)
-from lmanet_ros.datasets import (DATASET_KINDS, ClipDataset, build_clip_dataset,
-                                 label_histogram)
+from lmanet_ros.devices import DeviceError, resolve_device
 from lmanet_ros.models import build_model, load_checkpoint, save_checkpoint
-from lmanet_ros.models.registry import model_entry
+from lmanet_ros.progress import progress
+from lmanet_ros.training.config import (CHECKPOINT_NAME, LOG_NAME, NUM_LOGITS, TrainConfig,
+                                        TrainingError, TrainResult)
+from lmanet_ros.training.datasets import build_clip_dataset
+from lmanet_ros.training.fusion_init import (pca_initialise_query_path, sample_features,
+                                             supports_pca)
+from lmanet_ros.training.losses import class_weights, labels_to_targets, weighted_nll
 
-__all__ = [
-    "CHECKPOINT_NAME", "CLASS_WEIGHTINGS", "DEFAULT_FIRST_TARGET", "ERFNET_CLASS_WEIGHTS",
-    "FROZEN_MODES", "LOG_NAME", "NUM_CLASSES", "TrainConfig", "TrainResult", "TrainingError",
-    "class_weights", "frequency_class_weights", "labels_to_targets", "miou_from_confusion",
-    "train", "train_step", "weighted_nll",
-]
+__all__ = ["RankContext", "Trainer", "miou_from_confusion", "train_step"]
 
-#: Output channels of the models trained here: 19 trainIds + void (channel 19).
-NUM_CLASSES = 20
-#: Channel of void pixels (trainId 255 in the labels).
-VOID_INDEX = NUM_CLASSES - 1
-#: The resumable training state inside ``out``.
-CHECKPOINT_NAME = "last.pt"
-#: The JSON-lines training log inside ``out``.
-LOG_NAME = "train_log.jsonl"
-#: Class weighting schemes (see the module docstring).
-CLASS_WEIGHTINGS = ("auto", "erfnet", "frequency", "none")
-#: What the frozen encoder/decoder of a temporal model do in training (module docstring).
-FROZEN_MODES = ("eval", "train")
-#: Default first target position in a synthetic sequence: every model with a memory of up to
-#: four frames (the release's evaluation length) then trains and validates on the same targets.
-DEFAULT_FIRST_TARGET = 4
-#: The constant c of the ENet weighting w = 1 / ln(c + p) that gives ERFNet's table.
-ENET_WEIGHT_C = 1.10
-#: ERFNet's class weights for Cityscapes (the full network's, used by the release), trainIds
-#: 0..18 then void.
-ERFNET_CLASS_WEIGHTS: tuple[float, ...] = (
-    2.8149201869965, 6.9850029945374, 3.7890393733978, 9.9428062438965, 9.7702074050903,
-    9.5110931396484, 10.311357498169, 10.026463508606, 4.6323022842407, 9.5608062744141,
-    7.8698215484619, 9.5168733596802, 10.373730659485, 6.6616044044495, 10.260489463806,
-    10.287888526917, 10.289801597595, 10.405355453491, 10.138095855713, 0.0)
-#: Labels read for the ``frequency`` weighting (evenly spread over the training set).
-FREQUENCY_MAX_LABELS = 1000
+
 #: Training clips (last frames) and feature vectors the ``pca`` fusion initialisation reads.
 PCA_INIT_IMAGES = 40
 PCA_INIT_VECTORS = 200_000
@@ -111,190 +51,6 @@ _IDENTITY_FIELDS = ("model", "dataset", "clip_length", "memory_length", "batch_s
                     "train_split", "seed", "first_target", "class_weighting", "frozen_mode",
                     "lr", "weight_decay", "world_size", "fusion_init")
 
-
-# Flags of ``lmanet train`` in the order of the reproducible command, with their config fields.
-_COMMAND_FLAGS = (
-    ("--model", "model"), ("--data", "data"), ("--dataset", "dataset"), ("--out", "out"),
-    ("--init", "init"), ("--size", "size"), ("--train-split", "train_split"),
-    ("--val-split", "val_split"), ("--val-stride", "val_stride"),
-    ("--first-target", "first_target"), ("--epochs", "epochs"),
-    ("--batch-size", "batch_size"), ("--memory-length", "memory_length"),
-    ("--clip-length", "clip_length"), ("--lr", "lr"), ("--weight-decay", "weight_decay"),
-    ("--class-weights", "class_weighting"), ("--frozen-mode", "frozen_mode"),
-    ("--fusion-init", "fusion_init"),
-    ("--seed", "seed"), ("--time-budget", "time_budget_min"), ("--max-images", "max_images"),
-    ("--checkpoint-every", "checkpoint_every_min"), ("--device", "device"),
-    ("--workers", "workers"), ("--ddp-procs", "ddp_procs"), ("--backend", "backend"),
-)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot start or go on as asked (missing checkpoint, mismatched resume, ...)."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs; see ``lmanet train --help`` for each field.
-
-    ``clip_length`` None means 1 for single-frame models and ``memory_length + 1`` for temporal
-    ones. ``first_target`` (synthetic data only) None means :data:`DEFAULT_FIRST_TARGET`, or
-    ``clip_length - 1`` when that is larger.
-    """
-
-    model: str
-    data: Path
-    out: Path
-    dataset: str = "synth"
-    init: Path | None = None
-    epochs: int = 50
-    batch_size: int = 5
-    clip_length: int | None = None
-    memory_length: int = 3
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    size: tuple[int, int] | None = None
-    workers: int | None = None
-    threads: int | None = None
-    device: str = "auto"
-    resume: bool = False
-    time_budget_min: float | None = None
-    max_images: int | None = None
-    train_split: str = "train"
-    val_split: str | None = "val"
-    val_stride: int = 1
-    seed: int = 0
-    first_target: int | None = None
-    class_weighting: str = "auto"
-    frozen_mode: str = "eval"
-    fusion_init: str = "auto"
-    checkpoint_every_min: float = 10.0
-    progress: bool = True
-    ddp_procs: int = 1
-    backend: str = "gloo"
-    command: str = ""
-
-    def __post_init__(self) -> None:
-        entry = model_entry(self.model)  # ValueError naming the known models
-        object.__setattr__(self, "data", Path(self.data))
-        object.__setattr__(self, "out", Path(self.out))
-        if self.init is not None:
-            object.__setattr__(self, "init", Path(self.init))
-        if self.dataset not in DATASET_KINDS:
-            raise ValueError(f"dataset must be one of {DATASET_KINDS}, got '{self.dataset}'")
-        for name in ("epochs", "batch_size", "memory_length", "ddp_procs", "val_stride"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
-        clip_length = self.clip_length
-        if clip_length is None:
-            clip_length = self.memory_length + 1 if entry.temporal else 1
-            object.__setattr__(self, "clip_length", clip_length)
-        if clip_length < 1:
-            raise ValueError(f"clip_length must be >= 1, got {clip_length}")
-        if entry.temporal and clip_length < 2:
-            raise ValueError(f"clip_length must be >= 2 for the temporal model '{self.model}' "
-                             "(the memory needs past frames)")
-        if entry.temporal and clip_length - 1 > self.memory_length:
-            raise ValueError(f"clip_length {clip_length} needs a memory of {clip_length - 1} "
-                             f"frames, but memory_length is {self.memory_length}")
-        if self.first_target is None:
-            object.__setattr__(self, "first_target", max(DEFAULT_FIRST_TARGET, clip_length - 1))
-        elif self.first_target < clip_length - 1:
-            raise ValueError(f"first_target ({self.first_target}) must be >= clip_length - 1 "
-                             f"({clip_length - 1})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.time_budget_min is not None and not self.time_budget_min > 0:
-            raise ValueError(f"time_budget_min must be > 0, got {self.time_budget_min}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"max_images must be >= 1, got {self.max_images}")
-        if not self.checkpoint_every_min > 0:
-            raise ValueError(f"checkpoint_every_min must be > 0, got {self.checkpoint_every_min}")
-        if self.class_weighting not in CLASS_WEIGHTINGS:
-            raise ValueError(f"class_weighting must be one of {CLASS_WEIGHTINGS}, got "
-                             f"'{self.class_weighting}'")
-        if self.frozen_mode not in FROZEN_MODES:
-            raise ValueError(f"frozen_mode must be one of {FROZEN_MODES}, got "
-                             f"'{self.frozen_mode}'")
-        if self.fusion_init not in FUSION_INITS:
-            raise ValueError(f"fusion_init must be one of {FUSION_INITS}, got "
-                             f"'{self.fusion_init}'")
-        if self.backend not in ("gloo", "nccl"):
-            raise ValueError(f"backend must be gloo or nccl, got '{self.backend}'")
-        if self.size is not None:
-            height, width = (int(v) for v in self.size)
-            if height <= 0 or width <= 0 or height % 8 or width % 8:
-                raise ValueError(f"size must be positive multiples of 8, got {self.size}")
-            object.__setattr__(self, "size", (height, width))
-
-    @property
-    def temporal(self) -> bool:
-        """Whether the model has a memory (LMANet)."""
-        return model_entry(self.model).temporal
-
-    def command_line(self) -> str:
-        """The ``lmanet train`` command that reproduces this config, every setting explicit
-        (defaults resolved, e.g. the clip length and first target).
-
-        ``--resume``, ``--no-progress`` and ``--threads`` are left out: they do not change what
-        is trained.
-        """
-        words = ["lmanet", "train"]
-        for flag, name in _COMMAND_FLAGS:
-            value = getattr(self, name)
-            if name == "val_split" and value is None:
-                value = ""
-            elif value is None or (name == "fusion_init" and not self.temporal):
-                continue
-            elif name == "size":
-                value = f"{value[0]}x{value[1]}"
-            words += [flag, str(value)]
-        return shlex.join(words)
-
-    def to_json(self) -> dict[str, Any]:
-        """The config as JSON-friendly primitives."""
-        data = asdict(self)
-        for key, value in data.items():
-            if isinstance(value, Path):
-                data[key] = str(value)
-            elif isinstance(value, tuple):
-                data[key] = list(value)
-        return data
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or stopped) run reports.
-
-    Attributes:
-        weights: path of the final fp16 safetensors file.
-        checkpoint: path of the resumable state.
-        log: path of the JSON-lines log.
-        epochs_done: completed epochs.
-        images_seen: supervised samples, all processes together.
-        val_miou: last validation mIoU (0..1), None without validation.
-        stop_reason: ``epochs``, ``max_images`` or ``time_budget``.
-        train_seconds: training wall time (the budgeted time) over all resumed runs.
-    """
-
-    weights: Path
-    checkpoint: Path
-    log: Path
-    epochs_done: int
-    images_seen: int
-    val_miou: float | None
-    stop_reason: str
-    train_seconds: float
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- helpers
 
 class _NoBar:
     """Stands in for a progress bar where none is shown (other ranks, ``progress=False``)."""
@@ -310,72 +66,11 @@ class _NoBar:
 
 
 def _bar(enabled: bool, total: int, desc: str) -> Any:
-    """The tools' shared progress bar (:func:`lmanet_ros.report.progress`: shown when stderr is
-    a terminal), or none."""
+    """The shared progress bar (:func:`lmanet_ros.progress.progress`: shown when stderr is a
+    terminal) over ``total`` batches, or none."""
     if not enabled:
         return _NoBar()
-    from lmanet_ros.report import progress
-
     return progress(total, desc, unit="batch")
-
-
-def frequency_class_weights(histogram: np.ndarray, *, c: float = ENET_WEIGHT_C) -> torch.Tensor:
-    """Class weights w_c = 1 / ln(c + p_c) from trainId pixel counts (19,), void weight 0.
-
-    p_c is the share of class c among the labelled (non-void) pixels; a class never seen gets
-    the largest weight 1 / ln(c).
-    """
-    histogram = np.asarray(histogram, dtype=np.float64)
-    if histogram.shape != (NUM_CLASSES - 1,) or (histogram < 0).any():
-        raise ValueError(f"histogram must be {NUM_CLASSES - 1} non-negative counts, got shape "
-                         f"{histogram.shape}")
-    if not c > 1.0:
-        raise ValueError(f"c must be > 1, got {c}")
-    total = histogram.sum()
-    share = histogram / total if total > 0 else np.zeros_like(histogram)
-    weights = 1.0 / np.log(c + share)
-    return torch.tensor([*weights.tolist(), 0.0], dtype=torch.float32)
-
-
-def class_weights(weighting: str, dataset_kind: str, train_set: ClipDataset | None = None
-                  ) -> tuple[torch.Tensor, str]:
-    """The (20,) loss weights of ``weighting`` and the scheme actually used (``auto`` resolved)."""
-    if weighting == "auto":
-        weighting = "erfnet" if dataset_kind == "cityscapes" else "frequency"
-    if weighting == "erfnet":
-        return torch.tensor(ERFNET_CLASS_WEIGHTS, dtype=torch.float32), weighting
-    if weighting == "none":
-        weights = torch.ones(NUM_CLASSES)
-        weights[VOID_INDEX] = 0.0
-        return weights, weighting
-    if weighting == "frequency":
-        if train_set is None:
-            raise ValueError("the frequency weighting needs the training set")
-        histogram = label_histogram(train_set, max_labels=FREQUENCY_MAX_LABELS)
-        return frequency_class_weights(histogram), weighting
-    raise ValueError(f"class weighting must be one of {CLASS_WEIGHTINGS}, got '{weighting}'")
-
-
-def labels_to_targets(labels: torch.Tensor) -> torch.Tensor:
-    """uint8 trainId labels (void 255) -> int64 targets with void at channel 19."""
-    targets = labels.long()
-    targets[targets >= VOID_INDEX] = VOID_INDEX  # 255 (and any stray id) is void
-    return targets
-
-
-def weighted_nll(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
-                 ) -> torch.Tensor:
-    """Class-weighted NLL of log-softmax, the weighted mean over pixels (void weighs 0).
-
-    Equal to ``F.nll_loss(F.log_softmax(logits, 1), targets, weight=weights)``, but 0 rather
-    than NaN for a batch without a labelled pixel.
-    """
-    log_probs = F.log_softmax(logits.float(), dim=1)
-    total = F.nll_loss(log_probs, targets, weight=weights, ignore_index=VOID_INDEX,
-                       reduction="sum")
-    valid = targets != VOID_INDEX
-    norm = weights[targets[valid]].sum()
-    return total / norm.clamp_min(torch.finfo(norm.dtype).tiny)
 
 
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, frames: torch.Tensor,
@@ -410,43 +105,32 @@ def miou_from_confusion(matrix: np.ndarray | torch.Tensor) -> tuple[float, list[
     return (float(np.mean(present)) if present else math.nan), iou
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: ``path`` is never half written."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
 def _resolve_device(spec: str, local_rank: int, world_size: int) -> torch.device:
-    spec = spec.strip().lower()
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    """The device of this process: ``spec`` resolved, ``cuda`` becoming the local rank's GPU
+    when there are several processes."""
     try:
-        device = torch.device(spec)
-    except RuntimeError as exc:
-        raise TrainingError(f"device '{spec}' is not valid (auto, cpu, cuda, cuda:N)") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainingError(f"device '{spec}' requested but CUDA is not available")
-        if world_size > 1:
-            if device.index is not None:
-                raise TrainingError("with several processes give --device cuda (each process "
-                                    "takes the GPU of its local rank), not cuda:N")
-            device = torch.device("cuda", local_rank)
-        if (device.index or 0) >= torch.cuda.device_count():
+        device = resolve_device(spec)
+    except DeviceError as exc:
+        raise TrainingError(str(exc)) from exc
+    if device.type == "cuda" and world_size > 1:
+        if device.index is not None:
+            raise TrainingError("with several processes give --device cuda (each process "
+                                "takes the GPU of its local rank), not cuda:N")
+        device = torch.device("cuda", local_rank)
+        if local_rank >= torch.cuda.device_count():
             raise TrainingError(f"device {device} requested but only "
                                 f"{torch.cuda.device_count()} CUDA devices exist")
-    elif device.type != "cpu":
-        raise TrainingError(f"device '{spec}' is not supported (auto, cpu, cuda, cuda:N)")
     return device
 
 
-class _Context:
+class RankContext:
     """Rank, world size and the collectives the loop needs (no-ops in a single process)."""
 
     def __init__(self, rank: int, world_size: int, local_rank: int) -> None:
@@ -454,28 +138,32 @@ class _Context:
 
     @property
     def distributed(self) -> bool:
+        """Whether there are several processes (a process group)."""
         return self.world_size > 1
 
     @property
     def main(self) -> bool:
+        """Whether this is rank 0, the one that writes files and prints."""
         return self.rank == 0
 
     def all_reduce(self, tensor: torch.Tensor, op: Any = None) -> torch.Tensor:
+        """``tensor`` reduced (summed by default) over the ranks, in place."""
         if self.distributed:
             dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
         return tensor
 
     def barrier(self) -> None:
+        """Wait for every rank."""
         if self.distributed:
             dist.barrier()
 
 
 # --------------------------------------------------------------------------- the trainer
 
-class _Trainer:
+class Trainer:
     """One process's share of a run (all ranks run this; rank 0 writes files)."""
 
-    def __init__(self, config: TrainConfig, ctx: _Context) -> None:
+    def __init__(self, config: TrainConfig, ctx: RankContext) -> None:
         self.config, self.ctx = config, ctx
         self.device = _resolve_device(config.device, ctx.local_rank, ctx.world_size)
         if ctx.distributed and config.backend == "nccl" and self.device.type != "cuda":
@@ -504,7 +192,7 @@ class _Trainer:
                                               augment=False, **common, **val_extra)
 
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        self.model = build_model(config.model, num_classes=NUM_CLASSES,
+        self.model = build_model(config.model, num_classes=NUM_LOGITS,
                                  memory_length=config.memory_length).to(self.device)
         self.temporal = self.model.info.temporal
         self.init_report: str | None = None
@@ -547,6 +235,8 @@ class _Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _read_resume_state(self) -> dict[str, Any] | None:
+        """The saved state to resume from (``--resume``), checked against this config; None for
+        a fresh run (which must not overwrite an existing one)."""
         config = self.config
         exists = self.checkpoint_path.is_file()
         if not config.resume:
@@ -625,6 +315,7 @@ class _Trainer:
 
     # ------------------------------------------------------------------ files (rank 0)
     def _checkpoint(self) -> None:
+        """Write the resumable state ``last.pt`` (rank 0)."""
         if not self.ctx.main:
             return
         payload = dict(format=_FORMAT, model=self.model.state_dict(),
@@ -635,6 +326,7 @@ class _Trainer:
         _atomic_torch_save(payload, self.checkpoint_path)
 
     def _log(self, entry: dict[str, Any]) -> None:
+        """Append one entry to ``train_log.jsonl`` (rank 0)."""
         if not self.ctx.main:
             return
         with open(self.log_path, "a", encoding="utf-8") as stream:
@@ -653,7 +345,7 @@ class _Trainer:
                          else {"mean": list(info.mean), "std": list(info.std)})
         return {
             "model": config.model,
-            "num_classes": NUM_CLASSES,
+            "num_classes": NUM_LOGITS,
             "classes": classes,
             "names": classes["names"],
             "colors": classes["colors"],
@@ -759,9 +451,9 @@ class _Trainer:
         loader = DataLoader(self.val_set, batch_size=self.config.batch_size, sampler=indices,
                             num_workers=self.workers,
                             pin_memory=self.device.type == "cuda")
-        confusion = torch.zeros(NUM_CLASSES - 1, NUM_CLASSES - 1, dtype=torch.int64,
+        confusion = torch.zeros(NUM_LOGITS - 1, NUM_LOGITS - 1, dtype=torch.int64,
                                 device=self.device)
-        k = NUM_CLASSES - 1
+        k = NUM_LOGITS - 1
         bar = _bar(self.show_progress, len(loader), "validation")
         for frames, labels in loader:
             bar.update()
@@ -776,6 +468,7 @@ class _Trainer:
         return {"miou": miou, "iou": iou, "clips": len(self.val_set)}
 
     def run(self) -> TrainResult:
+        """Train until a stop reason (epochs, max_images, time_budget); write the weights."""
         config, ctx, state = self.config, self.ctx, self.state
         if ctx.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -903,65 +596,3 @@ class _Trainer:
             lines.append(f"resumed at epoch {self.state['epoch'] + 1}, "
                          f"{self.state['images_seen']} images seen")
         print("\n".join(lines), flush=True)
-
-
-# --------------------------------------------------------------------------- entry points
-
-def _worker(rank: int, config: TrainConfig, world_size: int, init_method: str,
-            results: Any = None) -> TrainResult:
-    """One process of a run; ``rank``/``world_size`` 0/1 without a process group."""
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    elif world_size > 1:  # share the cores instead of oversubscribing them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    if world_size > 1:
-        dist.init_process_group(config.backend, init_method=init_method, rank=rank,
-                                world_size=world_size)
-    try:
-        result = _Trainer(config, _Context(rank, world_size, local_rank)).run()
-        if results is not None and rank == 0:
-            results.put(asdict(result))
-        return result
-    finally:
-        if world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def train(config: TrainConfig) -> TrainResult | None:
-    """Run a training: one process, ``config.ddp_procs`` spawned processes, or this process as
-    one rank of a torchrun-style launch (``WORLD_SIZE``/``RANK``/``MASTER_ADDR`` set).
-
-    Returns the rank-0 result (None on other ranks of an external launch).
-    """
-    env_world = int(os.environ.get("WORLD_SIZE", "1"))
-    if env_world > 1:
-        if config.ddp_procs not in (1, env_world):
-            raise TrainingError(f"launched with WORLD_SIZE={env_world} but --ddp-procs "
-                                f"{config.ddp_procs}")
-        rank = int(os.environ["RANK"])
-        launched = replace(config, ddp_procs=env_world)
-        if config.command:  # record the launch as a --ddp-procs run (same result)
-            launched = replace(launched, command=launched.command_line())
-        result = _worker(rank, launched, env_world, "env://")
-        return result if rank == 0 else None
-    if config.ddp_procs == 1:
-        return _worker(0, config, 1, "")
-    import torch.multiprocessing as mp
-
-    context = mp.get_context("spawn")
-    results = context.SimpleQueue()
-    init_method = f"tcp://127.0.0.1:{_free_port()}"
-    mp.spawn(_worker, args=(config, config.ddp_procs, init_method, results),
-             nprocs=config.ddp_procs, join=True)
-    data = results.get()
-    data["history"] = data.get("history", [])
-    return TrainResult(**data)
-
-
-def iterate_log(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The entries of a ``train_log.jsonl``."""
-    with open(path, encoding="utf-8") as stream:
-        for line in stream:
-            if line.strip():
-                yield json.loads(line)

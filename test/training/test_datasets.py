@@ -1,4 +1,4 @@
-"""Clip datasets (lmanet_ros.datasets) on tiny folders written by the tests."""
+"""Clip datasets (lmanet_ros.training.datasets) on tiny folders written by the tests."""
 from pathlib import Path
 
 import cv2
@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lmanet_ros.datasets import (MAX_TRANSLATION, ClipDataset, DatasetError, build_clip_dataset,
-                                 cityscapes_clips, label_histogram, parse_size, synth_clips)
+from lmanet_ros.sizes import parse_size
+from lmanet_ros.training.datasets import (MAX_TRANSLATION, ClipDataset, DatasetError,
+                                          build_clip_dataset, cityscapes_clips, label_histogram,
+                                          synth_clips)
 
 HEIGHT, WIDTH = 32, 64
 # Classes of the fake scenes: sky on top, road below, a car box moving right by 4 px a frame.
@@ -219,13 +221,13 @@ def test_cityscapes_missing_sequence_frame_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("text, expected", [("128x256", (128, 256)), (" 64 X 8 ", (64, 8))])
 def test_parse_size(text, expected):
-    assert parse_size(text) == expected
+    assert parse_size(text, multiple_of=8) == expected
 
 
 @pytest.mark.parametrize("text", ["128", "128x0", "100x256", "axb", "-8x8"])
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError):
-        parse_size(text)
+        parse_size(text, multiple_of=8)
 
 
 def test_dataset_kind_and_size_are_checked(synth_root):

@@ -1,4 +1,4 @@
-"""Tests of the synthetic street generator (lmanet_ros.synth) and `lmanet synth`."""
+"""Tests of the synthetic street generator (lmanet_ros.synthetic) and `lmanet synth`."""
 from __future__ import annotations
 
 import json
@@ -10,12 +10,14 @@ import cv2
 import numpy as np
 import pytest
 
-from lmanet_ros import synth
+from lmanet_ros import bags
+from lmanet_ros import synthetic as synth
 from lmanet_ros.bags import list_image_topics, pair_images_and_labels
 from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES, IGNORE_INDEX
-from lmanet_ros.synth import (CAR, CLEAN_LEAD_IN, CORRUPTION_KINDS, HELDOUT_SEEDS, PERSON,
-                              REQUIRED_CLASSES, SEQUENCE_GAP_S, TRAIN_SEEDS, SynthSequence,
-                              frame_stamps)
+from lmanet_ros.synthetic import corruption
+from lmanet_ros.synthetic import (CAR, CLEAN_LEAD_IN, CORRUPTION_KINDS, HELDOUT_SEEDS, PERSON,
+                                  REQUIRED_CLASSES, SEQUENCE_GAP_S, TRAIN_SEEDS, SynthSequence,
+                                  frame_stamps)
 from lmanet_ros.tools import cli
 from lmanet_ros.tools import synth as synth_tool
 
@@ -168,7 +170,7 @@ def test_standard_recipe_applies_every_kind_over_a_long_sequence():
         elif current:
             runs.append(current)
             current = 0
-    assert runs and max(runs) <= synth.OCCLUDER_FRAMES[1] * 2  # two events may touch
+    assert runs and max(runs) <= corruption.OCCLUDER_FRAMES[1] * 2  # two events may touch
     corrupted = sum(1 for kinds in log if kinds) / len(log)
     assert 0.1 < corrupted < 0.45
 
@@ -229,9 +231,9 @@ def test_cli_writes_bag_and_folder(tmp_path, storage, capsys):
     assert list(bag.glob("*.mcap" if storage == "mcap" else "*.db3"))
 
     topics = list_image_topics(bag)
-    assert topics == {synth_tool.IMAGE_TOPIC: ("sensor_msgs/msg/Image", 2 * frames),
-                      synth_tool.LABEL_TOPIC: ("sensor_msgs/msg/Image", 2 * frames)}
-    pairs = list(pair_images_and_labels(bag, synth_tool.IMAGE_TOPIC, synth_tool.LABEL_TOPIC))
+    assert topics == {synth.IMAGE_TOPIC: ("sensor_msgs/msg/Image", 2 * frames),
+                      synth.LABEL_TOPIC: ("sensor_msgs/msg/Image", 2 * frames)}
+    pairs = list(pair_images_and_labels(bag, synth.IMAGE_TOPIC, synth.LABEL_TOPIC))
     assert len(pairs) == 2 * frames
     stamps = [record.stamp_ns for record, _ in pairs]
     gaps = np.diff(stamps) / 1e9
@@ -311,8 +313,8 @@ def test_parser_defaults():
 
 
 def test_generate_returns_what_it_wrote(tmp_path):
-    result = synth_tool.generate(tmp_path / "gen", frames=4, height=H, width=W, bag=False,
-                                 show_progress=False)
+    result = synth.generate(tmp_path / "gen", frames=4, height=H, width=W, bag=None,
+                            show_progress=False)
     assert result.bag is None and result.frames == 4
     assert result.description == tmp_path / "gen" / "sequences.json"
     (image_dir,), (label_dir,) = result.image_folders, result.label_folders
@@ -320,14 +322,14 @@ def test_generate_returns_what_it_wrote(tmp_path):
         f"synth00000_{i:06d}_leftImg8bit.png" for i in range(4)]
     assert len(list(label_dir.glob("*_gtFine_labelTrainIds.png"))) == 4
     with pytest.raises(ValueError, match="nothing to write"):
-        synth_tool.generate(tmp_path / "none", frames=2, height=H, width=W, bag=False,
-                            folder=False)
+        synth.generate(tmp_path / "none", frames=2, height=H, width=W, bag=None,
+                       folder=False)
 
 
 def test_flake8_clean():
-    files = [Path(synth.__file__), Path(synth_tool.__file__),
-             Path(__file__), Path(__file__).with_name("test_bags.py"),
-             Path(synth.__file__).with_name("bags.py")]
+    test_root = Path(__file__).resolve().parents[1]
+    files = [*sorted(Path(synth.__file__).parent.glob("*.py")), Path(synth_tool.__file__),
+             Path(__file__), *test_root.rglob("test_bags.py"), Path(bags.__file__)]
     result = subprocess.run([sys.executable, "-m", "flake8", *map(str, files)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from lmanet_ros import training
 from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES
-from lmanet_ros.datasets import build_clip_dataset
 from lmanet_ros.metrics import ConfusionMatrix
 from lmanet_ros.models import build_model, load_checkpoint, save_checkpoint
 from lmanet_ros.tools import cli
-from lmanet_ros.training import TrainConfig, TrainingError, train
+from lmanet_ros.training import TrainConfig, TrainingError, build_clip_dataset, train
+from lmanet_ros.training.launch import free_port
 from test_datasets import write_synth_tree
 
 FROZEN = ("encoder.", "decoder.")
@@ -192,7 +192,7 @@ def test_pspnet_lmanet_freezes_its_neck_and_refuses_a_pca_start(data, tmp_path):
         train(config(data, tmp_path / "pca", model="lmanet_pspnet50", init=init,
                      fusion_init="pca", max_images=2))
     settings = config(data, tmp_path / "auto", model="lmanet_pspnet50", init=init, max_images=2)
-    trainer = training._Trainer(settings, training._Context(0, 1, 0))
+    trainer = training.Trainer(settings, training.RankContext(0, 1, 0))
     assert trainer.fusion_init_used == "random"
     frozen = {name for name, p in trainer.model.named_parameters() if not p.requires_grad}
     assert any(name.startswith("ppm.") for name in frozen)
@@ -228,7 +228,7 @@ def test_resume_at_epoch_end_continues_exactly(data, tmp_path):
     assert (saved["epoch"], saved["images_seen"], saved["epoch_images"]) == (1, 8, 0)
 
     resumed_config = config(data, tmp_path / "split", epochs=2, resume=True)
-    trainer = training._Trainer(resumed_config, training._Context(0, 1, 0))
+    trainer = training.Trainer(resumed_config, training.RankContext(0, 1, 0))
     restored = trainer.optimizer.state_dict()
     assert restored["param_groups"] == saved["optimizer"]["param_groups"]
     assert restored["state"].keys() == saved["optimizer"]["state"].keys()
@@ -330,11 +330,11 @@ def test_cli_reports_errors(data, tmp_path, capsys):
 # --------------------------------------------------------------------------- DDP
 
 def _ddp_rank(rank, cfg, init_method, out):
-    torch.set_num_threads(1)  # as training._worker does: one core per process
+    torch.set_num_threads(1)  # as training.launch._worker does: one core per process
     torch.distributed.init_process_group("gloo", init_method=init_method, rank=rank,
                                          world_size=2)
     try:
-        trainer = training._Trainer(cfg, training._Context(rank, 2, rank))
+        trainer = training.Trainer(cfg, training.RankContext(rank, 2, rank))
         seen = []
         original = trainer._step
 
@@ -356,7 +356,7 @@ def test_ddp_gloo_two_processes_end_with_identical_weights(data, erfnet_init, tm
     cfg = config(data, tmp_path / "run", model="lmanet_erfnet", init=erfnet_init, epochs=2,
                  max_images=12)
     os.environ.pop("WORLD_SIZE", None)
-    mp.spawn(_ddp_rank, args=(cfg, f"tcp://127.0.0.1:{training._free_port()}", tmp_path),
+    mp.spawn(_ddp_rank, args=(cfg, f"tcp://127.0.0.1:{free_port()}", tmp_path),
              nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for key, value in ranks[0]["model"].items():

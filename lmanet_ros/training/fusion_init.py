@@ -157,7 +157,7 @@ def sample_features(model: nn.Module, dataset: Dataset, *, images: int, max_vect
 
     Args:
         model: a temporal segmenter (``encoder`` and ``_prepare`` as in
-            :class:`lmanet_ros.models.lmanet.Segmenter`); run in eval mode, left as it was.
+            :class:`lmanet_ros.models.segmenter.Segmenter`); run in eval mode, left as it was.
         dataset: yields (frames (N, 3, H, W) uint8, labels); labels are not used.
         images: clips to draw (a seeded random choice).
         max_vectors: keep at most this many feature vectors (a seeded random subset of pixels).

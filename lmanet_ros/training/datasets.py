@@ -41,7 +41,7 @@ from lmanet_ros.classes import IGNORE_INDEX, LABEL_ID_TO_TRAIN_ID
 
 __all__ = [
     "DATASET_KINDS", "MAX_TRANSLATION", "Clip", "ClipDataset", "DatasetError",
-    "build_clip_dataset", "cityscapes_clips", "label_histogram", "parse_size", "synth_clips",
+    "build_clip_dataset", "cityscapes_clips", "label_histogram", "synth_clips",
 ]
 
 #: Names accepted by :func:`build_clip_dataset` (and ``lmanet train --dataset``).
@@ -75,18 +75,6 @@ class Clip:
     label: Path
     sequence: str
     frame: int
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse ``HxW`` into (height, width); both must be positive multiples of 8."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match:
-        raise ValueError(f"size must look like HxW (e.g. 128x256), got '{text}'")
-    height, width = int(match.group(1)), int(match.group(2))
-    if height <= 0 or width <= 0 or height % 8 or width % 8:
-        raise ValueError(f"size {height}x{width}: height and width must be positive multiples "
-                         "of 8 (the network works at 1/8 resolution)")
-    return height, width
 
 
 def _read_rgb(path: Path) -> np.ndarray:

@@ -1,12 +1,12 @@
-"""The PCA start of LMANet's query path (lmanet_ros.fusion_init), checked in float64."""
+"""The PCA start of LMANet's query path (lmanet_ros.training.fusion_init), checked in float64."""
 import pytest
 import torch
 
-from lmanet_ros.datasets import build_clip_dataset
-from lmanet_ros.fusion_init import pca_initialise_query_path, sample_features
 from lmanet_ros.models import build_model
 from lmanet_ros.models.memory import Memory
 from lmanet_ros.models.temporal import LocalMemoryModule, SigmoidDownFusion
+from lmanet_ros.training.datasets import build_clip_dataset
+from lmanet_ros.training.fusion_init import pca_initialise_query_path, sample_features
 from test_datasets import write_synth_tree
 
 
