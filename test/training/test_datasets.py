@@ -7,51 +7,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from training_helpers import CAR, HEIGHT, ROAD, SKY, WIDTH, scene, write_synth_tree
+
 from lmanet_ros.sizes import parse_size
 from lmanet_ros.training.datasets import (MAX_TRANSLATION, ClipDataset, DatasetError,
                                           build_clip_dataset, cityscapes_clips, label_histogram,
                                           synth_clips)
-
-HEIGHT, WIDTH = 32, 64
-# Classes of the fake scenes: sky on top, road below, a car box moving right by 4 px a frame.
-SKY, ROAD, CAR = 10, 0, 13
-COLOURS = {SKY: (70, 130, 180), ROAD: (128, 64, 128), CAR: (0, 0, 142)}
-
-
-def scene(frame: int, sequence: int, height: int = HEIGHT, width: int = WIDTH):
-    """(image, label) of one fake frame; pixel (0, 0) red = frame, (0, 1) red = sequence."""
-    label = np.full((height, width), ROAD, np.uint8)
-    label[:height // 2] = SKY
-    x0 = (4 * frame + 8 * sequence) % (width - 12)
-    label[height // 2:, x0:x0 + 12] = CAR
-    label[-1, :] = 255  # a void row (the ego hood)
-    image = np.zeros((height, width, 3), np.uint8)
-    for cls, colour in COLOURS.items():
-        image[label == cls] = colour
-    image[..., 1] = np.arange(width, dtype=np.uint8)[None, :] * 2  # left-right asymmetric
-    image[0, 0, 0], image[0, 1, 0] = frame, sequence
-    return image, label
-
-
-def write_synth_tree(root: Path, *, sequences: int = 2, frames: int = 8,
-                     splits=("train", "val"), height: int = HEIGHT, width: int = WIDTH,
-                     unlabelled=()) -> Path:
-    """The ``lmanet synth`` layout: leftImg8bit/ and gtFine/ labelTrainIds per split/sequence."""
-    for split_index, split in enumerate(splits):
-        for s in range(sequences):
-            index = 10 * split_index + s
-            name = f"synth{index:05d}"
-            image_dir = root / "leftImg8bit" / split / name
-            label_dir = root / "gtFine" / split / name
-            image_dir.mkdir(parents=True, exist_ok=True)
-            label_dir.mkdir(parents=True, exist_ok=True)
-            for f in range(frames):
-                image, label = scene(f, index, height, width)
-                cv2.imwrite(str(image_dir / f"{name}_{f:06d}_leftImg8bit.png"), image[..., ::-1])
-                if f not in unlabelled:
-                    cv2.imwrite(str(label_dir / f"{name}_{f:06d}_gtFine_labelTrainIds.png"),
-                                label)
-    return root
 
 
 def reference_augment(array: np.ndarray, flip: bool, dy: int, dx: int, fill: int) -> np.ndarray:

@@ -7,7 +7,7 @@ from lmanet_ros.models.memory import Memory
 from lmanet_ros.models.temporal import LocalMemoryModule, SigmoidDownFusion
 from lmanet_ros.training.datasets import build_clip_dataset
 from lmanet_ros.training.fusion_init import pca_initialise_query_path, sample_features
-from test_datasets import write_synth_tree
+from training_helpers import write_synth_tree
 
 
 def _features(channels: int, count: int, rank: int, seed: int = 0) -> torch.Tensor:

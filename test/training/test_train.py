@@ -1,5 +1,6 @@
-"""Training (lmanet_ros.training, `lmanet train`) on tiny synthetic folders: a few steps each."""
-import json
+"""Training (lmanet_ros.training) on tiny synthetic folders: a few steps each.
+
+The ``lmanet train`` command is tested in test/tools/test_train_cli.py."""
 import math
 import os
 
@@ -9,44 +10,19 @@ import torch
 import torch.nn.functional as F
 
 from lmanet_ros import training
-from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES
 from lmanet_ros.metrics import ConfusionMatrix
 from lmanet_ros.models import build_model, load_checkpoint, save_checkpoint
-from lmanet_ros.tools import cli
 from lmanet_ros.training import TrainConfig, TrainingError, build_clip_dataset, train
 from lmanet_ros.training.launch import free_port
-from test_datasets import write_synth_tree
+import training_helpers
+from training_helpers import checkpoint_state, read_log
+
+# The shared fixtures, bound here by name (an import would be flagged F811 at each test using it).
+data = training_helpers.data
+erfnet_init = training_helpers.erfnet_init
+one_thread = training_helpers.one_thread  # autouse
 
 FROZEN = ("encoder.", "decoder.")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is as fast, and on a busy machine several are much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """2 train and 2 val sequences of 8 frames, 32x64: 8 targets per split (frames 4..7)."""
-    return write_synth_tree(tmp_path_factory.mktemp("synth"))
-
-
-@pytest.fixture(scope="module")
-def erfnet_init(tmp_path_factory):
-    """Random single-frame weights to start LMANet from (BN statistics randomised)."""
-    torch.manual_seed(1)
-    model = build_model("erfnet")
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("init") / "erfnet.safetensors"
-    save_checkpoint(model, path)
-    return path
 
 
 def config(data, out, **overrides):
@@ -54,14 +30,6 @@ def config(data, out, **overrides):
                     progress=False, val_split=None)
     settings.update(overrides)
     return TrainConfig(**settings)
-
-
-def read_log(out):
-    return [json.loads(line) for line in (out / training.LOG_NAME).read_text().splitlines()]
-
-
-def checkpoint_state(out):
-    return torch.load(out / training.CHECKPOINT_NAME, map_location="cpu", weights_only=True)
 
 
 # --------------------------------------------------------------------------- loss and metrics
@@ -266,67 +234,6 @@ def test_resume_refusals(data, tmp_path):
         train(config(data, tmp_path, resume=True, batch_size=4))
 
 
-# --------------------------------------------------------------------------- the command
-
-def test_cli_trains_erfnet_then_lmanet_and_writes_loadable_fp16_weights(data, tmp_path):
-    from safetensors import safe_open
-
-    common = ["--data", str(data), "--epochs", "1", "--batch-size", "4", "--workers", "0",
-              "--no-progress"]
-    assert cli.main(["train", "--model", "erfnet", "--out", str(tmp_path / "e"), *common]) == 0
-    erfnet_weights = tmp_path / "e" / "erfnet.safetensors"
-    assert cli.main(["train", "--model", "lmanet_erfnet", "--init", str(erfnet_weights),
-                     "--memory-length", "2", "--out", str(tmp_path / "l"), *common]) == 0
-    weights = tmp_path / "l" / "lmanet_erfnet.safetensors"
-    model = build_model("lmanet_erfnet", memory_length=2)
-    report = load_checkpoint(model, weights)  # strict
-    meta = report.metadata
-    assert meta["model"] == "lmanet_erfnet" and meta["memory_length"] == 2
-    assert meta["clip_length"] == 3 and meta["images_seen"] == 8
-    assert meta["classes"]["names"] == list(CITYSCAPES_CLASS_NAMES)
-    assert len(meta["classes"]["colors"]) == 19 and meta["normalisation"] is None
-    assert 0.0 <= meta["val_miou"] <= 1.0
-    assert meta["training_command"].startswith("lmanet train --model lmanet_erfnet --data ")
-    assert f"--init {erfnet_weights}" in meta["training_command"]
-    with safe_open(str(weights), "pt") as handle:
-        assert handle.get_tensor("kv_M_r4.Key.weight").dtype == torch.float16
-    saved = checkpoint_state(tmp_path / "l")["model"]
-    loaded = model.state_dict()
-    for key in saved:  # the fp16 file holds the trained weights
-        assert torch.allclose(loaded[key].float(), saved[key].float(), rtol=1e-3, atol=1e-3)
-    (entry,) = read_log(tmp_path / "l")
-    assert set(entry) >= {"epoch", "loss", "val_miou", "lr", "images_seen", "seconds"}
-    assert entry["val_miou"] == meta["val_miou"]
-
-
-def test_training_command_reproduces_the_config():
-    import shlex
-
-    from lmanet_ros.tools.train import config_from_args
-
-    argv = ["train", "--model", "lmanet_erfnet", "--data", "/data/synth x", "--out", "o",
-            "--init", "e.safetensors", "--val-split", "", "--size", "64x128", "--max-images",
-            "100", "--threads", "1", "--no-progress"]
-    config = config_from_args(cli.build_parser().parse_args(argv))
-    assert "--clip-length 4 " in config.command and "--first-target 4 " in config.command
-    again = config_from_args(cli.build_parser().parse_args(shlex.split(config.command)[1:]))
-    differences = {k for k, v in again.to_json().items() if config.to_json()[k] != v}
-    assert differences == {"threads", "progress"}  # not part of what is trained
-    assert again.command == config.command
-
-
-def test_cli_reports_errors(data, tmp_path, capsys):
-    assert cli.main(["train", "--model", "lmanet_erfnet", "--data", str(data),
-                     "--out", str(tmp_path), "--workers", "0"]) == 2
-    assert "--init" in capsys.readouterr().err
-    assert cli.main(["train", "--model", "erfnet", "--data", str(tmp_path / "none"),
-                     "--out", str(tmp_path), "--workers", "0"]) == 2
-    assert "missing folder" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(["train", "--model", "erfnet", "--data", str(data), "--out", str(tmp_path),
-                  "--size", "30x64"])
-
-
 # --------------------------------------------------------------------------- DDP
 
 def _ddp_rank(rank, cfg, init_method, out):
@@ -373,17 +280,3 @@ def test_ddp_gloo_two_processes_end_with_identical_weights(data, erfnet_init, tm
                        initial.state_dict()["encoder.initial_block.conv.weight"])
     assert not torch.equal(trained["kv_Q_r4.Key.weight"],
                            initial.state_dict()["kv_Q_r4.Key.weight"])
-
-
-@pytest.mark.slow
-def test_cli_ddp_procs_spawns_gloo_processes(data, erfnet_init, tmp_path):
-    out = tmp_path / "ddp"
-    assert cli.main(["train", "--model", "lmanet_erfnet", "--init", str(erfnet_init),
-                     "--data", str(data), "--out", str(out), "--epochs", "1",
-                     "--batch-size", "2", "--workers", "0", "--no-progress", "--val-split", "",
-                     "--ddp-procs", "2", "--backend", "gloo"]) == 0
-    (entry,) = read_log(out)
-    assert (entry["epoch"], entry["complete"], entry["images_seen"]) == (1, True, 8)
-    meta = load_checkpoint(build_model("lmanet_erfnet", memory_length=3),
-                           out / "lmanet_erfnet.safetensors").metadata
-    assert meta["images_seen"] == 8 and "--ddp-procs 2" in meta["training_command"]
