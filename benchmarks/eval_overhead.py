@@ -5,9 +5,9 @@ Three measurements on the same frames (default: a 300-frame 256x512 synthetic ba
 
 1. bare: the pipeline alone (``SegmentationPipeline.process``, same memory rules) on frames
    already decoded in memory: build, warm-up, every frame in order.
-2. eval: ``lmanet eval`` in-process (build, warm-up, decode, metrics, output bag with labels,
-   colour and overlay, metrics.json, report.md, plots; the video is measured apart with
-   ``--video``), wall time of the whole call.
+2. eval: the offline evaluation in-process (``lmanet_ros.evaluation.evaluate``: build, warm-up,
+   decode, metrics, output bag with labels, colour and overlay, metrics.json, report.md, plots;
+   the video is measured apart with ``--video``), wall time of the whole call.
 3. null: the same eval with the network replaced by a function that returns zeros, i.e. the
    pure overhead of the tool, independent of how fast the network is and of other load.
 
@@ -22,42 +22,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from lmanet_ros.sizes import parse_size
+
 
 def make_bag(directory: Path, frames: int, size: str) -> Path:
-    """A synthetic labelled bag from ``lmanet synth`` (held-out seed, standard corruption)."""
-    subprocess.run([sys.executable, "-c", "from lmanet_ros.tools.cli import main; "
-                    "raise SystemExit(main())", "synth", str(directory), "--frames", str(frames),
-                    "--size", size, "--seed", "10000", "--corruption", "standard",
-                    "--no-folder"], check=True, stdout=subprocess.DEVNULL)
-    return next(directory.glob("bag_*/"))
+    """A synthetic labelled bag (``lmanet_ros.synthetic.generate``: held-out seed, standard
+    corruption)."""
+    from lmanet_ros.bags import BagWriter
+    from lmanet_ros.synthetic import generate
+    height, width = parse_size(size)
+    return generate(directory, frames=frames, height=height, width=width, seed=10000,
+                    corruption="standard", bag=BagWriter, folder=False, show_progress=False).bag
 
 
-def eval_args(bag: Path, out: Path, model: str, device: str, threads: int, *, video: bool,
-              output_bag: bool):
-    from lmanet_ros.tools.cli import build_parser
-    argv = ["eval", str(bag), "--image-topic", "/camera/image", "--label-topic",
-            "/camera/labels", "--model", model, "--device", device, "--out", str(out),
-            "--num-threads", str(threads)]
-    if output_bag:
-        argv += ["--output-bag", str(out / "labelled")]
-    if not video:
-        argv.append("--no-video")
-    return build_parser().parse_args(argv)
+def eval_options(bag: Path, out: Path, model: str, device: str, threads: int, *, video: bool,
+                 output_bag: bool):
+    """The evaluation of ``bag`` into ``out`` (labels on /camera/labels)."""
+    from lmanet_ros.evaluation import EvalOptions
+    return EvalOptions(bag=bag, out=out, model=model, image_topics=["/camera/image"],
+                       label_topic="/camera/labels", device=device, num_threads=threads,
+                       output_bag=out / "labelled" if output_bag else None, video=video)
 
 
 def bare(bag: Path, model: str, device: str, threads: int) -> dict:
     """The pipeline alone on frames decoded beforehand (not timed)."""
     from lmanet_ros.bags import iter_images
     from lmanet_ros.pipeline import Frame, SegmentationPipeline
-    frames = [Frame(r.topic, np.array(r.image), r.stamp_ns * 1e-9, r.frame_id)
+    frames = [Frame(r.topic, np.array(r.image), r.stamp_ns, r.frame_id)
               for r in iter_images(bag, "/camera/image")]
     start = time.perf_counter()
     pipeline = SegmentationPipeline.from_pretrained(model, device=device, num_threads=threads)
@@ -70,11 +67,11 @@ def bare(bag: Path, model: str, device: str, threads: int) -> dict:
             "frames": len(frames)}
 
 
-def run_eval(args) -> tuple[float, dict]:
+def run_eval(options) -> tuple[float, dict]:
     """Wall seconds of one in-process evaluation and its timing dict (with the frame count)."""
-    from lmanet_ros.tools.eval import evaluate
+    from lmanet_ros.evaluation import evaluate
     start = time.perf_counter()
-    outcome = evaluate(args)
+    outcome = evaluate(options)
     seconds = time.perf_counter() - start
     return seconds, dict(outcome.payload["timing"],
                          frames=outcome.payload["source"]["frames_evaluated"])
@@ -100,15 +97,16 @@ def main() -> int:
     summary: dict = {"bag": str(bag), "model": options.model, "device": options.device}
     if not options.null_only:
         summary.update(bare(bag, options.model, options.device, options.num_threads))
-        eval_s, timing = run_eval(eval_args(bag, work / "eval", options.model, options.device,
-                                            options.num_threads, video=False, output_bag=True))
+        eval_s, timing = run_eval(eval_options(bag, work / "eval", options.model,
+                                               options.device, options.num_threads,
+                                               video=False, output_bag=True))
         summary.update(eval_s=eval_s, eval_timing=timing, eval_model_s=timing["model_s"])
 
     # the tool alone: a network that costs nothing
     def null_process(self, frames, *, want_confidence=False):
         out = []
         for frame in frames:
-            admission = self._state(frame.stream).admit(frame.stamp, frame.image.shape[:2],
+            admission = self._state(frame.stream).admit(frame.stamp_ns, frame.image.shape[:2],
                                                         frame.frame_id, self.policy)
             out.append(Result(frame.stream, np.zeros(frame.image.shape[:2], np.uint8), None,
                               admission.reset_reason, admission.duplicate, 0, 1,
@@ -116,13 +114,14 @@ def main() -> int:
         return out
     SegmentationPipeline.process = null_process
     SegmentationPipeline.warmup = lambda self, h, w: None
-    null_s, null_timing = run_eval(eval_args(bag, work / "null", options.model, options.device,
-                                             options.num_threads, video=False, output_bag=True))
+    null_s, null_timing = run_eval(eval_options(bag, work / "null", options.model,
+                                                options.device, options.num_threads,
+                                                video=False, output_bag=True))
     summary.update(null_s=null_s, null_timing=null_timing)
     if options.video:
-        video_s, video_timing = run_eval(eval_args(bag, work / "video", options.model,
-                                                   options.device, options.num_threads,
-                                                   video=True, output_bag=False))
+        video_s, video_timing = run_eval(eval_options(bag, work / "video", options.model,
+                                                      options.device, options.num_threads,
+                                                      video=True, output_bag=False))
         summary.update(null_with_video_s=video_s, video_s=video_timing["video_s"])
     summary["null_ms_per_frame"] = 1e3 * null_s / max(1, null_timing["frames"])
     if not options.null_only:

@@ -1,9 +1,11 @@
 """Camera images in rosbag2 files, read and written through the `rosbags` library (no ROS runtime).
 
 Both rosbag2 storages are supported: ``mcap`` (the default since ROS 2 Iron) and ``sqlite3``.
-Messages are (de)serialised with the ROS 2 Jazzy type store of `rosbags`; the definitions of
-``sensor_msgs/msg/Image`` and ``sensor_msgs/msg/CompressedImage`` are the same from Humble on.
-Bags are written in rosbag2 format version 8.
+Messages are (de)serialised with one type store, the ROS 2 Jazzy store of `rosbags`
+(:func:`typestore`; the definitions of ``sensor_msgs/msg/Image`` and
+``sensor_msgs/msg/CompressedImage`` are the same from Humble on, so it reads bags of any of them).
+Bags are written in rosbag2 format version 8; images through one CDR serialiser
+(:func:`image_cdr`), which is also the fast path of the evaluation's output bags.
 
 Order: readers yield messages in recorded order, which is the order of their log (receive) times
 in the bag, across all requested topics, as ``ros2 bag play`` replays them; messages with equal log
@@ -26,11 +28,11 @@ iteration goes on.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
-import struct
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +41,14 @@ from rosbags.typesys import Stores, get_typestore
 
 from lmanet_ros.imaging import (ImageError, decode_compressed, decode_image, encode_compressed,
                                 encode_image)
+from lmanet_ros.stamps import NS_PER_S, split_ns, stamp_ns
 
 __all__ = [
     "BadMessageWarning", "BagError", "BagReader", "BagWriter", "COMPRESSED_IMAGE", "IMAGE",
     "IMAGE_TYPES", "ImageRecord", "MONO_ENCODINGS", "ReadStats", "STORAGES", "iter_images",
     "list_image_topics", "pair_images_and_labels", "typestore", "decode_message",
-    "image_message", "compressed_message", "warn_bad_message",
+    "decode_label", "header_of", "image_cdr", "image_message", "compressed_message",
+    "read_labels", "warn_bad_message",
 ]
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -118,19 +122,19 @@ class ImageRecord:
 
 
 # ------------------------------------------------------------------------------ messages
-def _stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 def _header(stamp_ns: int, frame_id: str):
     store = typestore()
-    stamp_ns = int(stamp_ns)
-    if stamp_ns < 0:
-        raise ValueError(f"stamp_ns must be >= 0, got {stamp_ns}")
-    sec, nanosec = divmod(stamp_ns, 1_000_000_000)
+    sec, nanosec = split_ns(_non_negative(stamp_ns, "stamp_ns"))
     time_type = store.types["builtin_interfaces/msg/Time"]
     header_type = store.types["std_msgs/msg/Header"]
     return header_type(stamp=time_type(sec=sec, nanosec=nanosec), frame_id=str(frame_id))
+
+
+def _non_negative(value: int, name: str) -> int:
+    value = int(value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
 
 
 def _is_mono(encoding: str) -> bool:
@@ -168,6 +172,72 @@ def compressed_message(stamp_ns: int, frame_id: str, array: np.ndarray, fmt: str
     compressed_type = typestore().types[COMPRESSED_IMAGE]
     return compressed_type(header=_header(stamp_ns, frame_id), format=fmt,
                            data=np.frombuffer(data, np.uint8))
+
+
+def _cdr_string(text: str) -> bytes:
+    raw = text.encode("utf-8") + b"\0"
+    return len(raw).to_bytes(4, "little") + raw
+
+
+def image_cdr(stamp_ns: int, frame_id: str, array: np.ndarray, encoding: str = "rgb8") -> bytes:
+    """A little-endian CDR ``sensor_msgs/msg/Image`` of ``array``, built without a message object.
+
+    The same bytes as ``typestore().serialize_cdr(image_message(...))`` (any encoding of
+    :func:`lmanet_ros.imaging.encode_image`), at a fraction of the cost: the one serialiser of
+    image messages written to bags.
+    """
+    array = np.asarray(array)
+    height, width = array.shape[:2]
+    step, data = encode_image(array, encoding)
+    sec, nanosec = split_ns(_non_negative(stamp_ns, "stamp_ns"))
+    out = bytearray(b"\x00\x01\x00\x00")
+    out += sec.to_bytes(4, "little", signed=True) + nanosec.to_bytes(4, "little")
+    out += _cdr_string(str(frame_id))
+    out += b"\0" * (-(len(out) - 4) % 4)
+    out += int(height).to_bytes(4, "little") + int(width).to_bytes(4, "little")
+    out += _cdr_string(encoding)
+    out += b"\0"  # is_bigendian
+    out += b"\0" * (-(len(out) - 4) % 4)
+    out += int(step).to_bytes(4, "little") + len(data).to_bytes(4, "little")
+    out += data
+    return bytes(out)
+
+
+def header_of(data: bytes | memoryview, msgtype: str) -> tuple[int | None, str]:
+    """(header stamp in int ns, frame_id) of a CDR-serialised message that starts with a
+    std_msgs/Header; ``(None, "")`` when it has none or is too short.
+
+    Image and CompressedImage are read straight from the bytes (no pixels touched); other types
+    are deserialised with the type store.
+    """
+    view = memoryview(data)
+    if msgtype in IMAGE_TYPES:
+        if len(view) < 16:
+            return None, ""
+        order = "<" if view[1] & 1 else ">"
+        sec, nanosec, length = np.frombuffer(view[4:16], dtype=np.dtype(order + "u4")).tolist()
+        sec = sec - (1 << 32) if sec >= 1 << 31 else sec  # int32 seconds
+        frame_id = bytes(view[16:16 + max(length - 1, 0)]).decode("utf-8", "replace")
+        return sec * NS_PER_S + nanosec, frame_id
+    try:
+        header = typestore().deserialize_cdr(bytes(view), msgtype).header
+    except Exception:  # noqa: BLE001 - any type without a (known) header, or byte soup
+        return None, ""
+    return stamp_ns(header), str(header.frame_id)
+
+
+def decode_label(msgtype: str, msg) -> np.ndarray:
+    """The ``(H, W)`` uint8 class ids of a deserialised label image (mono8 / 8UC1, plain or
+    compressed).
+
+    Raises:
+        ImageError: the image cannot be decoded.
+        ValueError: it is not a single-channel 8-bit image.
+    """
+    pixels, encoding = decode_message(msgtype, msg)
+    if pixels.ndim != 2:
+        raise ValueError(f"a label image must be mono8 (class ids), got '{encoding}'")
+    return pixels
 
 
 def _decode_mono(msg) -> np.ndarray:
@@ -280,10 +350,7 @@ class BagWriter:
         writer = self._open_writer()
         if topic not in self._connections:
             raise ValueError(f"topic {topic} is not declared: call add_topic first")
-        log_time_ns = int(log_time_ns)
-        if log_time_ns < 0:
-            raise ValueError(f"log_time_ns must be >= 0, got {log_time_ns}")
-        writer.write(self._connections[topic][1], log_time_ns, data)
+        writer.write(self._connections[topic][1], _non_negative(log_time_ns, "log_time_ns"), data)
         self.counts[topic] += 1
 
     def write(self, topic: str, log_time_ns: int, message) -> None:
@@ -296,9 +363,11 @@ class BagWriter:
 
     def write_image(self, topic: str, stamp_ns: int, frame_id: str, array: np.ndarray,
                     encoding: str = "rgb8", *, log_time_ns: int | None = None) -> None:
-        """Write ``array`` as a ``sensor_msgs/msg/Image`` (see :func:`image_message`)."""
-        msg = image_message(stamp_ns, frame_id, array, encoding)
-        self.write(topic, stamp_ns if log_time_ns is None else log_time_ns, msg)
+        """Write ``array`` as a ``sensor_msgs/msg/Image`` (see :func:`image_message`), serialised
+        by :func:`image_cdr` (the fast path)."""
+        self.add_topic(topic, IMAGE)
+        self.write_raw(topic, stamp_ns if log_time_ns is None else log_time_ns,
+                       image_cdr(stamp_ns, frame_id, array, encoding))
 
     def write_compressed(self, topic: str, stamp_ns: int, frame_id: str, array: np.ndarray,
                          fmt: str = "jpeg", *, log_time_ns: int | None = None,
@@ -313,12 +382,15 @@ class BagWriter:
 class BagReader:
     """Read a rosbag2 of either storage (context manager).
 
-    ``topics`` maps every topic to ``(msgtype, message count)``; :meth:`images` decodes image
-    messages in recorded order, :meth:`messages` deserialises any.
+    ``path`` is the bag directory, or a file inside it (``*.mcap`` / ``*.db3``). ``topics`` maps
+    every topic to ``(msgtype, message count)``; :meth:`images` decodes image messages in
+    recorded order, :meth:`messages` deserialises any, :meth:`raw` gives the serialised bytes.
+    An open reader can be read any number of times (one reader serves a whole evaluation).
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        path = Path(path)
+        self.path = path.parent if path.is_file() else path
         self._reader: Reader | None = None
 
     def __enter__(self) -> BagReader:
@@ -363,6 +435,21 @@ class BagReader:
         """The topics of Image or CompressedImage messages, as :attr:`topics`."""
         return {name: value for name, value in self.topics.items() if value[0] in IMAGE_TYPES}
 
+    def image_topics_in_bag_order(self) -> list[str]:
+        """The image topics in the order their connections were declared in the bag."""
+        return list(dict.fromkeys(c.topic for c in self._open_reader().connections
+                                  if c.msgtype in IMAGE_TYPES))
+
+    @property
+    def storage(self) -> str:
+        """The storage plugin of the bag: ``mcap``, ``sqlite3`` or ``unknown`` (from its files)."""
+        for name, suffix in (("mcap", "mcap"), ("sqlite3", "db3")):
+            if any(self.path.glob(f"*.{suffix}")) or any(self.path.glob(f"*.{suffix}.zstd")):
+                return name
+        text = (self.path / "metadata.yaml").read_text(encoding="utf-8", errors="replace")
+        return next((name for name in STORAGES if f"storage_identifier: {name}" in text),
+                    "unknown")
+
     def _connections(self, topics: Iterable[str] | None, image_only: bool) -> list:
         reader = self._open_reader()
         available = self.image_topics() if image_only else self.topics
@@ -386,7 +473,7 @@ class BagReader:
         Messages that cannot be deserialised are warned about, counted and skipped.
         """
         store = typestore()
-        for connection, log_time, data in self._raw(topics):
+        for connection, log_time, data in self.raw(topics):
             try:
                 msg = store.deserialize_cdr(data, connection.msgtype)
             except Exception as exc:  # noqa: BLE001 - any byte soup may fail in any way
@@ -403,8 +490,9 @@ class BagReader:
             if record is not None:
                 yield record
 
-    def _raw(self, topics: Iterable[str] | str | None = None) -> Iterator[tuple]:
-        """Serialised messages ``(connection, log_time_ns, data)`` in recorded order."""
+    def raw(self, topics: Iterable[str] | str | None = None) -> Iterator[tuple]:
+        """Serialised messages ``(connection, log_time_ns, data)`` in recorded order; the
+        connection has ``topic`` and ``msgtype``. Unknown topics raise :class:`BagError`."""
         reader = self._open_reader()
         connections = self._connections(topics, image_only=False)
         if connections:  # rosbags reads every topic when given none
@@ -427,7 +515,7 @@ def _record(topic: str, msgtype: str, log_time: int, msg, stats: ReadStats | Non
             report: bool = True) -> ImageRecord | None:
     try:
         pixels, encoding = decode_message(msgtype, msg)
-        stamp, frame_id = _stamp_ns(msg.header), str(msg.header.frame_id)
+        stamp, frame_id = stamp_ns(msg.header), str(msg.header.frame_id)
     except (ImageError, ValueError, AttributeError) as exc:
         if report:
             warn_bad_message(stats, topic, log_time, f"cannot decode image: {exc}")
@@ -452,20 +540,66 @@ def iter_images(path: str | Path, topics: Iterable[str] | str | None = None, *,
         yield from reader.images(topics, stats=stats)
 
 
-def _cdr_stamp(data: bytes | memoryview) -> int | None:
-    """Header stamp of a CDR-serialised message that starts with a std_msgs/Header, or None."""
-    if len(data) < 12:
-        return None
-    endian = "<" if data[1] & 1 else ">"
-    sec, nanosec = struct.unpack_from(endian + "iI", data, 4)
-    return sec * 1_000_000_000 + nanosec
+@contextlib.contextmanager
+def _reading(bag: str | Path | BagReader) -> Iterator[BagReader]:
+    """An open reader: ``bag`` itself when it is one (left open), else one opened here."""
+    if isinstance(bag, BagReader):
+        bag.open()
+        yield bag
+    else:
+        with BagReader(bag) as reader:
+            yield reader
 
 
-def pair_images_and_labels(path: str | Path, image_topic: str, label_topic: str, *,
+def read_labels(bag: str | Path | BagReader, topic: str, *,
+                stats: ReadStats | None = None) -> dict[int, np.ndarray]:
+    """Every label image of ``topic`` of ``bag`` (a path, or an open reader: left open) as
+    ``{header stamp ns: (H, W) uint8}`` (the last one of a repeated stamp); undecodable ones are
+    warned about, counted and skipped.
+
+    Raises:
+        BagError: no such image topic, or it carries colour images.
+    """
+    labels: dict[int, np.ndarray] = {}
+    with _reading(bag) as reader:
+        for record in reader.images([topic], stats=stats):
+            if not record.is_mono:
+                raise BagError(f"{topic} carries {record.encoding} images, not mono8 class ids")
+            labels[record.stamp_ns] = np.ascontiguousarray(record.image)
+    return labels
+
+
+def _label_matches(reader: BagReader, image_topic: str, label_topic: str) -> dict[int, int]:
+    """Per stamp: how many images of ``image_topic`` get a label (min of images and decodable
+    labels of that stamp). Reads image headers only; warnings are left to the pairing pass."""
+    images: collections.Counter = collections.Counter()
+    labels: collections.Counter = collections.Counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadMessageWarning)
+        for connection, _, data in reader.raw([image_topic]):
+            stamp = header_of(data, connection.msgtype)[0]
+            if stamp is not None:
+                images[stamp] += 1
+        for topic, msgtype, log_time, msg in reader.messages([label_topic]):
+            if _record(topic, msgtype, log_time, msg, None, report=False) is not None:
+                labels[stamp_ns(msg.header)] += 1
+    return {s: min(n, labels[s]) for s, n in images.items() if s in labels}
+
+
+def pair_images_and_labels(bag: str | Path | BagReader, image_topics: str | Sequence[str],
+                           label_topic: str | None = None, *, stride: int = 1,
                            stats: ReadStats | None = None
                            ) -> Iterator[tuple[ImageRecord, np.ndarray | None]]:
-    """Images of ``image_topic`` in recorded order, each with the label of ``label_topic`` whose
-    header stamp equals the image's exactly, or None when there is none.
+    """Images of ``image_topics`` in recorded order, each with the label of ``label_topic``
+    whose header stamp equals the image's exactly, or None when there is none.
+
+    Args:
+        bag: a bag path, or an open :class:`BagReader` (read again, left open).
+        image_topics: one camera topic or several; labels belong to the first one.
+        label_topic: the ground truth topic, or None (every image comes with None).
+        stride: yield every ``stride``-th image of each topic (the others are not decoded; the
+            label of a left-out image is dropped, not given to another).
+        stats: counts of decoded and skipped messages.
 
     Labels may be recorded before or after their image. The bag is read twice: first the stamps
     of the images (from the serialised headers) and of the decodable labels, then to pair. Only
@@ -474,53 +608,63 @@ def pair_images_and_labels(path: str | Path, image_topic: str, label_topic: str,
     The label array is what the reader decodes (``(H, W)`` for mono8 masks). Bad messages are
     warned about and counted (in ``stats``) once.
     """
-    if image_topic == label_topic:
+    topics = [image_topics] if isinstance(image_topics, str) else list(image_topics)
+    if label_topic is not None and label_topic in topics:
         raise ValueError("image_topic and label_topic must differ")
-    with BagReader(path) as reader:
-        reader._connections([image_topic, label_topic], image_only=True)  # both must exist
-        image_stamps: collections.Counter = collections.Counter()
-        label_stamps: collections.Counter = collections.Counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", BadMessageWarning)  # reported in the second pass
-            for connection, _, data in reader._raw([image_topic]):
-                stamp = _cdr_stamp(data)
-                if stamp is not None:
-                    image_stamps[stamp] += 1
-            for topic, msgtype, log_time, msg in reader.messages([label_topic]):
-                if _record(topic, msgtype, log_time, msg, None, report=False) is not None:
-                    label_stamps[_stamp_ns(msg.header)] += 1
-        # Matches per stamp, spent separately by images (claims) and labels (kept).
-        claims = {s: min(n, label_stamps[s]) for s, n in image_stamps.items() if s in label_stamps}
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    wanted = topics + ([label_topic] if label_topic is not None else [])
+    with _reading(bag) as reader:
+        reader._connections(wanted, image_only=True)  # all must exist
+        labelled = topics[0] if label_topic is not None else None
+        # Matches per stamp, spent separately by images (claims) and labels (keeps).
+        claims = _label_matches(reader, labelled, label_topic) if labelled else {}
         keeps = dict(claims)
-
+        drops: collections.Counter = collections.Counter()  # labels of left-out images
+        seen = dict.fromkeys(topics, 0)
         waiting: collections.deque[tuple[ImageRecord, bool]] = collections.deque()
-        labels: dict[int, collections.deque] = collections.defaultdict(collections.deque)
-        for record in reader.images([image_topic, label_topic], stats=stats):
-            stamp = record.stamp_ns
-            if record.topic == label_topic:
-                if keeps.get(stamp, 0) > 0:
-                    keeps[stamp] -= 1
-                    labels[stamp].append(record.image)
+        labels: dict[int, collections.deque] = {}
+        for topic, msgtype, log_time, msg in reader.messages(wanted, stats=stats):
+            if topic == label_topic:
+                record = _record(topic, msgtype, log_time, msg, stats)
+                if record is not None and keeps.get(record.stamp_ns, 0) > 0:
+                    keeps[record.stamp_ns] -= 1
+                    if drops[record.stamp_ns]:
+                        drops[record.stamp_ns] -= 1
+                    else:
+                        labels.setdefault(record.stamp_ns, collections.deque()).append(
+                            record.image)
             else:
-                claim = claims.get(stamp, 0) > 0
+                stamp = stamp_ns(msg.header)
+                claim = topic == labelled and claims.get(stamp, 0) > 0
                 if claim:
                     claims[stamp] -= 1
-                waiting.append((record, claim))
+                seen[topic] += 1
+                record = None if (seen[topic] - 1) % stride else \
+                    _record(topic, msgtype, log_time, msg, stats)
+                if record is not None:
+                    waiting.append((record, claim))
+                elif claim:  # left out or undecodable: drop its label (now or when it comes)
+                    if labels.get(stamp):
+                        _take(labels, stamp)
+                    else:
+                        drops[stamp] += 1
             while waiting:  # release images from the front of the queue, in order
                 head, head_claims = waiting[0]
-                if not head_claims:
-                    waiting.popleft()
-                    yield head, None
-                elif labels.get(head.stamp_ns):
-                    waiting.popleft()
-                    queue = labels[head.stamp_ns]
-                    label = queue.popleft()
-                    if not queue:
-                        del labels[head.stamp_ns]
-                    yield head, label
-                else:
+                if head_claims and not labels.get(head.stamp_ns):
                     break
+                waiting.popleft()
+                yield head, _take(labels, head.stamp_ns) if head_claims else None
         while waiting:
             head, head_claims = waiting.popleft()
-            queue = labels.get(head.stamp_ns)
-            yield head, (queue.popleft() if head_claims and queue else None)
+            yield head, (_take(labels, head.stamp_ns) if head_claims and labels.get(head.stamp_ns)
+                         else None)
+
+
+def _take(labels: dict[int, collections.deque], stamp: int) -> np.ndarray:
+    """The first label waiting for ``stamp``; forgets the stamp once none is left."""
+    queue = labels[stamp]
+    label = queue.popleft()
+    if not queue:
+        del labels[stamp]
+    return label

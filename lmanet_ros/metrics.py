@@ -2,9 +2,10 @@
 
 Conventions (what ``metrics.json`` and ``report.md`` mean):
 
-- Labels are Cityscapes trainIds, ``0..K-1`` with K = 19; ``255`` is void and ignored. Any other
-  ground-truth value (``K..254``) is not a class either: it is ignored like void and counted as
-  ``invalid_label_pixels`` (usually a labelIds topic read without ``--label-ids``).
+- Labels are Cityscapes trainIds, ``0..K-1`` with K = 19 (:data:`NUM_EVAL_CLASSES`); ``255`` is
+  void and ignored. Any other ground-truth value (``K..254``) is not a class either: it is
+  ignored like void and counted as ``invalid_label_pixels`` (usually a labelIds topic read
+  without ``--label-ids``).
 - Accuracy comes from one confusion matrix over all labelled frames (rows: ground truth, columns:
   prediction). A prediction outside ``0..K-1`` on a labelled pixel is a miss of the true class.
 - IoU of class c = TP / (TP + FP + FN). A class with no ground-truth pixel and no predicted pixel
@@ -28,8 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: Number of Cityscapes training classes.
-NUM_CLASSES = 19
+from lmanet_ros.stamps import ns_to_seconds
+
+#: Number of Cityscapes classes scored (trainIds 0..18; training's logits add a void one).
+NUM_EVAL_CLASSES = 19
 #: Ground-truth value that marks a pixel without a label.
 IGNORE_INDEX = 255
 #: Latency percentiles reported, in percent.
@@ -52,7 +55,8 @@ class ConfusionMatrix:
     misses outside it are read from that table.
     """
 
-    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, num_classes: int = NUM_EVAL_CLASSES,
+                 ignore_index: int = IGNORE_INDEX) -> None:
         """Start an empty matrix of ``num_classes`` classes (at most 255)."""
         if not 1 <= num_classes <= 255:
             raise ValueError(f"num_classes must be in 1..255, got {num_classes}")
@@ -137,7 +141,7 @@ class FlipSample:
 
     stream: str
     index: int
-    stamp: float
+    stamp_ns: int
     flip_rate: float
     flip_rate_gt_stable: float | None
 
@@ -145,7 +149,8 @@ class FlipSample:
 class TemporalConsistency:
     """Share of pixels whose predicted class flips between consecutive frames of each stream."""
 
-    def __init__(self, ignore_index: int = IGNORE_INDEX, num_classes: int = NUM_CLASSES) -> None:
+    def __init__(self, ignore_index: int = IGNORE_INDEX,
+                 num_classes: int = NUM_EVAL_CLASSES) -> None:
         """Start with no stream seen."""
         self.ignore_index = ignore_index
         self.num_classes = num_classes
@@ -159,7 +164,7 @@ class TemporalConsistency:
         self.samples: list[FlipSample] = []
 
     def update(self, stream: str, pred: np.ndarray, gt: np.ndarray | None = None, *,
-               continuous: bool = True, index: int = 0, stamp: float = 0.0) -> FlipSample | None:
+               continuous: bool = True, index: int = 0, stamp_ns: int = 0) -> FlipSample | None:
         """Compare ``pred`` with the stream's previous prediction; remember it for the next one.
 
         Args:
@@ -169,7 +174,7 @@ class TemporalConsistency:
             continuous: False when the frame does not follow the previous one in the scene
                 (time went back, size or frame_id changed): nothing is compared.
             index: the frame's position in the run (kept in the sample, for plots).
-            stamp: the frame's stamp in seconds (kept in the sample).
+            stamp_ns: the frame's header stamp in int nanoseconds (kept in the sample).
 
         Returns:
             The frame's flip rates, or None when there was nothing to compare with.
@@ -195,7 +200,7 @@ class TemporalConsistency:
             self.stable_pixels += stable_pixels
             self.stable_flips += stable_flips
             stable_rate = stable_flips / stable_pixels if stable_pixels else None
-        sample = FlipSample(stream, index, stamp, flips / pred.size, stable_rate)
+        sample = FlipSample(stream, index, stamp_ns, flips / pred.size, stable_rate)
         self.samples.append(sample)
         return sample
 
@@ -259,8 +264,13 @@ class ResetEvent:
 
     stream: str
     index: int
-    stamp: float
+    stamp_ns: int
     reason: str
+
+    def summary(self) -> dict:
+        """The event in ``metrics.json``: stream, index, stamp (seconds), reason."""
+        return {"stream": self.stream, "index": self.index,
+                "stamp": ns_to_seconds(self.stamp_ns), "reason": self.reason}
 
 
 @dataclass
@@ -287,7 +297,7 @@ class RunScore:
         self.confusion = ConfusionMatrix(len(self.class_names))
         self.temporal = TemporalConsistency(num_classes=len(self.class_names))
 
-    def add(self, stream: str, pred: np.ndarray, gt: np.ndarray | None, *, stamp: float,
+    def add(self, stream: str, pred: np.ndarray, gt: np.ndarray | None, *, stamp_ns: int,
             latency_ms: float | None = None, stages_ms: dict[str, float] | None = None,
             reset_reason: str | None = None, continuous: bool = True,
             duplicate: bool = False) -> FlipSample | None:
@@ -297,7 +307,7 @@ class RunScore:
             stream: the frame's stream (camera topic).
             pred: (H, W) uint8 predicted class ids.
             gt: (H, W) uint8 ground-truth trainIds, or None for an unlabelled frame.
-            stamp: header stamp in seconds.
+            stamp_ns: header stamp in int nanoseconds.
             latency_ms: the frame's latency, if measured.
             stages_ms: per-stage times in ms (e.g. preprocess, inference, postprocess).
             reset_reason: why the memory was cleared before this frame, or None.
@@ -315,9 +325,9 @@ class RunScore:
         for stage, value in (stages_ms or {}).items():
             self.stage_ms.setdefault(stage, []).append(float(value))
         if reset_reason is not None:
-            self.resets.append(ResetEvent(stream, index, stamp, reset_reason))
+            self.resets.append(ResetEvent(stream, index, stamp_ns, reset_reason))
         return self.temporal.update(stream, pred, gt, continuous=continuous, index=index,
-                                    stamp=stamp)
+                                    stamp_ns=stamp_ns)
 
     def reset_counts(self) -> dict[str, int]:
         """Memory resets by reason."""
@@ -357,6 +367,6 @@ class RunScore:
             "memory_resets": {
                 "total": len(self.resets),
                 "by_reason": self.reset_counts(),
-                "events": [vars(event).copy() for event in self.resets],
+                "events": [event.summary() for event in self.resets],
             },
         }

@@ -1,9 +1,10 @@
 """Temporal modules: what a temporal segmenter stores per frame and how it reads its memory.
 
-A temporal module is a swappable component of :class:`~lmanet_ros.models.segmenter.TemporalSegmenter`
-(LMANet's local memory attention here; TMANet's global attention could be another). It owns
-sub-modules only, no parameters of its own: the segmenter registers those sub-modules as its own
-top-level children so that checkpoint names stay those of the published models
+A temporal module is a swappable component of
+:class:`~lmanet_ros.models.segmenter.TemporalSegmenter` (LMANet's local memory attention here;
+TMANet's global attention could be another). It owns sub-modules only, no parameters of its own:
+the segmenter registers those sub-modules as its own top-level children so that checkpoint names
+stay those of the published models
 (``kv_M_r4.*``, ``kv_Q_r4.*``, ``memory_fusion.*``).
 
 Two published configurations: ERFNet (keys 16 and values 64 channels from 3x3 convolutions,

@@ -5,16 +5,12 @@ import argparse
 import math
 from collections.abc import Callable
 
+from lmanet_ros.sizes import size_type
 
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse ``HxW`` (e.g. ``256x512``) into (height, width) pixels for argparse."""
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 256x512, got '{text}'") from None
-    if height <= 0 or width <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got '{text}'")
-    return height, width
+
+#: An argparse type: ``HxW`` (e.g. ``256x512``) as (height, width) pixels
+#: (:func:`lmanet_ros.sizes.parse_size`; its message is what argparse prints).
+parse_size = size_type()
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -47,3 +43,34 @@ def float_in(low: float, high: float = math.inf) -> Callable[[str], float]:
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 positive_float = float_in(0.0)
+
+
+def add_scoring_arguments(labels: argparse._ActionsContainer,
+                          memory: argparse._ActionsContainer | None = None, *,
+                          live: bool = False) -> None:
+    """The flags that say how labels are scored, the same on ``eval``, ``replay`` and ``score``:
+    ``--label-topic`` and ``--label-ids`` (the bag's ground truth, into ``labels``) and
+    ``--max-gap`` (into ``memory``, default ``labels``; ``live``: the running node's value,
+    from which its memory resets are inferred)."""
+    labels.add_argument("--label-topic", metavar="TOPIC",
+                        help="the bag's ground truth: mono8 Cityscapes trainIds (255 void), "
+                        "matched to the frames by header stamp")
+    labels.add_argument("--label-ids", action="store_true",
+                        help="the label topic holds Cityscapes labelIds: map them to trainIds")
+    (memory or labels).add_argument(
+        "--max-gap", type=float, default=1.0, metavar="SEC",
+        help="the node's memory.max_gap, to infer memory resets in the report" if live else
+        "seconds between frames beyond which the memory is cleared (0: off)")
+
+
+def add_node_labels_argument(parser: argparse._ActionsContainer, *, many: bool) -> None:
+    """``--node-labels-topic``: the topic(s) a running node publishes its labels on (not the
+    bag's ground truth, ``--label-topic``). ``--labels-topic`` is a hidden deprecated alias."""
+    kwargs = {"nargs": "+", "default": ["/lmanet/labels"]} if many else \
+        {"default": "/lmanet/labels"}
+    parser.add_argument("--node-labels-topic", metavar="TOPIC", dest="node_labels_topic",
+                        help="the node's labels topic" + ("(s): one, or one per image topic"
+                                                          if many else " (mono8 class ids)"),
+                        **kwargs)
+    parser.add_argument("--labels-topic", dest="node_labels_topic", help=argparse.SUPPRESS,
+                        **{k: v for k, v in kwargs.items() if k != "default"})

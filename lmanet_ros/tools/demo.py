@@ -13,7 +13,8 @@
 Everything lands in ``--out`` (default ``lmanet_demo/``): ``live/`` (report.md, metrics.json,
 plots, overlay.mp4 of what the node published), ``compare/`` (report.md, metrics.json, plots),
 ``bag/`` and ``node.log``. ROS traffic stays on this host (``ROS_AUTOMATIC_DISCOVERY_RANGE``
-LOCALHOST and a ``ROS_DOMAIN_ID`` of the demo's own unless both are set already).
+LOCALHOST, :func:`lmanet_ros.ros_env.isolate`) in a ``ROS_DOMAIN_ID`` of the demo's own unless
+one is set already.
 """
 from __future__ import annotations
 
@@ -27,16 +28,18 @@ import sys
 import time
 from pathlib import Path
 
-from lmanet_ros.demo_models import DEMO, DEMO_FILES
-from lmanet_ros.domain import claim_domain_id
-from lmanet_ros.launch_args import resolve
-from lmanet_ros.synth import HELDOUT_SEEDS
+from lmanet_ros.bags import BagWriter
+from lmanet_ros.evaluation import (EvalError, EvalOptions, ModelSpec, ReplayError, ReplayOptions,
+                                   evaluate, replay_bag)
+from lmanet_ros.models.weights import DEMO, models_with_weights
+from lmanet_ros.node.launch_args import NODE_NAME, resolve
+from lmanet_ros.pipeline import PipelineError
+from lmanet_ros.ros_env import isolate
+from lmanet_ros.synthetic import HELDOUT_SEEDS, generate
 from lmanet_ros.tools.common import int_at_least, parse_size
 
 IMAGE_TOPIC = "/camera/image"
 LABEL_TOPIC = "/camera/labels"
-#: The node's name in the demo (its outputs are /lmanet/labels, /lmanet/overlay, ...).
-NODE_NAME = "lmanet"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -58,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--seed", type=int, default=HELDOUT_SEEDS[8],
                         help="first sequence seed (default: %(default)s, a held-out seed that the "
                              "demo weights' validation did not use either)")
-    parser.add_argument("--model", default="lmanet_erfnet", choices=sorted(DEMO_FILES),
+    parser.add_argument("--model", default="lmanet_erfnet", choices=models_with_weights(DEMO),
                         help="the node's network (default: %(default)s)")
     parser.add_argument("--checkpoint", default=DEMO,
                         help="the node's weights (default: the packaged demo weights)")
@@ -69,19 +72,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="seconds to wait for the node to load and label the first frame")
     parser.set_defaults(handler=run)
     return parser
-
-
-def _ros_environment() -> object | None:
-    """Keep DDS on this host with a domain of the demo's own (unless the caller chose one).
-
-    Returns the domain's lock file (keep it open while the demo runs) or None.
-    """
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    if "ROS_DOMAIN_ID" in os.environ:
-        return None
-    domain, lock = claim_domain_id()
-    os.environ["ROS_DOMAIN_ID"] = str(domain)
-    return lock
 
 
 def _node_executable() -> str:
@@ -128,23 +118,19 @@ def _summary(metrics_path: Path) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every step worked."""
-    from lmanet_ros.tools import cli
-    from lmanet_ros.tools.replay import ReplayError, ReplayOptions, replay_bag
-    from lmanet_ros.tools.synth import generate
-
     started = time.monotonic()
     out = args.out
     _prepare_out(out)
     (out / "demo.json").write_text(json.dumps({"command": sys.argv, "args": {
         k: str(v) for k, v in vars(args).items() if k != "handler"}}, indent=2) + "\n")
-    domain_lock = _ros_environment()
+    domain_lock = isolate(keep_domain=True)  # DDS on this host, a domain of the demo's own
     height, width = args.size
 
     print(f"[1/4] synthetic bag: {args.sequences} held-out sequences x {args.frames} frames, "
           f"{height}x{width}, seeds {args.seed}..{args.seed + args.sequences - 1}", flush=True)
     synth = generate(out / "synth", frames=args.frames, height=height, width=width,
                      sequences=args.sequences, seed=args.seed, corruption="standard",
-                     folder=False, show_progress=False)
+                     bag=BagWriter, folder=False, show_progress=False)
     bag = synth.bag
 
     print(f"[2/4] starting lmanet_node ({args.model}, checkpoint {args.checkpoint}, "
@@ -163,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             outcome = replay_bag(ReplayOptions(
                 bag=bag, topics=[IMAGE_TOPIC], rate=0.0, lockstep=True,
-                labels_topics=[launch.fully_qualified_name + "/labels"], depth=0,
+                node_labels_topics=[launch.fully_qualified_name + "/labels"], depth=0,
                 startup_timeout=args.startup_timeout, score_out=live, label_topic=LABEL_TOPIC,
                 video=True))
         except ReplayError as exc:
@@ -187,12 +173,16 @@ def run(args: argparse.Namespace) -> int:
         print("[4/4] offline comparison on the same bag: erfnet vs lmanet_erfnet (demo weights)",
               flush=True)
         compare = out / "compare"
-        status = cli.main(["eval", str(bag), "--image-topic", IMAGE_TOPIC, "--label-topic",
-                           LABEL_TOPIC, "--model", "erfnet", "--checkpoint", DEMO,
-                           "--compare", f"lmanet_erfnet:{DEMO}",
-                           "--device", args.device, "--out", str(compare), "--no-video"])
-        if status != 0:
-            return status
+        try:
+            outcome = evaluate(EvalOptions(
+                bag=bag, out=compare, image_topics=[IMAGE_TOPIC], label_topic=LABEL_TOPIC,
+                model="erfnet", checkpoint=DEMO, compare=[ModelSpec("lmanet_erfnet", DEMO)],
+                device=args.device, video=False))
+        except (EvalError, PipelineError, ValueError, FileNotFoundError) as exc:
+            print(f"lmanet demo: error: {exc}", file=sys.stderr)
+            return 2
+        if outcome.interrupted:
+            return 130
         lines += ["offline comparison:", *_summary(compare / "metrics.json")]
     print("\n".join(["", *lines, "",
                      f"live report:  {live / 'report.md'}",

@@ -117,7 +117,7 @@ def test_flip_rates_hand_computed():
     gt0 = np.array([[0, 0], [1, 255]], U8)
     gt1 = np.array([[0, 1], [1, 255]], U8)   # GT-stable pixels: (0,0) and (1,0)
     assert tc.update("cam", np.array([[0, 0], [1, 1]], U8), gt0) is None
-    sample = tc.update("cam", np.array([[1, 1], [1, 2]], U8), gt1, index=1, stamp=0.5)
+    sample = tc.update("cam", np.array([[1, 1], [1, 2]], U8), gt1, index=1, stamp_ns=500_000_000)
     assert sample.flip_rate == pytest.approx(3 / 4)
     assert sample.flip_rate_gt_stable == pytest.approx(1 / 2)
     sample = tc.update("cam", np.array([[1, 1], [1, 2]], U8), gt1)
@@ -159,10 +159,10 @@ def test_latency_summary_and_throughput():
 def test_run_score_summary():
     run = RunScore("m", ["a", "b"])
     gt = np.array([[0, 1]], U8)
-    run.add("cam", np.array([[0, 1]], U8), gt, stamp=0.0, latency_ms=10.0)
-    run.add("cam", np.array([[0, 0]], U8), gt, stamp=0.1, latency_ms=20.0,
+    run.add("cam", np.array([[0, 1]], U8), gt, stamp_ns=0, latency_ms=10.0)
+    run.add("cam", np.array([[0, 0]], U8), gt, stamp_ns=100_000_000, latency_ms=20.0,
             reset_reason="time_jump_back", continuous=False)
-    run.add("cam", np.array([[0, 0]], U8), None, stamp=0.2, latency_ms=30.0)
+    run.add("cam", np.array([[0, 0]], U8), None, stamp_ns=200_000_000, latency_ms=30.0)
     run.wall_s = 1.5
     summary = run.summary()
     assert summary["frames"] == 3

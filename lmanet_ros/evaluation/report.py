@@ -16,15 +16,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from lmanet_ros.metrics import RunScore
+
+from .video import VIDEO_FILE
+
+__all__ = ["SCHEMA", "METRICS_FILE", "REPORT_FILE", "IOU_PLOT", "LATENCY_PLOT", "FLIP_PLOT",
+           "build_metrics", "write_json", "render_markdown", "plot_class_iou", "plot_latency",
+           "plot_flip_rate", "write_report"]
 
 SCHEMA = "lmanet-eval/1"
 METRICS_FILE = "metrics.json"
@@ -32,7 +36,6 @@ REPORT_FILE = "report.md"
 IOU_PLOT = "class_iou.png"
 LATENCY_PLOT = "latency_hist.png"
 FLIP_PLOT = "flip_rate.png"
-VIDEO_FILE = "overlay.mp4"
 
 
 def build_metrics(runs: Sequence[RunScore], models: Sequence[dict], *, source: dict,
@@ -296,76 +299,3 @@ def write_report(out_dir: str | Path, payload: dict, runs: Sequence[RunScore], *
     os.replace(tmp, report)
     written.append(report)
     return written
-
-
-# ---------------------------------------------------------------------------------------- video
-def recorded_fps(stamps_ns: list[int] | np.ndarray, default: float = 17.0) -> float:
-    """Frame rate of a camera from some of its consecutive stamps (ns): 1 / the median positive
-    step, so pauses between recordings and equal stamps do not count; ``default`` without one."""
-    steps = np.diff(np.asarray(stamps_ns, dtype=np.int64))
-    steps = steps[steps > 0]
-    return float(1e9 / np.median(steps)) if steps.size else default
-
-
-class OverlayVideo:
-    """An MP4 (mp4v) of input and overlay side by side, one row per frame written.
-
-    The first frame fixes the size; later frames of another size are resized to it. Use as a
-    context manager so the file is finalised (playable) even when the run is interrupted.
-    """
-
-    def __init__(self, path: str | Path, fps: float) -> None:
-        """Prepare ``path``; the writer opens on the first frame (its size is known then)."""
-        if not fps > 0:
-            raise ValueError(f"fps must be positive, got {fps}")
-        self.path = Path(path)
-        self.fps = float(fps)
-        self.frames = 0
-        self._writer: cv2.VideoWriter | None = None
-        self._size: tuple[int, int] | None = None
-
-    def write(self, rgb: np.ndarray, overlay: np.ndarray) -> None:
-        """Append one frame: ``rgb`` and ``overlay``, (H, W, 3) uint8 RGB of the same size."""
-        frame = np.concatenate([rgb, overlay], axis=1)
-        if self._writer is None:
-            height, width = frame.shape[:2]
-            self._size = (width + width % 2, height + height % 2)
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
-                                           self.fps, self._size)
-            if not self._writer.isOpened():
-                self._writer = None
-                raise OSError(f"cannot open an mp4v video writer for {self.path}")
-        if (frame.shape[1], frame.shape[0]) != self._size:
-            frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
-        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        self.frames += 1
-
-    def close(self) -> None:
-        """Finalise the file."""
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-
-    def __enter__(self) -> "OverlayVideo":
-        """Return self."""
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        """Finalise the file, whatever happened."""
-        self.close()
-
-
-def safe_name(text: str) -> str:
-    """A file- and topic-friendly version of ``text`` (letters, digits, underscores)."""
-    name = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_")
-    return name or "unnamed"
-
-
-def progress(total: int | None, desc: str, unit: str = "frame"):
-    """The progress bar of every tool: tqdm on stderr, disabled when stderr is not a terminal."""
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False,
-                disable=not sys.stderr.isatty())

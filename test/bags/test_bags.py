@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from lmanet_ros.bags import (COMPRESSED_IMAGE, IMAGE, STORAGES, BadMessageWarning, BagError,
-                             BagReader, BagWriter, ReadStats, image_message, iter_images,
-                             list_image_topics, pair_images_and_labels, typestore)
+                             BagReader, BagWriter, ReadStats, header_of, image_cdr, image_message,
+                             iter_images, list_image_topics, pair_images_and_labels, typestore)
+from lmanet_ros.stamps import stamp_ns
 
 H, W = 64, 128
 T0 = 1_700_000_000 * 10**9
@@ -304,3 +305,21 @@ def test_a_closed_writer_leaves_a_readable_bag_after_an_exception(tmp_path):
         warnings.simplefilter("error")
         (record,) = iter_images(path)
     np.testing.assert_array_equal(record.image, _rgb(0, 4, 4))
+
+
+@pytest.mark.parametrize("shape, encoding", [((5, 7), "mono8"), ((3, 6, 3), "rgb8")])
+@pytest.mark.parametrize("frame_id", ["", "cam", "camera_optical"])
+def test_image_cdr_matches_rosbags(shape, encoding, frame_id):
+    array = np.random.default_rng(1).integers(0, 255, shape).astype(np.uint8)
+    stamp = T0 + 123_456_789
+    data = image_cdr(stamp, frame_id, array, encoding)
+    store = typestore()
+    msg = store.deserialize_cdr(data, "sensor_msgs/msg/Image")
+    assert stamp_ns(msg.header) == stamp
+    assert msg.header.frame_id == frame_id and msg.encoding == encoding
+    assert msg.step * msg.height == array.nbytes
+    np.testing.assert_array_equal(msg.data.reshape(shape), array)
+    assert data == bytes(store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+    assert data == bytes(store.serialize_cdr(image_message(stamp, frame_id, array, encoding),
+                                             "sensor_msgs/msg/Image"))
+    assert header_of(data, IMAGE) == (stamp, frame_id)

@@ -4,13 +4,22 @@ import json
 import pytest
 from safetensors import safe_open
 
-from lmanet_ros.demo_models import DEMO_DIR, DEMO_FILES, demo_checkpoint, resolve_checkpoint
 from lmanet_ros.models import build_model, load_checkpoint
-from lmanet_ros.pipeline import SegmentationPipeline, file_id
+from lmanet_ros.models.checkpoint import file_sha256
+from lmanet_ros.models.weights import DATA_DIR, DEMO, get_weights, models_with_weights
+from lmanet_ros.models.weights import resolve_checkpoint
+from lmanet_ros.pipeline import SegmentationPipeline
 from lmanet_ros.tools import cli
 
+DEMO_DIR = DATA_DIR / DEMO
 
-@pytest.mark.parametrize("model", sorted(DEMO_FILES))
+
+def demo_checkpoint(model):
+    """The packaged demo weights file of ``model``."""
+    return get_weights(model, DEMO).path
+
+
+@pytest.mark.parametrize("model", models_with_weights(DEMO))
 def test_demo_weights_load_strictly_and_say_how_they_were_trained(model):
     path = demo_checkpoint(model)
     assert path.parent == DEMO_DIR and path.stat().st_size <= 6 * 1024 * 1024
@@ -27,13 +36,13 @@ def test_demo_weights_load_strictly_and_say_how_they_were_trained(model):
 
 
 def test_checkpoint_demo_resolves_to_the_packaged_file_and_other_values_pass_through():
-    assert resolve_checkpoint("lmanet_erfnet", "demo") == demo_checkpoint("lmanet_erfnet")
-    assert resolve_checkpoint("erfnet", "/w/x.pth") == "/w/x.pth"
-    assert resolve_checkpoint("erfnet", None) is None
+    assert resolve_checkpoint("lmanet_erfnet", "demo")[0] == demo_checkpoint("lmanet_erfnet")
+    assert resolve_checkpoint("erfnet", "/w/x.pth")[0] == "/w/x.pth"
+    assert resolve_checkpoint("erfnet", None)[0] is None
     with pytest.raises(FileNotFoundError, match="no demo weights for model 'pspnet101'"):
         resolve_checkpoint("pspnet101", "demo")
     pipeline = SegmentationPipeline.from_pretrained("lmanet_erfnet", "demo", device="cpu")
-    assert pipeline.checkpoint_id == file_id(demo_checkpoint("lmanet_erfnet"))
+    assert pipeline.checkpoint_id == file_sha256(demo_checkpoint("lmanet_erfnet"))[:16]
     assert pipeline.load_report.metadata["model"] == "lmanet_erfnet"
 
 

@@ -1,0 +1,272 @@
+"""Offline evaluation: every frame of a bag through the pipeline, scored, reported.
+
+The bag is read with :mod:`lmanet_ros.bags` (one reader for the whole run: checked, planned,
+then paired with :func:`lmanet_ros.bags.pair_images_and_labels`) and every image frame of the
+chosen topics goes, in recorded order, through :class:`lmanet_ros.pipeline.SegmentationPipeline`
+with the node's memory rules (one memory per camera topic, reset on time going back, gaps, size
+or frame_id changes). Each image is decoded once and shared by every model of the comparison.
+The memory length and input size in force are the pipeline's (given, else from the checkpoint's
+metadata, else the model's own) and are reported as such.
+
+Writes to ``options.out``: ``metrics.json``, ``report.md``, the plots and ``overlay.mp4`` (input
+| overlay, first model; one video per camera topic); ``output_bag`` adds a rosbag2 with labels
+(mono8), colour and overlay (rgb8) topics per image topic and model, with the input's header
+stamps and recording times. Ctrl-C stops after the current frame and writes everything for the
+frames done, flagged ``"partial": true``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmanet_ros.bags import BagError, BagReader, ImageRecord, ReadStats, pair_images_and_labels
+from lmanet_ros.classes import LABEL_ID_TO_TRAIN_ID
+from lmanet_ros.metrics import RunScore
+from lmanet_ros.pipeline import Frame, Result, SegmentationPipeline
+from lmanet_ros.progress import progress
+from lmanet_ros.streams import MemoryPolicy
+
+from .options import EvalError, EvalOptions
+from .outputs import OutputBag, OutputWorker
+from .report import METRICS_FILE, build_metrics, write_json, write_report
+from .scoring import SCENE_CUTS
+from .video import recorded_fps
+
+__all__ = ["BagPlan", "EvalOutcome", "evaluate", "plan_bag"]
+
+#: Log times per topic from which the recorded frame rate is taken.
+_FPS_PROBE = 32
+
+
+@dataclass
+class BagPlan:
+    """What is in the bag and what will be read."""
+
+    storage: str
+    topics: list[str]
+    label_topic: str | None
+    counts: dict[str, int]
+    fps: dict[str, float]
+
+    @property
+    def frames_in_bag(self) -> int:
+        """Image frames of the chosen topics."""
+        return sum(self.counts.values())
+
+
+@dataclass
+class EvalOutcome:
+    """What an offline evaluation produced: the metrics.json payload and the files written."""
+
+    payload: dict
+    files: list[Path] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def plan_bag(reader: BagReader, topics: list[str] | None, label_topic: str | None) -> BagPlan:
+    """Check topics and types of an open bag; count frames; take each camera's recorded rate
+    from its first log times (no pixels decoded)."""
+    available = reader.image_topics()
+    bag = reader.path
+    if label_topic is not None and label_topic not in available:
+        raise EvalError(f"label topic '{label_topic}' is not an image topic of {bag} "
+                        f"(image topics: {sorted(available)})")
+    if topics:
+        for topic in topics:
+            if topic not in available:
+                raise EvalError(f"'{topic}' is not an image topic of {bag} (image "
+                                f"topics: {sorted(available)})")
+    else:
+        topics = [t for t in available if t != label_topic]
+        if len(topics) != 1:
+            raise EvalError(f"{len(topics)} candidate image topics in {bag} "
+                            f"({sorted(topics)}): choose with --image-topic")
+    if label_topic in topics:
+        raise EvalError(f"'{label_topic}' is both an image topic and the label topic")
+    fps = {topic: recorded_fps([log_ns for _, log_ns, _ in
+                                itertools.islice(reader.raw([topic]), _FPS_PROBE)])
+           for topic in topics}
+    return BagPlan(reader.storage, list(topics), label_topic,
+                   {t: available[t][1] for t in topics}, fps)
+
+
+def _frames(reader: BagReader, plan: BagPlan, options: EvalOptions, stats: ReadStats,
+            timing: dict) -> Iterator[tuple[ImageRecord, np.ndarray | None]]:
+    """RGB frames and their trainIds (or None), in recorded order; the time spent reading and
+    decoding is added to ``timing["decode_s"]``."""
+    pairs = pair_images_and_labels(reader, plan.topics, plan.label_topic, stride=options.stride,
+                                   stats=stats)
+    if options.max_frames:
+        pairs = itertools.islice(pairs, options.max_frames)
+    while True:
+        start = time.perf_counter()
+        try:
+            record, gt = next(pairs)
+        except StopIteration:
+            timing["decode_s"] += time.perf_counter() - start
+            return
+        if gt is not None:
+            if gt.ndim != 2:
+                raise EvalError(f"label topic {plan.label_topic} is not single-channel "
+                                "(mono8 trainIds needed)")
+            if options.label_ids:
+                gt = LABEL_ID_TO_TRAIN_ID[gt]
+        if record.is_mono:  # a grey camera
+            record = dataclasses.replace(record, image=np.repeat(record.image[..., None], 3, 2))
+        timing["decode_s"] += time.perf_counter() - start
+        yield record, gt
+
+
+def _pipelines(options: EvalOptions) -> list[SegmentationPipeline]:
+    policy = MemoryPolicy(max_gap=options.max_gap, stride=options.memory_stride)
+    return [SegmentationPipeline.from_pretrained(
+        spec.name, spec.checkpoint, device=options.device, precision=options.precision,
+        num_threads=options.num_threads, input_size=options.input_size,
+        memory_length=options.memory_length, policy=policy) for spec in options.specs]
+
+
+def evaluate(options: EvalOptions) -> EvalOutcome:
+    """Run the offline evaluation described by ``options`` (see the module doc).
+
+    Raises:
+        EvalError: bad topics or outputs; the pipeline's errors for unknown models or
+        checkpoints (ValueError, FileNotFoundError, PipelineError).
+    """
+    wall_start = time.perf_counter()
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with BagReader(options.bag) as reader:
+            plan = plan_bag(reader, list(options.image_topics or []), options.label_topic)
+            return _evaluate(reader, plan, options, out, wall_start)
+    except BagError as exc:
+        raise EvalError(str(exc)) from exc
+
+
+def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
+              wall_start: float) -> EvalOutcome:
+    timing = {"setup_s": 0.0, "decode_s": 0.0, "model_s": 0.0, "metrics_s": 0.0,
+              "output_bag_s": 0.0, "video_s": 0.0, "outputs_drain_s": 0.0, "report_s": 0.0}
+    specs = options.specs
+    pipelines = _pipelines(options)
+    palette = np.asarray(pipelines[0].classes.colors, dtype=np.uint8)
+    runs = [RunScore(spec.label, list(p.classes.names)) for spec, p in zip(specs, pipelines)]
+    if options.plots:  # import matplotlib (about a second) while the network works
+        threading.Thread(target=_import_plotting, daemon=True).start()
+    bag_out = OutputBag(Path(options.output_bag), options.output_storage or plan.storage) \
+        if options.output_bag else None
+    worker = OutputWorker(bag_out, out, {t: f / options.stride for t, f in plan.fps.items()},
+                          palette)
+    expected = sum(-(-n // options.stride) for n in plan.counts.values())
+    if options.max_frames:
+        expected = min(expected, options.max_frames)
+    warmed: set[tuple[int, int]] = set()
+    model_s = [0.0] * len(pipelines)
+    stats = ReadStats()
+    interrupted = False
+    frames_done = 0
+    timing["setup_s"] = time.perf_counter() - wall_start
+    loop_start = time.perf_counter()
+    bar = progress(expected, "eval")
+    try:
+        for record, gt in _frames(reader, plan, options, stats, timing):
+            size = record.image.shape[:2]
+            if size not in warmed:  # first frame of a size: not timed as part of the run
+                start = time.perf_counter()
+                for pipeline in pipelines:
+                    pipeline.warmup(*size)
+                warmed.add(size)
+                timing["setup_s"] += time.perf_counter() - start
+                loop_start += time.perf_counter() - start
+            item = Frame(record.topic, record.image, record.stamp_ns, record.frame_id)
+            results = []
+            for index, pipeline in enumerate(pipelines):  # all models first: Ctrl-C drops it
+                start = time.perf_counter()
+                results.append(pipeline.process([item])[0])
+                elapsed = time.perf_counter() - start
+                model_s[index] += elapsed
+                timing["model_s"] += elapsed
+            for index, (spec, result, run) in enumerate(zip(specs, results, runs)):
+                start = time.perf_counter()
+                _score(run, record, gt, result)
+                timing["metrics_s"] += time.perf_counter() - start
+                worker.submit(record, spec.label, result.labels, bag=bag_out is not None,
+                              video=index == 0 and options.video)
+            frames_done += 1
+            bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        for run, seconds in zip(runs, model_s):  # throughput of each model alone
+            run.wall_s = seconds
+        start = time.perf_counter()
+        worker.close()
+        timing["outputs_drain_s"] = time.perf_counter() - start
+        timing.update(worker.timing)
+    timing["loop_s"] = time.perf_counter() - loop_start
+    source = {"bag": str(options.bag), "storage": plan.storage, "image_topics": plan.topics,
+              "label_topic": plan.label_topic, "label_ids": bool(options.label_ids),
+              "frames_in_bag": plan.frames_in_bag, "frames_evaluated": frames_done,
+              "frames_expected": expected, "stride": options.stride,
+              "max_frames": options.max_frames or None, "labels_for_topic": plan.topics[0]
+              if plan.label_topic else None, "messages_skipped": stats.skipped,
+              "skip_reasons": stats.problems[:10],
+              "output_bag": str(options.output_bag) if options.output_bag else None}
+    first = pipelines[0]
+    parameters = {"device": str(first.device), "precision": options.precision,
+                  "input_size": list(first.input_size), "memory_length": first.memory_length,
+                  "max_gap": options.max_gap, "memory_stride": options.memory_stride,
+                  "num_threads": _threads()}
+    models = [_model_entry(spec.label, spec.name, spec.checkpoint, pipeline)
+              for spec, pipeline in zip(specs, pipelines)]
+    timing["total_s"] = time.perf_counter() - wall_start
+    payload = build_metrics(runs, models, source=source, parameters=parameters,
+                            partial=interrupted, timing=timing)
+    start = time.perf_counter()
+    files = write_report(out, payload, runs, plots=options.plots)
+    timing["report_s"] = time.perf_counter() - start  # metrics.json only (report.md has run)
+    write_json(out / METRICS_FILE, payload)
+    files += [video.path for video in worker.videos.values()]
+    if bag_out is not None:
+        files.append(bag_out.path)
+    return EvalOutcome(payload, files, interrupted)
+
+
+def _score(run: RunScore, record: ImageRecord, gt: np.ndarray | None, result: Result) -> None:
+    """Add one model's result of one frame to its scores."""
+    t = result.timings
+    run.add(record.topic, result.labels, gt, stamp_ns=record.stamp_ns, latency_ms=t.total_ms,
+            stages_ms={"preprocess": t.preprocess_ms, "inference": t.inference_ms,
+                       "postprocess": t.postprocess_ms},
+            reset_reason=result.reset_reason, continuous=result.reset_reason not in SCENE_CUTS,
+            duplicate=result.duplicate)
+
+
+def _model_entry(label: str, name: str, checkpoint: str | None,
+                 pipeline: SegmentationPipeline) -> dict:
+    """A model's description in metrics.json, with the memory length and input size in force."""
+    info = pipeline.info
+    return {"label": label, "model": name, "checkpoint": checkpoint,
+            "checkpoint_id": pipeline.checkpoint_id, "memory_length": pipeline.memory_length,
+            "input_size": list(pipeline.input_size),
+            "info": {"num_classes": info.num_classes, "temporal": info.temporal,
+                     "memory_length": info.memory_length, "output_stride": info.output_stride}}
+
+
+def _import_plotting() -> None:
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
