@@ -1,7 +1,13 @@
-"""Image corruptions of synthetic sequences: the recipe ``standard`` (``CORRUPTION_RECIPE =
-"standard-v1"``), its per-frame schedule (the corruption log) and how each kind is applied.
+"""Image corruptions of synthetic sequences: the recipes ``standard`` (``CORRUPTION_RECIPE =
+"standard-v1"``) and ``robot-v2`` (``ROBOT_RECIPE``), their per-frame schedules (the corruption
+log) and how each kind is applied. :func:`recipe_name` maps a ``corruption`` choice to its recipe.
 
-The recipe is applied to the IMAGE only; labels stay the clean truth. The first
+Recipes are applied to the IMAGE only; labels stay the clean truth.
+
+standard-v1
+-----------
+
+The first
 ``CLEAN_LEAD_IN`` (3) frames of a sequence are always clean, so a memory of past frames has
 something to recall. From then on, independently per frame:
 
@@ -23,6 +29,52 @@ quarter of the frames after the lead-in carry at least one corruption.
 
 The schedule is drawn frame by frame from ``default_rng([seed, 4])`` (every variable for every
 frame), so frame i's corruptions do not depend on the number of frames asked for.
+
+robot-v2
+--------
+
+Camera failures that a memory of earlier frames can bridge (pre-registered in
+``docs/robot-v2-preregistration.md``; any change to it is a new recipe name). ONE event at a time;
+the first ``ROBOT_LEAD_IN`` (4) frames are clean and at least ``ROBOT_MIN_GAP`` (2) clean frames
+separate two events. Every later frame that may start an event starts one with probability
+``P_ROBOT_EVENT`` = 0.18, which puts the expected share of hit frames at 25 % for 60-frame
+sequences (26-27 % for long ones). Widths are fractions of the image width W, grey levels are
+0-255:
+
+===============  ==========================  =======================================================
+kind             frames                      what the camera delivers
+===============  ==========================  =======================================================
+``wiper``        ``WIPER_FRAMES`` 2-4        a dark opaque band (level ``WIPER_LEVEL`` = 0.02-0.10
+                                             of white, lightly textured) over the full height,
+                                             covering ``WIPER_COVER`` = 30-60 % of the image, moving
+                                             by ``WIPER_SWEEP`` = 10-25 % of W per frame, left or
+                                             right
+``dropout``      ``DROPOUT_FRAMES`` 1-2      a black frame
+``heavy_noise``  ``HEAVY_NOISE_FRAMES`` 1-4  additive Gaussian noise of sigma ``HEAVY_NOISE_SIGMA``
+                                             = 100-160 grey levels (a new pattern every frame)
+``glare``        ``GLARE_FRAMES`` 1-4        gain ``GLARE_GAIN`` = 2.5-4 plus a bright Gaussian
+                                             bloom (peak ``GLARE_BLOOM`` = 0.6-1.0 of white, radius
+                                             ``GLARE_RADIUS`` = 20-45 % of W, centred in the upper
+                                             40 %)
+``night_blur``   ``NIGHT_FRAMES`` 1-4        linear motion blur of ``NIGHT_BLUR`` = 8-15 % of W
+                                             (within 30 degrees of horizontal), gain ``NIGHT_GAIN``
+                                             = 0.20-0.35, then noise of sigma ``NIGHT_SIGMA`` = 8-16
+===============  ==========================  =======================================================
+
+The kinds take turns: event j of the sequence with seed s is ``ROBOT_KINDS[(s + j) % 5]``, i.e. a
+bag of the five emptied in a fixed order and refilled when empty, entered at position ``s % 5``.
+By construction the counts of any two kinds in one sequence differ by at most one, and the last,
+partly used bags of consecutive seeds hold different kinds, so over a bag of several sequences
+every kind is close to 20 % of the events (a bag shuffled per sequence would leave that to luck:
+about 8 % of 8 x 60-frame bags of consecutive seeds would put a kind outside 15-25 %, against
+1.3 % with the rotation). The hit share of a bag is random (2.5 % of those bags fall outside
+20-30 %).
+
+The schedule is drawn frame by frame from ``default_rng([seed, 8])``: every frame draws the start
+variable and the duration and parameters of every kind, used or not, so frame i's events do not
+depend on the number of frames asked for (an event running past the end is cut); the noise
+patterns of frame i come from ``default_rng([seed, 9, i])``. Frames are independent of the order
+they are rendered in.
 """
 from __future__ import annotations
 
@@ -35,12 +87,18 @@ from lmanet_ros.synthetic.scene import NOISE_PAD, POLY_SHIFT, ellipse, texels
 
 __all__ = [
     "BLUR_LENGTH", "CLEAN_LEAD_IN", "CORRUPTIONS", "CORRUPTION_KINDS", "CORRUPTION_RECIPE",
-    "DOWNSAMPLE", "EXPOSURE_BRIGHT", "EXPOSURE_DARK", "JPEG_QUALITY", "NOISE_SIGMA",
+    "DOWNSAMPLE", "DROPOUT_FRAMES", "EXPOSURE_BRIGHT", "EXPOSURE_DARK", "GLARE_BLOOM",
+    "GLARE_FRAMES", "GLARE_GAIN", "GLARE_RADIUS", "HEAVY_NOISE_FRAMES", "HEAVY_NOISE_SIGMA",
+    "JPEG_QUALITY", "NIGHT_BLUR", "NIGHT_FRAMES", "NIGHT_GAIN", "NIGHT_SIGMA", "NOISE_SIGMA",
     "OCCLUDER_AREA", "OCCLUDER_FRAMES", "P_EXPOSURE", "P_LOST_DETAIL", "P_MOTION_BLUR",
-    "P_NOISE_BURST", "P_OCCLUDER", "corrupt", "corruption_schedule",
+    "P_NOISE_BURST", "P_OCCLUDER", "P_ROBOT_EVENT", "ROBOT_FRAMES", "ROBOT_KINDS",
+    "ROBOT_LEAD_IN", "ROBOT_MIN_GAP", "ROBOT_RECIPE", "WIPER_COVER", "WIPER_FRAMES",
+    "WIPER_LEVEL", "WIPER_SWEEP", "corrupt", "corruption_schedule", "recipe_name",
+    "wiper_columns",
 ]
 
-CORRUPTIONS: tuple[str, ...] = ("none", "standard")
+#: The ``corruption`` choices of a sequence (and of ``lmanet synth --corruption``), in order.
+CORRUPTIONS: tuple[str, ...] = ("none", "standard", "robot-v2")
 CORRUPTION_RECIPE = "standard-v1"
 CORRUPTION_KINDS: tuple[str, ...] = (
     "occluder", "noise_burst", "exposure_flicker", "motion_blur", "lost_detail")
@@ -59,14 +117,53 @@ BLUR_LENGTH = (0.03, 0.06)
 DOWNSAMPLE = (6, 10)
 JPEG_QUALITY = (4, 10)
 
+# --- robot-v2 (see the module docstring's table) ------------------------------------------------
+ROBOT_RECIPE = "robot-v2"
+ROBOT_KINDS: tuple[str, ...] = ("wiper", "dropout", "heavy_noise", "glare", "night_blur")
+ROBOT_LEAD_IN = 4
+ROBOT_MIN_GAP = 2
+P_ROBOT_EVENT = 0.18
+WIPER_FRAMES = (2, 4)
+DROPOUT_FRAMES = (1, 2)
+HEAVY_NOISE_FRAMES = (1, 4)
+GLARE_FRAMES = (1, 4)
+NIGHT_FRAMES = (1, 4)
+#: Frames (inclusive range) an event of each kind lasts.
+ROBOT_FRAMES: dict[str, tuple[int, int]] = {
+    "wiper": WIPER_FRAMES, "dropout": DROPOUT_FRAMES, "heavy_noise": HEAVY_NOISE_FRAMES,
+    "glare": GLARE_FRAMES, "night_blur": NIGHT_FRAMES}
+WIPER_COVER = (0.30, 0.60)
+WIPER_SWEEP = (0.10, 0.25)
+WIPER_LEVEL = (0.02, 0.10)
+HEAVY_NOISE_SIGMA = (100.0, 160.0)
+GLARE_GAIN = (2.5, 4.0)
+GLARE_BLOOM = (0.6, 1.0)
+GLARE_RADIUS = (0.20, 0.45)
+NIGHT_BLUR = (0.08, 0.15)
+NIGHT_GAIN = (0.20, 0.35)
+NIGHT_SIGMA = (8.0, 16.0)
+
+_RECIPES = {"standard": CORRUPTION_RECIPE, "robot-v2": ROBOT_RECIPE}
+
+
+def recipe_name(corruption: str) -> str | None:
+    """The versioned recipe name of a ``corruption`` choice (``"standard"`` ->
+    ``"standard-v1"``, ``"robot-v2"`` -> ``"robot-v2"``); None for ``"none"``."""
+    return _RECIPES.get(corruption)
+
 
 def corruption_schedule(seed: int, n_frames: int, height: int, width: int, corruption: str
                         ) -> list[list[tuple[str, dict]]]:
     """The corruption events of every frame of a (``height`` x ``width`` pixels) sequence:
-    per frame a list of ``(kind, parameters)`` in the order they apply; all empty for
-    ``corruption="none"``. Frame i's events do not depend on ``n_frames``."""
+    per frame a list of ``(kind, parameters)`` in the order they apply (at most one for
+    ``robot-v2``; its parameters carry ``frames``, the event's drawn length, and ``step``, this
+    frame's 0-based position in it); all empty for ``corruption="none"``. Frame i's events do not
+    depend on ``n_frames``."""
     events_of: list[list[tuple[str, dict]]] = [[] for _ in range(n_frames)]
     if corruption == "none":
+        return events_of
+    if corruption == "robot-v2":
+        _robot_schedule(events_of, seed, height, width)
         return events_of
     rng = np.random.default_rng([seed, 4])
     h, w = height, width
@@ -111,26 +208,66 @@ def corruption_schedule(seed: int, n_frames: int, height: int, width: int, corru
     return events_of
 
 
+def _robot_draws(rng: np.random.Generator, height: int, width: int) -> dict[str, dict]:
+    """One frame's draws of robot-v2: the parameters (``frames`` included) an event of every
+    kind would have if it started at this frame. Always the same number of draws. Units: wiper
+    ``cover``/``sweep``/``start`` are fractions of the width, glare ``cx``/``cy``/``radius`` and
+    the night blur ``length`` are pixels, sigmas grey levels."""
+    frames = {kind: int(rng.integers(lo, hi + 1)) for kind, (lo, hi) in ROBOT_FRAMES.items()}
+    cover = float(rng.uniform(*WIPER_COVER))
+    sweep = float(rng.uniform(*WIPER_SWEEP))
+    # Keep the band inside the image for the whole event: with these ranges the slowest
+    # sweep this allows is (1 - 0.6) / 3 = 13 % of W, still inside WIPER_SWEEP.
+    sweep = min(sweep, (1.0 - cover) / max(frames["wiper"] - 1, 1))
+    start = float(rng.random()) * (1.0 - cover - sweep * (frames["wiper"] - 1))
+    wiper = {"cover": cover, "sweep": sweep, "start": start,
+             "rightward": bool(rng.random() < 0.5), "level": float(rng.uniform(*WIPER_LEVEL))}
+    sigma = float(rng.uniform(*HEAVY_NOISE_SIGMA))
+    glare = {"gain": float(rng.uniform(*GLARE_GAIN)), "bloom": float(rng.uniform(*GLARE_BLOOM)),
+             "radius": float(rng.uniform(*GLARE_RADIUS)) * width,
+             "cx": float(rng.uniform(0.1, 0.9)) * width,
+             "cy": float(rng.uniform(0.0, 0.4)) * height}
+    night = {"length": max(3, int(round(float(rng.uniform(*NIGHT_BLUR)) * width))),
+             "angle": float(rng.uniform(-30.0, 30.0)), "gain": float(rng.uniform(*NIGHT_GAIN)),
+             "sigma": float(rng.uniform(*NIGHT_SIGMA))}
+    params = {"wiper": wiper, "dropout": {}, "heavy_noise": {"sigma": sigma}, "glare": glare,
+              "night_blur": night}
+    return {kind: dict(params[kind], frames=frames[kind]) for kind in ROBOT_KINDS}
+
+
+def _robot_schedule(events_of: list[list[tuple[str, dict]]], seed: int, height: int,
+                    width: int) -> None:
+    """Fill ``events_of`` (one empty list per frame) with robot-v2's events, in place."""
+    n_frames = len(events_of)
+    rng = np.random.default_rng([seed, 8])
+    free_from = ROBOT_LEAD_IN     # first frame that may start an event
+    started = 0
+    for i in range(n_frames):
+        # Draw every variable for every frame so frame i never depends on n_frames.
+        starts = bool(rng.random() < P_ROBOT_EVENT)
+        draws = _robot_draws(rng, height, width)
+        if i < free_from or not starts:
+            continue
+        kind = ROBOT_KINDS[(seed + started) % len(ROBOT_KINDS)]
+        started += 1
+        params = draws[kind]
+        free_from = i + params["frames"] + ROBOT_MIN_GAP
+        for k in range(min(params["frames"], n_frames - i)):
+            events_of[i + k].append((kind, dict(params, step=k)))
+
+
 def corrupt(image: np.ndarray, index: int, events: list[tuple[str, dict]], *, seed: int,
             noise_bank: np.ndarray, tile: np.ndarray) -> np.ndarray:
     """``image`` (H, W, 3) uint8 RGB with ``events`` (frame ``index``'s schedule) applied, a
     new array. ``noise_bank`` is the sequence's (H + NOISE_PAD, W + NOISE_PAD, 3) float32
-    unit noise, ``tile`` its flattened texture tile (lens-dirt occluders)."""
+    unit noise, ``tile`` its flattened texture tile (lens-dirt occluders, the wiper band)."""
     out = image.copy()
     h, w = image.shape[:2]
     for kind, p in events:
         if kind == "exposure_flicker":
             out = cv2.convertScaleAbs(out, alpha=p["gain"], beta=0.0)
         elif kind == "motion_blur":
-            n = p["length"]
-            kernel = np.zeros((n, n), np.float32)
-            c = (n - 1) / 2.0
-            dx = math.cos(math.radians(p["angle"])) * c
-            dy = math.sin(math.radians(p["angle"])) * c
-            cv2.line(kernel, (int(round(c - dx)), int(round(c - dy))),
-                     (int(round(c + dx)), int(round(c + dy))), 1.0, 1)
-            kernel /= kernel.sum()
-            out = cv2.filter2D(out, -1, kernel, borderType=cv2.BORDER_REFLECT)
+            out = _motion_blur(out, p["length"], p["angle"])
         elif kind == "lost_detail":
             if p["jpeg"]:
                 ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, p["quality"]])
@@ -141,13 +278,69 @@ def corrupt(image: np.ndarray, index: int, events: list[tuple[str, dict]], *, se
                                    interpolation=cv2.INTER_AREA)
                 out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
         elif kind == "noise_burst":
-            rng = np.random.default_rng([seed, 5, index])
-            oy, ox = (int(v) for v in rng.integers(0, NOISE_PAD, 2))
-            noise = noise_bank[oy:oy + h, ox:ox + w][:, :, ::-1]
+            noise = _noise(noise_bank, h, w, [seed, 5, index])
             out = np.clip(out + noise * np.float32(p["sigma"]), 0, 255).astype(np.uint8)
         elif kind == "occluder":
             _draw_occluder(out, p, tile)
+        elif kind == "wiper":
+            _draw_wiper(out, p, tile)
+        elif kind == "dropout":
+            out[:] = 0
+        elif kind == "heavy_noise":
+            noise = _noise(noise_bank, h, w, [seed, 9, index])
+            out = np.clip(out + noise * np.float32(p["sigma"]), 0, 255).astype(np.uint8)
+        elif kind == "glare":
+            yy, xx = np.ogrid[:h, :w]
+            r2 = ((yy - p["cy"]) ** 2 + (xx - p["cx"]) ** 2).astype(np.float32)
+            bloom = np.exp(r2 / np.float32(-2.0 * p["radius"] ** 2)) * np.float32(255 * p["bloom"])
+            out = np.clip(out * np.float32(p["gain"]) + bloom[:, :, None], 0, 255).astype(np.uint8)
+        elif kind == "night_blur":
+            noise = _noise(noise_bank, h, w, [seed, 9, index])
+            blurred = _motion_blur(out, p["length"], p["angle"])
+            out = np.clip(blurred * np.float32(p["gain"]) + noise * np.float32(p["sigma"]),
+                          0, 255).astype(np.uint8)
     return out
+
+
+def _noise(noise_bank: np.ndarray, height: int, width: int, key: list[int]) -> np.ndarray:
+    """A (height, width, 3) float32 unit-noise view of ``noise_bank`` at an offset drawn from
+    ``default_rng(key)``, channels reversed (so it does not repeat the sensor noise)."""
+    rng = np.random.default_rng(key)
+    oy, ox = (int(v) for v in rng.integers(0, NOISE_PAD, 2))
+    return noise_bank[oy:oy + height, ox:ox + width][:, :, ::-1]
+
+
+def _motion_blur(image: np.ndarray, length: int, angle: float) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 blurred along a line of ``length`` pixels at ``angle`` degrees
+    from horizontal (a new array)."""
+    kernel = np.zeros((length, length), np.float32)
+    c = (length - 1) / 2.0
+    dx = math.cos(math.radians(angle)) * c
+    dy = math.sin(math.radians(angle)) * c
+    cv2.line(kernel, (int(round(c - dx)), int(round(c - dy))),
+             (int(round(c + dx)), int(round(c + dy))), 1.0, 1)
+    kernel /= kernel.sum()
+    return cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REFLECT)
+
+
+def wiper_columns(p: dict, width: int) -> tuple[int, int]:
+    """Columns ``[x0, x1)`` of an image ``width`` pixels wide that step ``p["step"]`` of the
+    wiper event ``p`` covers."""
+    left = p["start"] + p["sweep"] * p["step"]
+    if not p["rightward"]:
+        left = 1.0 - p["cover"] - left
+    x0 = int(round(left * width))
+    return x0, min(width, x0 + int(round(p["cover"] * width)))
+
+
+def _draw_wiper(out: np.ndarray, p: dict, tile: np.ndarray) -> None:
+    """Draw one step of a wiper (a dark, lightly textured, opaque band) into ``out`` in place."""
+    h, w = out.shape[:2]
+    x0, x1 = wiper_columns(p, w)
+    ys, xs = np.mgrid[:h, x0:x1]
+    tex = 1.0 + 0.25 * texels(tile, ys.ravel() * 0.5, xs.ravel() * 0.5)
+    band = np.float32(255.0 * p["level"]) * tex.reshape(h, x1 - x0)
+    out[:, x0:x1] = np.clip(band, 0, 255).astype(np.uint8)[:, :, None]
 
 
 def _draw_occluder(out: np.ndarray, p: dict, tile: np.ndarray) -> None:

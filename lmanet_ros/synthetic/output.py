@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from lmanet_ros.progress import progress
-from lmanet_ros.synthetic.corruption import CORRUPTION_RECIPE
+from lmanet_ros.synthetic.corruption import recipe_name
 from lmanet_ros.synthetic.sequence import (DEFAULT_RATE_HZ, HELDOUT_SEEDS, SEQUENCE_GAP_S,
                                            START_TIME_NS, TRAIN_SEEDS, SynthSequence,
                                            frame_stamps, sequence_name, split_for_seed)
@@ -234,7 +234,7 @@ def generate(out: str | Path, *, frames: int, height: int, width: int, sequences
             "created_by": "lmanet synth",
             "base_seed": seed, "sequences": run_sequences, "size": [height, width],
             "rate_hz": rate, "frames_per_sequence": frames, "corruption": corruption,
-            "corruption_recipe": CORRUPTION_RECIPE if corruption == "standard" else None,
+            "corruption_recipe": recipe_name(corruption),
             "sequence_gap_s": SEQUENCE_GAP_S,
             "bag": str(bag_file.relative_to(out)) if writer is not None else None,
             "storage": writer.storage if writer is not None else None,
@@ -250,7 +250,7 @@ def generate(out: str | Path, *, frames: int, height: int, width: int, sequences
         _write_json(bag_file.with_name(bag_file.name + ".json"), {
             "generator": "lmanet_ros.synth", "base_seed": seed, "sequences": run_sequences,
             "size": [height, width], "rate_hz": rate, "corruption": corruption,
-            "corruption_recipe": CORRUPTION_RECIPE if corruption == "standard" else None})
+            "corruption_recipe": recipe_name(corruption)})
         json_out = bag_file.with_name(bag_file.name + ".json")
     return SynthOutput(bag=bag_file, image_folders=image_dirs if folder else [],
                        label_folders=label_dirs if folder else [], description=json_out,

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from lmanet_ros.synthetic.corruption import (CORRUPTION_RECIPE, CORRUPTIONS, corrupt,
-                                             corruption_schedule)
+from lmanet_ros.synthetic.corruption import (CORRUPTIONS, corrupt, corruption_schedule,
+                                             recipe_name)
 from lmanet_ros.synthetic.render import finish, render
 from lmanet_ros.synthetic.scene import Scene
 
@@ -118,11 +118,12 @@ class SynthSequence:
         return [tuple(kind for kind, _ in events) for events in self._schedule]
 
     def describe(self) -> dict:
-        """JSON-ready description of the sequence (seed, size, rate, scene parameters)."""
+        """JSON-ready description of the sequence (seed, size, rate, corruption recipe, scene
+        parameters)."""
         return {
             "seed": self.seed, "height": self.height, "width": self.width,
             "frames": self.n_frames, "rate_hz": self.rate, "corruption": self.corruption,
-            "corruption_recipe": CORRUPTION_RECIPE if self.corruption == "standard" else None,
+            "corruption_recipe": recipe_name(self.corruption),
             "scene": {key: (round(value, 4) if isinstance(value, float) else value)
                       for key, value in self.scene.items()},
         }

@@ -5,6 +5,8 @@ Examples::
     lmanet synth data/ --frames 300 --size 256x512 --sequences 20 --seed 0
     lmanet synth data/ --frames 300 --size 256x512 --sequences 16 --seed 10000 \\
         --corruption standard --storage sqlite3
+    lmanet synth data/ --frames 60 --size 128x256 --sequences 8 --seed 10000 \\
+        --corruption robot-v2 --no-bag
 
 Sequence k of a run has seed ``--seed + k`` and lasts ``--frames`` frames at ``--rate`` Hz. The
 bag ``OUT/bag_<first sequence>`` holds ``/camera/image`` (sensor_msgs/msg/Image rgb8) and
@@ -51,9 +53,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                             f"{TRAIN_SEEDS.start}..{TRAIN_SEEDS.stop - 1}, held-out seeds "
                             f"{HELDOUT_SEEDS.start}..{HELDOUT_SEEDS.stop - 1}")
     video.add_argument("--corruption", choices=CORRUPTIONS, default="none",
-                       help="per-frame image corruptions: none, or the fixed 'standard' recipe "
-                            "(occluders, noise bursts, exposure flicker, motion blur, lost "
-                            "detail; labels stay clean) (default: none)")
+                       help="per-frame image corruptions (labels stay clean): none, the fixed "
+                            "'standard' recipe (standard-v1: occluders, noise bursts, exposure "
+                            "flicker, motion blur, lost detail), or 'robot-v2' (camera failures "
+                            "a memory can bridge: wiper, dropout, heavy noise, glare, night "
+                            "blur; one at a time) (default: none)")
     video.add_argument("--rate", type=float_in(0.0, 1000.0), default=DEFAULT_RATE_HZ,
                        help="frame rate in Hz for the stamps and the motion (default: 17)")
     output = parser.add_argument_group("output")
