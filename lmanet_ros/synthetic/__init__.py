@@ -4,10 +4,10 @@ A camera drives down a straight street; the background is ray-cast per pixel and
 drawn as billboards with the same polygons into the image, the label map and the instance map,
 so labels are exact. Modules, one job each: :mod:`~lmanet_ros.synthetic.scene` (the world and
 camera built from a seed), :mod:`~lmanet_ros.synthetic.render` (rasterising a frame and the
-sensor), :mod:`~lmanet_ros.synthetic.corruption` (the ``standard-v1`` and ``robot-v2`` recipes, the per-frame
-corruption log), :mod:`~lmanet_ros.synthetic.sequence` (:class:`SynthSequence`: frames on demand,
-seeds, stamps, names) and :mod:`~lmanet_ros.synthetic.output` (:func:`generate`: the PNG folder,
-``sequences.json`` and a bag through an injected writer).
+sensor), :mod:`~lmanet_ros.synthetic.corruption` (the ``standard-v1`` and ``robot-v2`` recipes,
+the per-frame corruption log), :mod:`~lmanet_ros.synthetic.sequence` (:class:`SynthSequence`:
+frames on demand, seeds, stamps, names) and :mod:`~lmanet_ros.synthetic.output`
+(:func:`generate`: the PNG folder, ``sequences.json`` and a bag through an injected writer).
 """
 from lmanet_ros.synthetic.corruption import (CLEAN_LEAD_IN, CORRUPTION_KINDS, CORRUPTION_RECIPE,
                                              CORRUPTIONS)
