@@ -65,12 +65,10 @@ def add_scoring_arguments(labels: argparse._ActionsContainer,
 
 def add_node_labels_argument(parser: argparse._ActionsContainer, *, many: bool) -> None:
     """``--node-labels-topic``: the topic(s) a running node publishes its labels on (not the
-    bag's ground truth, ``--label-topic``). ``--labels-topic`` is a hidden deprecated alias."""
+    bag's ground truth, ``--label-topic``)."""
     kwargs = {"nargs": "+", "default": ["/lmanet/labels"]} if many else \
         {"default": "/lmanet/labels"}
     parser.add_argument("--node-labels-topic", metavar="TOPIC", dest="node_labels_topic",
                         help="the node's labels topic" + ("(s): one, or one per image topic"
                                                           if many else " (mono8 class ids)"),
                         **kwargs)
-    parser.add_argument("--labels-topic", dest="node_labels_topic", help=argparse.SUPPRESS,
-                        **{k: v for k, v in kwargs.items() if k != "default"})

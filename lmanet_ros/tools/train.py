@@ -68,6 +68,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                            f"(default max({DEFAULT_FIRST_TARGET}, clip length - 1)); give two "
                            "models the same value to train and validate them on the same "
                            "targets")
+    what.add_argument("--hit-repeat", type=positive_int, default=1, metavar="K",
+                      help="synthetic data: list each training target whose image is corrupted "
+                           "(sequences.json's corruption log) K times (default: 1)")
 
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument("--epochs", type=positive_int, default=50, help="epochs (default: 50)")
@@ -139,6 +142,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         resume=args.resume, time_budget_min=args.time_budget, max_images=args.max_images,
         train_split=args.train_split, val_split=args.val_split or None,
         val_stride=args.val_stride, seed=args.seed, first_target=args.first_target,
+        hit_repeat=args.hit_repeat,
         class_weighting=args.class_weights, frozen_mode=args.frozen_mode,
         fusion_init=args.fusion_init,
         checkpoint_every_min=args.checkpoint_every, progress=args.progress,

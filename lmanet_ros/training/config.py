@@ -44,7 +44,8 @@ class TrainConfig:
 
     ``clip_length`` None means 1 for single-frame models and ``memory_length + 1`` for temporal
     ones. ``first_target`` (synthetic data only) None means :data:`DEFAULT_FIRST_TARGET`, or
-    ``clip_length - 1`` when that is larger.
+    ``clip_length - 1`` when that is larger. ``hit_repeat`` (synthetic data only) lists the
+    training targets whose image is corrupted that many times.
     """
 
     model: str
@@ -70,6 +71,7 @@ class TrainConfig:
     val_stride: int = 1
     seed: int = 0
     first_target: int | None = None
+    hit_repeat: int = 1
     class_weighting: str = "auto"
     frozen_mode: str = "eval"
     fusion_init: str = "auto"
@@ -87,7 +89,8 @@ class TrainConfig:
             object.__setattr__(self, "init", Path(self.init))
         if self.dataset not in DATASET_KINDS:
             raise ValueError(f"dataset must be one of {DATASET_KINDS}, got '{self.dataset}'")
-        for name in ("epochs", "batch_size", "memory_length", "ddp_procs", "val_stride"):
+        for name in ("epochs", "batch_size", "memory_length", "ddp_procs", "val_stride",
+                     "hit_repeat"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")

@@ -27,6 +27,7 @@ Samples are ``(frames, label)``: ``frames`` uint8 (clip_length, 3, H, W) RGB, ol
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -214,14 +215,31 @@ def _check_clip_length(clip_length: int) -> int:
     return clip_length
 
 
+def corrupted_frames(root: str | Path) -> dict[str, set[int]]:
+    """Sequence name -> frame numbers whose image is corrupted, from ``root/sequences.json``
+    (the per-frame corruption log ``lmanet synth`` writes); empty when there is no such file."""
+    path = Path(root) / "sequences.json"
+    if not path.is_file():
+        return {}
+    try:
+        runs = json.loads(path.read_text())["runs"]
+        return {sequence["name"]: {int(index) for index in sequence["corrupted_frames"]}
+                for run in runs for sequence in run["sequences"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not an lmanet synth description ({exc})") from None
+
+
 def synth_clips(root: str | Path, split: str, clip_length: int, *,
-                first_target: int | None = None, target_stride: int = 1) -> list[Clip]:
+                first_target: int | None = None, target_stride: int = 1,
+                hit_repeat: int = 1) -> list[Clip]:
     """Clips of the synthetic layout (``lmanet synth``) of one split.
 
     Every labelled frame whose ``clip_length - 1`` predecessors exist is a target, except frames
     before ``first_target`` (position in its sequence, 0-based; default ``clip_length - 1``), so
     that models with different clip lengths can be trained and validated on the same targets.
-    ``target_stride`` keeps every n-th eligible target of each sequence.
+    ``target_stride`` keeps every n-th eligible target of each sequence. ``hit_repeat`` lists a
+    target whose image is corrupted (:func:`corrupted_frames`) that many times, so that training
+    sees the frames a memory has to bridge more often (1: as often as the others).
     """
     clip_length = _check_clip_length(clip_length)
     if first_target is None:
@@ -231,7 +249,10 @@ def synth_clips(root: str | Path, split: str, clip_length: int, *,
                          f"({clip_length - 1}): earlier frames lack a full clip")
     if target_stride < 1:
         raise ValueError(f"target_stride must be >= 1, got {target_stride}")
+    if hit_repeat < 1:
+        raise ValueError(f"hit_repeat must be >= 1, got {hit_repeat}")
     root = Path(root)
+    hits = corrupted_frames(root) if hit_repeat > 1 else {}
     image_root, label_root = root / "leftImg8bit" / split, root / "gtFine" / split
     for folder in (image_root, label_root):
         if not folder.is_dir():
@@ -247,7 +268,9 @@ def synth_clips(root: str | Path, split: str, clip_length: int, *,
             wanted = range(number - clip_length + 1, number + 1)
             if all(n in frames for n in wanted):
                 eligible.append(Clip(tuple(frames[n] for n in wanted), label, sequence, number))
-        clips.extend(eligible[::target_stride])
+        for clip in eligible[::target_stride]:
+            repeat = hit_repeat if clip.frame in hits.get(sequence, ()) else 1
+            clips.extend([clip] * repeat)
     if not clips:
         raise DatasetError(f"synthetic dataset {root} split '{split}': no labelled frame with "
                            f"{clip_length - 1} preceding frames (first_target {first_target})")
@@ -287,15 +310,15 @@ def cityscapes_clips(root: str | Path, split: str, clip_length: int) -> list[Cli
 def build_clip_dataset(kind: str, root: str | Path, split: str, *, clip_length: int,
                        size: tuple[int, int] | None = None, augment: bool = False,
                        seed: int = 0, first_target: int | None = None,
-                       target_stride: int = 1) -> ClipDataset:
+                       target_stride: int = 1, hit_repeat: int = 1) -> ClipDataset:
     """The clip dataset of ``kind`` (``synth`` or ``cityscapes``) for one split.
 
-    ``first_target`` and ``target_stride`` apply to the synthetic layout only (Cityscapes has
-    one annotated frame per snippet).
+    ``first_target``, ``target_stride`` and ``hit_repeat`` apply to the synthetic layout only
+    (Cityscapes has one annotated frame per snippet and no corruption log).
     """
     if kind == "synth":
         clips = synth_clips(root, split, clip_length, first_target=first_target,
-                            target_stride=target_stride)
+                            target_stride=target_stride, hit_repeat=hit_repeat)
         return ClipDataset(clips, size=size, augment=augment, seed=seed)
     if kind == "cityscapes":
         clips = cityscapes_clips(root, split, clip_length)

@@ -27,7 +27,7 @@ _COMMAND_FLAGS = (
     ("--model", "model"), ("--data", "data"), ("--dataset", "dataset"), ("--out", "out"),
     ("--init", "init"), ("--size", "size"), ("--train-split", "train_split"),
     ("--val-split", "val_split"), ("--val-stride", "val_stride"),
-    ("--first-target", "first_target"), ("--epochs", "epochs"),
+    ("--first-target", "first_target"), ("--hit-repeat", "hit_repeat"), ("--epochs", "epochs"),
     ("--batch-size", "batch_size"), ("--memory-length", "memory_length"),
     ("--clip-length", "clip_length"), ("--lr", "lr"), ("--weight-decay", "weight_decay"),
     ("--class-weights", "class_weighting"), ("--frozen-mode", "frozen_mode"),

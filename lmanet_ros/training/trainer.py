@@ -48,8 +48,8 @@ PCA_INIT_VECTORS = 200_000
 _FORMAT = "lmanet_ros.train/1"
 # Config fields that must not change when a run is resumed.
 _IDENTITY_FIELDS = ("model", "dataset", "clip_length", "memory_length", "batch_size", "size",
-                    "train_split", "seed", "first_target", "class_weighting", "frozen_mode",
-                    "lr", "weight_decay", "world_size", "fusion_init")
+                    "train_split", "seed", "first_target", "hit_repeat", "class_weighting",
+                    "frozen_mode", "lr", "weight_decay", "world_size", "fusion_init")
 
 
 class _NoBar:
@@ -183,8 +183,9 @@ class Trainer:
         # Data first: the frequency weighting reads the training labels.
         common = dict(clip_length=config.clip_length, size=config.size, seed=config.seed)
         synth_only = dict(first_target=config.first_target) if config.dataset == "synth" else {}
+        train_extra = dict(synth_only, hit_repeat=config.hit_repeat) if synth_only else {}
         self.train_set = build_clip_dataset(config.dataset, config.data, config.train_split,
-                                            augment=True, **common, **synth_only)
+                                            augment=True, **common, **train_extra)
         self.val_set = None
         if config.val_split:
             val_extra = dict(synth_only, target_stride=config.val_stride) if synth_only else {}

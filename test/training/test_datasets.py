@@ -196,3 +196,20 @@ def test_dataset_kind_and_size_are_checked(synth_root):
         build_clip_dataset("kitti", synth_root, "train", clip_length=1)
     with pytest.raises(DatasetError, match="at least one clip"):
         ClipDataset([])
+
+
+def test_hit_repeat_lists_corrupted_targets_more_often(tmp_path):
+    """Targets whose image the corruption log marks are repeated; the rest appear once."""
+    import json
+    root = write_synth_tree(tmp_path, sequences=1, frames=8, splits=("train",))
+    (root / "sequences.json").write_text(json.dumps({"runs": [{"sequences": [
+        {"name": "synth00000", "corrupted_frames": {"5": ["dropout"], "6": ["glare"]}}]}]}))
+    plain = [c.frame for c in synth_clips(root, "train", 2, first_target=4)]
+    repeated = [c.frame for c in synth_clips(root, "train", 2, first_target=4, hit_repeat=3)]
+    assert plain == [4, 5, 6, 7]
+    assert repeated == [4, 5, 5, 5, 6, 6, 6, 7]
+    with pytest.raises(ValueError, match="hit_repeat must be >= 1"):
+        synth_clips(root, "train", 2, hit_repeat=0)
+    (root / "sequences.json").write_text("{}")
+    with pytest.raises(DatasetError, match="not an lmanet synth description"):
+        synth_clips(root, "train", 2, hit_repeat=2)
