@@ -156,9 +156,9 @@ class SegmentationPipeline:
         #: The packaged weights' record when the checkpoint was a tag such as ``demo``.
         self.weights: Weights | None = None
         self.trained_size = trained_size
-        self._default_memory_length = (
-            0 if not self.info.temporal
-            else default_memory_length or model.memory_length)
+        #: T when none is given: the checkpoint metadata's, else the model's own (0: single).
+        self.default_memory_length = (0 if not self.info.temporal
+                                      else default_memory_length or model.memory_length)
         self._streams: dict[str, StreamState] = {}
         self._streams_lock = threading.Lock()
         self._policy = policy if policy is not None else MemoryPolicy()
@@ -227,11 +227,6 @@ class SegmentationPipeline:
         """Frames T the memory holds now (0 for a single-frame model): the value in force."""
         return self._memory_length
 
-    @property
-    def default_memory_length(self) -> int:
-        """T when none is given: the checkpoint metadata's, else the model's own (0: single)."""
-        return self._default_memory_length
-
     def set_memory_length(self, length: int | None) -> None:
         """Set T (None or 0: :attr:`default_memory_length`); a change resets every stream
         (``parameter``). Ignored by single-frame models (T stays 0).
@@ -243,7 +238,7 @@ class SegmentationPipeline:
             raise ValueError(f"memory length must be >= 0, got {length}")
         if not self.info.temporal:
             return
-        length = length or self._default_memory_length
+        length = length or self.default_memory_length
         if length != self._memory_length:
             first = self._memory_length == 0
             self._memory_length = length

@@ -118,18 +118,14 @@ class LoadReport:
 
     def summary(self) -> str:
         """One line for logs."""
+        optional = ((self.sha256, lambda: f"sha256 {self.sha256[:12]}"),
+                    (self.initialised, lambda: f"left initialised: {', '.join(self.initialised)}"),
+                    (self.missing, lambda: f"{len(self.missing)} missing"),
+                    (self.unexpected, lambda: f"{len(self.unexpected)} unexpected"),
+                    (self.ignored, lambda: f"ignored {_short_list(self.ignored)}"))
         parts = [f"loaded {len(self.loaded)} tensors from {self.source}"
                  + (f" ({self.layout} layout)" if self.layout else "")]
-        if self.sha256:
-            parts.append(f"sha256 {self.sha256[:12]}")
-        if self.initialised:
-            parts.append(f"left initialised: {', '.join(self.initialised)}")
-        if self.missing:
-            parts.append(f"{len(self.missing)} missing")
-        if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected")
-        if self.ignored:
-            parts.append(f"ignored {_short_list(self.ignored)}")
+        parts += [text() for present, text in optional if present]
         return "; ".join(parts)
 
 
