@@ -38,7 +38,8 @@ import threading
 import time
 from pathlib import Path
 
-from lmanet_ros.domain import claim_domain_id
+from lmanet_ros.ros_env import isolate, teardown
+from lmanet_ros.stamps import seconds_to_ns, split_ns, stamp_ns
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("latency", "latest", "all", "soak")
@@ -46,16 +47,13 @@ SCENARIOS = ("latency", "latest", "all", "soak")
 
 # ------------------------------------------------------------------------------ environment
 def setup_environment(args: argparse.Namespace):
-    """Own domain, localhost only, optionally the SHM profile; before rclpy is imported."""
-    domain, lock = claim_domain_id()
-    os.environ["ROS_DOMAIN_ID"] = str(domain)
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    if os.environ.get("ROS_DISTRO") == "humble":
-        os.environ["ROS_LOCALHOST_ONLY"] = "1"
-    os.environ.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
+    """Own domain, localhost only, optionally the SHM profile; before rclpy is imported.
+
+    Returns (domain id, the lock file that holds it: keep it open while the run lasts)."""
+    lock = isolate()
     if args.fastdds_shm:
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(ROOT / "config" / "fastdds_shm.xml")
-    return domain, lock
+    return int(os.environ["ROS_DOMAIN_ID"]), lock
 
 
 def _median(values: list[float]) -> float:
@@ -141,7 +139,6 @@ class Client:
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
-        self._rclpy = rclpy
 
     def _spin(self) -> None:
         try:
@@ -150,9 +147,7 @@ class Client:
             pass
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        self._rclpy.try_shutdown(context=self.context)
+        teardown([self.node], executor=self.executor, context=self.context)
 
 
 class Arrivals:
@@ -165,7 +160,7 @@ class Arrivals:
 
     def __call__(self, msg) -> None:
         now = time.monotonic()
-        key = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        key = stamp_ns(msg.header)
         with self.cond:
             self.times.setdefault(key, now)
             self.order.append(key)
@@ -199,7 +194,7 @@ class NodeUnderTest:
                  reader_limit: int = 0, shm: bool = False) -> None:
         import yaml
 
-        from lmanet_ros.launch_args import resolve
+        from lmanet_ros.node.launch_args import resolve
         data = yaml.safe_load((ROOT / "config" / "lmanet.yaml").read_text())
         data["/**"]["ros__parameters"].update(params)
         params_file = workdir / f"{name}.yaml"
@@ -334,16 +329,16 @@ def make_frames(count: int, height: int, width: int, start: float = 1.0, period:
         data = array.array("B")
         data.frombytes(pixels[index % 4].tobytes())
         msg.data = data
-        stamp = start + index * period
-        msg.header.stamp.sec = int(stamp)
-        msg.header.stamp.nanosec = int(round((stamp - int(stamp)) * 1e9))
+        msg.header.stamp.sec, msg.header.stamp.nanosec = split_ns(
+            seconds_to_ns(start + index * period))
         msg.header.frame_id = "bench_camera"
         frames.append(msg)
     return frames
 
 
 def key_of(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+    """The header stamp of ``msg`` in integer nanoseconds (the key of :class:`Arrivals`)."""
+    return stamp_ns(msg.header)
 
 
 # ------------------------------------------------------------------------------- scenarios
@@ -495,9 +490,8 @@ def run_soak(client, args, workdir) -> dict:
         start = time.monotonic()
         for index in range(args.soak_frames):
             msg = frames[index % len(frames)]
-            stamp = 1.0 + index / 30.0
-            msg.header.stamp.sec = int(stamp)
-            msg.header.stamp.nanosec = int(round((stamp - int(stamp)) * 1e9))
+            msg.header.stamp.sec, msg.header.stamp.nanosec = split_ns(
+                seconds_to_ns(1.0 + index / 30.0))
             pub.publish(msg)
             if node.outputs["labels"].wait(key_of(msg), 60.0) is None:
                 raise RuntimeError(f"soak frame {index} lost")

@@ -1,7 +1,7 @@
 """Start lmanet_node: ros2 launch lmanet_ros lmanet.launch.py image:=/camera/image_raw ...
 
-The arguments, parameter overrides and remappings come from ``lmanet_ros.launch_args``, which the
-process-level tests use to start the node the same way (``lmanet_node --ros-args ...``).
+The arguments, parameter overrides and remappings come from ``lmanet_ros.node.launch_args``, which
+the process-level tests use to start the node the same way (``lmanet_node --ros-args ...``).
 
 Examples::
 
@@ -14,7 +14,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from lmanet_ros.launch_args import ARGUMENTS, resolve
+from lmanet_ros.node.launch_args import ARGUMENTS, resolve
 
 
 def _start_node(context, *args, **kwargs):
@@ -24,7 +24,7 @@ def _start_node(context, *args, **kwargs):
 
 
 def generate_launch_description() -> LaunchDescription:
-    """Declare the arguments of lmanet_ros.launch_args.ARGUMENTS and start the node."""
+    """Declare the arguments of lmanet_ros.node.launch_args.ARGUMENTS and start the node."""
     declared = [DeclareLaunchArgument(arg.name, default_value=arg.default,
                                       description=arg.description) for arg in ARGUMENTS]
     return LaunchDescription([*declared, OpaqueFunction(function=_start_node)])

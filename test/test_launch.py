@@ -1,8 +1,9 @@
 """launch/lmanet.launch.py on a robot (launch, launch_ros and launch_pytest installed).
 
 Here (ROS 2 from PyPI) these packages do not exist and the module is skipped with that reason;
-the process-level tests (test_node_*.py) start ``lmanet_node`` with the command line that the
-same launch arguments give (lmanet_ros.launch_args), so what they check holds for the launch file.
+the process-level tests (test/node/test_node_*.py) start ``lmanet_node`` with the command line that
+the same launch arguments give (lmanet_ros.node.launch_args), so what they check holds for the
+launch file.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ import numpy as np  # noqa: E402
 from launch_pytest.tools import process as process_tools  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from conftest import ROOT, make_image, stamp_of, wait_until  # noqa: E402
-from lmanet_ros.launch_args import ARGUMENTS, resolve  # noqa: E402
+from ros_helpers import ROOT, make_image, stamp_of, wait_until  # noqa: E402
+from lmanet_ros.node.launch_args import ARGUMENTS, resolve  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

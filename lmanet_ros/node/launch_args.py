@@ -68,7 +68,7 @@ def default_params_file() -> str:
             pass
     except ImportError:
         pass
-    return str(Path(__file__).resolve().parent.parent / "config" / "lmanet.yaml")
+    return str(Path(__file__).resolve().parents[2] / "config" / "lmanet.yaml")
 
 
 def parse_bool(text: str) -> bool:

@@ -30,7 +30,7 @@ __all__ = [
     "descriptor",
     "validate",
     "is_default_classes",
-    "MEMORY_PARAMS",
+    "POLICY_PARAMS",
     "INPUT_PARAMS",
 ]
 
@@ -91,18 +91,20 @@ SPECS: tuple[ParamSpec, ...] = (
               int_range=(0, 256)),
     ParamSpec("input_height", 0,
               "Height in pixels of the network input; frames are resized to it and the outputs "
-              "back to the frame's size. Used when input_width is set too; 0: each frame's own "
-              "size.", int_range=(0, 8192),
+              "back to the frame's size. Used when input_width is set too; 0: the size the "
+              "weights were trained at (checkpoint metadata), else each frame's own size.",
+              int_range=(0, 8192),
               constraints="used only when both input_height and input_width are positive"),
     ParamSpec("input_width", 0,
-              "Width in pixels of the network input; used when input_height is set too; 0: each "
-              "frame's own size.", int_range=(0, 8192),
+              "Width in pixels of the network input; used when input_height is set too; 0: the "
+              "weights' trained size, else each frame's own size.", int_range=(0, 8192),
               constraints="used only when both input_height and input_width are positive"),
     # -- the temporal memory --------------------------------------------------------------------
     ParamSpec("memory.length", 0,
-              "Frames held by each camera's temporal memory; 0: the model's own (4 for "
-              "lmanet_erfnet, 3 for lmanet_pspnet*, as in the published evaluations). A change "
-              "clears every memory (reset reason 'parameter').", int_range=(0, 32)),
+              "Frames held by each camera's temporal memory; 0: the checkpoint metadata's, else "
+              "the model's own (4 for lmanet_erfnet, 3 for lmanet_pspnet*, as in the published "
+              "evaluations). A change clears every memory (reset reason 'parameter').",
+              int_range=(0, 32)),
     ParamSpec("memory.max_gap", 1.0,
               "Largest gap in seconds between two processed frames of a camera that keeps its "
               "memory; a larger gap clears it (reason 'gap'). 0 disables the rule.",
@@ -163,8 +165,8 @@ SPECS: tuple[ParamSpec, ...] = (
 
 SPEC_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in SPECS}
 
-#: Parameters that feed the pipeline's memory policy.
-MEMORY_PARAMS = frozenset({"memory.length", "memory.max_gap", "memory.stride"})
+#: Parameters that feed the pipeline's memory policy (gap and stride rules).
+POLICY_PARAMS = frozenset({"memory.max_gap", "memory.stride"})
 #: Parameters that shape the input subscriptions (a change re-creates them).
 INPUT_PARAMS = frozenset({"input.transport", "input.reliability", "input.depth", "cameras"})
 
@@ -324,8 +326,14 @@ class Settings:
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """The network input (height, width) in force: (0, 0) = each frame's size, which is
-        also what one of the two alone at 0 means (they are set one after the other)."""
+        """The network input (height, width) in pixels the parameters ask for: (0, 0) = not set,
+        which is also what one of the two alone at 0 means (they are set one after the other)."""
         if self.input_height > 0 and self.input_width > 0:
             return (self.input_height, self.input_width)
         return (0, 0)
+
+    @property
+    def pipeline_input_size(self) -> tuple[int, int] | None:
+        """:attr:`input_size` as the pipeline takes it: None when not set (the pipeline then uses
+        the weights' trained size, else each frame's own)."""
+        return self.input_size if self.input_size[0] else None

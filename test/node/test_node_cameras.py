@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from std_srvs.srv import Trigger
 
-from conftest import Rig, make_image, resets, stamp_of
+from ros_helpers import Rig, make_image, resets, stamp_of
 
 pytestmark = pytest.mark.ros
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, wait_until
-from lmanet_ros import launch_args
+from ros_helpers import ROOT, wait_until
+from lmanet_ros.node import launch_args
 from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES
-from lmanet_ros.params import (CITYSCAPES_PALETTE, SPEC_BY_NAME, SPECS, Settings, descriptor,
-                               validate)
+from lmanet_ros.node.params import (CITYSCAPES_PALETTE, SPEC_BY_NAME, SPECS, Settings,
+                                    descriptor, validate)
 
 
 def _yaml_params() -> dict:
@@ -48,12 +48,15 @@ def test_descriptors_carry_ranges_and_read_only():
 
 
 def test_memory_length_zero_means_the_models_own():
-    from lmanet_ros.node import memory_frames
-    from lmanet_ros.params import Settings
+    # the node passes memory.length (0 -> None) to the pipeline, which resolves it with this rule
+    from lmanet_ros.models import resolve_memory_length
 
-    assert memory_frames(Settings()) == 4                              # lmanet_erfnet
-    assert memory_frames(Settings(model="lmanet_pspnet101")) == 3     # the release's T
-    assert memory_frames(Settings(model="lmanet_pspnet101", memory_length=5)) == 5
+    def in_force(settings: Settings) -> int:
+        return resolve_memory_length(settings.model, settings.memory_length or None, None)
+
+    assert in_force(Settings()) == 4                              # lmanet_erfnet
+    assert in_force(Settings(model="lmanet_pspnet101")) == 3     # the release's T
+    assert in_force(Settings(model="lmanet_pspnet101", memory_length=5)) == 5
 
 
 @pytest.mark.parametrize("changes, needle", [
@@ -141,7 +144,7 @@ def test_launch_defaults_and_cameras():
 
 def test_launch_file_uses_the_shared_module():
     text = (ROOT / "launch" / "lmanet.launch.py").read_text()
-    assert "from lmanet_ros.launch_args import ARGUMENTS, resolve" in text
+    assert "from lmanet_ros.node.launch_args import ARGUMENTS, resolve" in text
     names = {arg.name for arg in launch_args.ARGUMENTS}
     assert {"image", "cameras", "namespace", "params_file", "checkpoint", "device",
             "use_sim_time"} <= names
@@ -149,7 +152,7 @@ def test_launch_file_uses_the_shared_module():
 
 # ---------------------------------------------------------------------------------- the intake
 def test_intake_latest_keeps_the_newest_and_counts_drops():
-    from lmanet_ros.node import FrameIntake
+    from lmanet_ros.node.intake import FrameIntake
     intake = FrameIntake("latest")
     intake.add("a")
     intake.add("b")
@@ -162,7 +165,7 @@ def test_intake_latest_keeps_the_newest_and_counts_drops():
 
 
 def test_intake_all_keeps_order_and_blocks_when_full():
-    from lmanet_ros.node import FrameIntake
+    from lmanet_ros.node.intake import FrameIntake
     intake = FrameIntake("all", capacity=2)
     intake.add("a")
     assert intake.put("a", 1) == 0 and intake.put("a", 2) == 0
@@ -190,7 +193,7 @@ def test_intake_all_keeps_order_and_blocks_when_full():
 def test_image_message_copies_header_and_pixels():
     from std_msgs.msg import Header
 
-    from lmanet_ros.node import image_message
+    from lmanet_ros.node.messages import image_message
     header = Header(frame_id="cam")
     header.stamp.sec, header.stamp.nanosec = 12, 345
     pixels = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)

@@ -13,7 +13,8 @@ import pytest
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage
 
-from conftest import Rig, make_compressed, make_image, pixels_of, set_header, stamp_of, wait_until
+from ros_helpers import (Rig, make_compressed, make_image, pixels_of, set_header, stamp_of,
+                         wait_until)
 from lmanet_ros import imaging
 from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES, CITYSCAPES_COLORS
 

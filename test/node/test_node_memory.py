@@ -15,9 +15,9 @@ from rcl_interfaces.srv import DescribeParameters
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
 
-from conftest import Rig, make_image, pixels_of, resets, wait_until
+from ros_helpers import Rig, make_image, pixels_of, resets, wait_until
 from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES
-from lmanet_ros.params import CITYSCAPES_PALETTE
+from lmanet_ros.node.params import CITYSCAPES_PALETTE
 
 pytestmark = pytest.mark.ros
 

@@ -8,7 +8,7 @@ import pytest
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from conftest import Rig, make_image, stamp_of, wait_until
+from ros_helpers import Rig, make_image, stamp_of, wait_until
 
 pytestmark = pytest.mark.ros
 

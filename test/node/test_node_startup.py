@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from conftest import child_env, node_executable, wait_until, write_params_file
-from lmanet_ros.launch_args import resolve
+from ros_helpers import child_env, node_executable, wait_until, write_params_file
+from lmanet_ros.node.launch_args import resolve
 
 pytestmark = pytest.mark.ros
 
@@ -44,7 +44,7 @@ def _cases(directory):
 
 
 WITHOUT_MESSAGES = ("import sys; sys.modules['lmanet_ros.msg'] = None; "
-                    "from lmanet_ros.node import main; sys.exit(main())")
+                    "from lmanet_ros.node.node import main; sys.exit(main())")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,153 @@
+"""Counters of one camera for /diagnostics, and the frozen snapshot one diagnostics message reads.
+
+No ROS here. :class:`CameraStats` counts what only the node sees (messages received, dropped,
+undecodable, failed, rendered, QoS events, timings); what the pipeline's stream already counts
+(frames admitted, duplicates, memory fill, resets by reason: :class:`lmanet_ros.streams.
+StreamStats`) is not counted again: the worker hands the stream's counters
+(``pipeline.stats(stream)``) over with each processed frame, so that a :class:`CameraSnapshot`
+shows both as they were when that frame was done.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from lmanet_ros.streams import StreamStats
+
+__all__ = ["CameraSnapshot", "CameraStats"]
+
+
+@dataclass(frozen=True)
+class CameraSnapshot:
+    """One camera's counters at one diagnostics message.
+
+    Totals count since start; ``period_*`` and the timing tuples cover the time since the
+    previous snapshot. Times are milliseconds, ``last_received`` is ``time.monotonic()`` seconds.
+
+    Attributes:
+        received: messages taken by the subscription callback.
+        dropped: frames replaced or refused before the worker took them.
+        processed: frames segmented and published.
+        bad_inputs: messages that could not be decoded; ``last_bad_input`` says why (last one).
+        errors: decoded frames the pipeline could not process; ``last_error`` says why.
+        batch_size: streams that shared the last inference of this camera.
+        batched: frames of this camera segmented in a batch of more than one stream.
+        rendered: frames whose colour mask was rendered (colour or overlay subscribed).
+        incompatible_qos: incompatible-QoS events of the input subscription.
+        last_received: when the last message arrived, or None.
+        period_received, period_processed, period_bad, period_errors: the counts of the period.
+        processing_ms: decode to published, per frame of the period.
+        inference_ms: the network step (shared by a batch), per frame of the period.
+        latency_ms: arrival to published, per frame of the period.
+        input_delay_ms: publisher's write to arrival (DDS source timestamp), where known.
+        stream: the pipeline's counters of this camera's stream (duplicates, memory fill,
+            resets by reason) after the last processed frame.
+    """
+
+    received: int = 0
+    dropped: int = 0
+    processed: int = 0
+    bad_inputs: int = 0
+    errors: int = 0
+    batch_size: int = 0
+    batched: int = 0
+    rendered: int = 0
+    incompatible_qos: int = 0
+    last_bad_input: str = ""
+    last_error: str = ""
+    last_received: float | None = None
+    period_received: int = 0
+    period_processed: int = 0
+    period_bad: int = 0
+    period_errors: int = 0
+    processing_ms: tuple[float, ...] = ()
+    inference_ms: tuple[float, ...] = ()
+    latency_ms: tuple[float, ...] = ()
+    input_delay_ms: tuple[float, ...] = ()
+    stream: StreamStats = field(default_factory=StreamStats)
+
+
+class CameraStats:
+    """The node's own counters of one camera (written by callbacks and the worker, thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals = {name: 0 for name in ("received", "dropped", "processed", "bad_inputs",
+                                             "errors", "batched", "rendered",
+                                             "incompatible_qos")}
+        self._period = {name: 0 for name in ("received", "processed", "bad", "errors")}
+        self._times: dict[str, list[float]] = {name: [] for name in (
+            "processing_ms", "inference_ms", "latency_ms", "input_delay_ms")}
+        self._batch_size = 0
+        self._stream = StreamStats()
+        self._last_bad_input = ""
+        self._last_error = ""
+        self._last_received: float | None = None
+
+    def on_received(self, now: float, input_delay_ms: float | None = None) -> None:
+        """A message arrived at monotonic time ``now`` (``input_delay_ms``: since its
+        publisher wrote it, when known)."""
+        with self._lock:
+            self._totals["received"] += 1
+            self._period["received"] += 1
+            self._last_received = now
+            if input_delay_ms is not None:
+                self._times["input_delay_ms"].append(input_delay_ms)
+
+    def on_dropped(self, count: int) -> None:
+        """``count`` frames replaced (or refused) before they were processed."""
+        with self._lock:
+            self._totals["dropped"] += count
+
+    def on_bad_input(self, reason: str) -> None:
+        """A message that could not be decoded, and why."""
+        with self._lock:
+            self._totals["bad_inputs"] += 1
+            self._period["bad"] += 1
+            self._last_bad_input = reason
+
+    def on_error(self, reason: str) -> None:
+        """A frame that decoded but could not be processed, and why."""
+        with self._lock:
+            self._totals["errors"] += 1
+            self._period["errors"] += 1
+            self._last_error = reason
+
+    def on_rendered(self) -> None:
+        """The colour mask of a frame was rendered."""
+        with self._lock:
+            self._totals["rendered"] += 1
+
+    def on_incompatible_qos(self) -> None:
+        """A publisher offers QoS the input subscription cannot match."""
+        with self._lock:
+            self._totals["incompatible_qos"] += 1
+
+    def on_processed(self, batch_size: int, inference_ms: float, processing_ms: float,
+                     latency_ms: float, stream: StreamStats) -> None:
+        """A frame was segmented (in a batch of ``batch_size`` streams) and published;
+        ``stream``: the pipeline's counters of the camera's stream after it."""
+        with self._lock:
+            self._stream = stream
+            self._totals["processed"] += 1
+            self._period["processed"] += 1
+            self._batch_size = batch_size
+            self._totals["batched"] += int(batch_size > 1)
+            self._times["processing_ms"].append(processing_ms)
+            self._times["inference_ms"].append(inference_ms)
+            self._times["latency_ms"].append(latency_ms)
+
+    def roll(self) -> CameraSnapshot:
+        """The snapshot for one diagnostics message; the period counts and timings restart."""
+        with self._lock:
+            snapshot = CameraSnapshot(
+                **self._totals, batch_size=self._batch_size,
+                last_bad_input=self._last_bad_input, last_error=self._last_error,
+                last_received=self._last_received,
+                **{f"period_{name}": count for name, count in self._period.items()},
+                **{name: tuple(values) for name, values in self._times.items()},
+                stream=self._stream)
+            self._period = dict.fromkeys(self._period, 0)
+            for values in self._times.values():
+                values.clear()
+        return snapshot
