@@ -44,16 +44,18 @@ from lmanet_ros.imaging import (ImageError, decode_compressed, decode_image, enc
 from lmanet_ros.stamps import NS_PER_S, split_ns, stamp_ns
 
 __all__ = [
-    "BadMessageWarning", "BagError", "BagReader", "BagWriter", "COMPRESSED_IMAGE", "IMAGE",
-    "IMAGE_TYPES", "ImageRecord", "MONO_ENCODINGS", "ReadStats", "STORAGES", "iter_images",
-    "list_image_topics", "pair_images_and_labels", "typestore", "decode_message",
-    "decode_label", "header_of", "image_cdr", "image_message", "compressed_message",
-    "read_labels", "warn_bad_message",
+    "BadMessageWarning", "BagError", "BagReader", "BagWriter", "COMPRESSED_IMAGE",
+    "DIAGNOSTIC_ARRAY", "IMAGE", "IMAGE_TYPES", "ImageRecord", "MONO_ENCODINGS", "ReadStats",
+    "STORAGES", "iter_images", "list_image_topics", "pair_images_and_labels", "typestore",
+    "decode_message", "decode_label", "header_of", "image_cdr", "image_message",
+    "compressed_message", "read_labels", "warn_bad_message",
 ]
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES: tuple[str, ...] = (IMAGE, COMPRESSED_IMAGE)
+DIAGNOSTIC_ARRAY = "diagnostic_msgs/msg/DiagnosticArray"
+DIAGNOSTIC_STATUS = "diagnostic_msgs/msg/DiagnosticStatus"
 #: Encodings decoded to (H, W) arrays of the stored values instead of RGB.
 MONO_ENCODINGS: tuple[str, ...] = ("mono8", "8UC1")
 #: Storage plugins, the first one the default.
@@ -368,6 +370,16 @@ class BagWriter:
         self.add_topic(topic, IMAGE)
         self.write_raw(topic, stamp_ns if log_time_ns is None else log_time_ns,
                        image_cdr(stamp_ns, frame_id, array, encoding))
+
+    def write_status(self, topic: str, stamp_ns: int, frame_id: str, *, name: str, message: str,
+                     hardware_id: str = "", log_time_ns: int | None = None) -> None:
+        """Write a ``diagnostic_msgs/msg/DiagnosticArray`` of one OK-level DiagnosticStatus
+        (``name``, ``message``, ``hardware_id``, no values) stamped ``stamp_ns``."""
+        store = typestore()
+        status = store.types[DIAGNOSTIC_STATUS](level=0, name=name, message=message,
+                                                hardware_id=hardware_id, values=[])
+        msg = store.types[DIAGNOSTIC_ARRAY](header=_header(stamp_ns, frame_id), status=[status])
+        self.write(topic, stamp_ns if log_time_ns is None else log_time_ns, msg)
 
     def write_compressed(self, topic: str, stamp_ns: int, frame_id: str, array: np.ndarray,
                          fmt: str = "jpeg", *, log_time_ns: int | None = None,

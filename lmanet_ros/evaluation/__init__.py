@@ -4,8 +4,11 @@
 - :mod:`.scoring`: live scoring of a node's labels (:class:`LiveScorer`);
 - :mod:`.replay` / :mod:`.replay_node`: the replay engine (``replay_bag(ReplayOptions(...))``),
   lock-step and live scoring included; :mod:`.live`: passive live scoring (``score_live``);
+- :mod:`.corruption`: scores by corruption group (hit, clean, per kind) with the clean-version
+  and last-clean-frame references and the memory check, when the bag has a corruption log;
 - :mod:`.outputs`: the output bag and the per-frame writer thread; :mod:`.report`:
-  ``metrics.json``, ``report.md`` and plots; :mod:`.video`: overlay videos.
+  ``metrics.json``, ``report.md`` and plots (:mod:`.corruption_report`: the corruption part;
+  :mod:`.render`: shared formatting); :mod:`.video`: overlay videos.
 
 rclpy is imported only when a replay or live scoring starts.
 """

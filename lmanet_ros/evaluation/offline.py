@@ -33,7 +33,9 @@ from lmanet_ros.pipeline import Frame, Result, SegmentationPipeline
 from lmanet_ros.progress import progress
 from lmanet_ros.streams import MemoryPolicy
 
-from .options import EvalError, EvalOptions
+from .corruption import (CorruptionScorer, baseline_index, camera_topics, read_clean_images,
+                         read_corruption_log, resolve_topics)
+from .options import EvalError, EvalOptions, ModelSpec
 from .outputs import OutputBag, OutputWorker
 from .report import METRICS_FILE, build_metrics, write_json, write_report
 from .scoring import SCENE_CUTS
@@ -84,7 +86,7 @@ def plan_bag(reader: BagReader, topics: list[str] | None, label_topic: str | Non
                 raise EvalError(f"'{topic}' is not an image topic of {bag} (image "
                                 f"topics: {sorted(available)})")
     else:
-        topics = [t for t in available if t != label_topic]
+        topics = [t for t in camera_topics(available) if t != label_topic]
         if len(topics) != 1:
             raise EvalError(f"{len(topics)} candidate image topics in {bag} "
                             f"({sorted(topics)}): choose with --image-topic")
@@ -124,12 +126,34 @@ def _frames(reader: BagReader, plan: BagPlan, options: EvalOptions, stats: ReadS
         yield record, gt
 
 
-def _pipelines(options: EvalOptions) -> list[SegmentationPipeline]:
-    policy = MemoryPolicy(max_gap=options.max_gap, stride=options.memory_stride)
-    return [SegmentationPipeline.from_pretrained(
+def _pipeline(options: EvalOptions, spec: ModelSpec,
+              memory_length: int | None = None) -> SegmentationPipeline:
+    """The pipeline of one model with the run's settings (``memory_length`` overrides)."""
+    return SegmentationPipeline.from_pretrained(
         spec.name, spec.checkpoint, device=options.device, precision=options.precision,
         num_threads=options.num_threads, input_size=options.input_size,
-        memory_length=options.memory_length, policy=policy) for spec in options.specs]
+        memory_length=memory_length or options.memory_length,
+        policy=MemoryPolicy(max_gap=options.max_gap, stride=options.memory_stride))
+
+
+def _corruption_scorer(reader: BagReader, plan: BagPlan, options: EvalOptions,
+                       pipelines: list[SegmentationPipeline]) -> CorruptionScorer | None:
+    """The corruption scoring of the first camera when the bag has its log (else None): the
+    clean versions of its hit frames read, a memory-check pipeline per temporal model."""
+    camera = plan.topics[0]
+    clean_topic, log_topic = resolve_topics(reader, camera, options.clean_topic,
+                                            options.corruption_topic)
+    if log_topic is None:
+        return None
+    log = read_corruption_log(reader, log_topic)
+    images = read_clean_images(reader, clean_topic, log.hit_stamps()) if clean_topic else None
+    baseline = baseline_index(pipelines)
+    checks = {index: _pipeline(options, spec, pipeline.memory_length)
+              for index, (spec, pipeline) in enumerate(zip(options.specs, pipelines))
+              if options.memory_check and pipeline.info.temporal and index != baseline}
+    return CorruptionScorer(log, camera=camera, clean_topic=clean_topic,
+                            labels=[spec.label for spec in options.specs], pipelines=pipelines,
+                            clean_images=images, checks=checks)
 
 
 def evaluate(options: EvalOptions) -> EvalOutcome:
@@ -153,9 +177,11 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
 def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
               wall_start: float) -> EvalOutcome:
     timing = {"setup_s": 0.0, "decode_s": 0.0, "model_s": 0.0, "metrics_s": 0.0,
-              "output_bag_s": 0.0, "video_s": 0.0, "outputs_drain_s": 0.0, "report_s": 0.0}
+              "output_bag_s": 0.0, "video_s": 0.0, "outputs_drain_s": 0.0, "report_s": 0.0,
+              "corruption_s": 0.0}
     specs = options.specs
-    pipelines = _pipelines(options)
+    pipelines = [_pipeline(options, spec) for spec in specs]
+    scorer = _corruption_scorer(reader, plan, options, pipelines)
     palette = np.asarray(pipelines[0].classes.colors, dtype=np.uint8)
     runs = [RunScore(spec.label, list(p.classes.names)) for spec, p in zip(specs, pipelines)]
     if options.plots:  # import matplotlib (about a second) while the network works
@@ -199,6 +225,10 @@ def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
                 timing["metrics_s"] += time.perf_counter() - start
                 worker.submit(record, spec.label, result.labels, bag=bag_out is not None,
                               video=index == 0 and options.video)
+            if scorer is not None and record.topic == scorer.camera:
+                start = time.perf_counter()
+                scorer.add(item, gt, results)
+                timing["corruption_s"] += time.perf_counter() - start
             frames_done += 1
             bar.update(1)
     except KeyboardInterrupt:
@@ -230,6 +260,8 @@ def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
     timing["total_s"] = time.perf_counter() - wall_start
     payload = build_metrics(runs, models, source=source, parameters=parameters,
                             partial=interrupted, timing=timing)
+    if scorer is not None:
+        scorer.annotate(payload)
     start = time.perf_counter()
     files = write_report(out, payload, runs, plots=options.plots)
     timing["report_s"] = time.perf_counter() - start  # metrics.json only (report.md has run)

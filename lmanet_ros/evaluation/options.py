@@ -49,6 +49,14 @@ class EvalOptions:
         video, plots: write overlay.mp4 (first model) and the PNG plots.
         output_bag: also write a rosbag2 of labels, colour and overlay images there.
         output_storage: its storage (None = the input bag's).
+        clean_topic: the clean versions of the first camera's frames (``"auto"``: ``<camera>_clean``
+            when the bag has it; None: off); see :mod:`lmanet_ros.evaluation.corruption`.
+        corruption_topic: its per-frame corruption log, a diagnostic_msgs/DiagnosticArray
+            (``"auto"``: ``<camera's namespace>/corruption`` when the bag has it; None: off).
+            With a log, accuracy is also reported on hit frames, clean frames and per kind,
+            beside the clean-version and last-clean-frame references.
+        memory_check: with a log, also run each temporal model with its memory replaced by the
+            current frame (a second pipeline; no effect without a temporal model or a log).
     """
 
     bag: Path
@@ -72,6 +80,9 @@ class EvalOptions:
     plots: bool = True
     output_bag: Path | None = None
     output_storage: str | None = None
+    clean_topic: str | None = "auto"
+    corruption_topic: str | None = "auto"
+    memory_check: bool = True
     specs: list[ModelSpec] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -29,6 +29,7 @@ from lmanet_ros.ros_env import teardown
 from lmanet_ros.stamps import ns_to_seconds, split_ns
 from lmanet_ros.streams import MemoryPolicy
 
+from .corruption import camera_topics
 from .scoring import LiveScorer
 from .video import VIDEO_FILE, LiveVideo
 
@@ -129,7 +130,9 @@ def _plan(reader: BagReader, options: ReplayOptions) -> _Plan:
                               f"(topics: {sorted(by_topic)})")
         topics = list(options.topics)
     else:
-        topics = [t for t in reader.image_topics_in_bag_order() if t != options.label_topic]
+        # Every camera but the labels; a clean reference X_clean of a camera X is no camera.
+        topics = [t for t in camera_topics(reader.image_topics_in_bag_order())
+                  if t != options.label_topic]
     if not topics:
         raise ReplayError(f"no image topics to replay in {options.bag}")
     image_out = [options.remap.get(t, t) for t in topics if by_topic[t][0] in IMAGE_TYPES]

@@ -8,8 +8,10 @@ The offline evaluation (``lmanet eval``) and the live scorer (``lmanet score``, 
 ``source`` (bag, topics, frames), ``parameters`` (device, precision, memory rules), ``classes``,
 ``timing`` (wall seconds per activity) and ``models``: one entry per evaluated model, each with
 ``model``, ``checkpoint``, ``checkpoint_id`` and the scores of :meth:`lmanet_ros.metrics.RunScore.
-summary` (accuracy, temporal_consistency, latency_ms, throughput_fps, memory_resets). Fractions
-are in [0, 1]; a value that does not exist (no labels, no class) is ``null``.
+summary` (accuracy, temporal_consistency, latency_ms, throughput_fps, memory_resets). A bag
+with a corruption log adds a top-level ``corruption`` section and per model ``corruption``,
+``gain`` and ``memory_check`` (:mod:`.corruption`; rendered by :mod:`.corruption_report`).
+Fractions are in [0, 1]; a value that does not exist (no labels, no class) is ``null``.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import numpy as np
 
 from lmanet_ros.metrics import RunScore
 
+from .corruption_report import CORRUPTION_PLOT, plot_corruption_kinds, render_corruption
+from .render import figure, num, pct, table
 from .video import VIDEO_FILE
 
 __all__ = ["SCHEMA", "METRICS_FILE", "REPORT_FILE", "IOU_PLOT", "LATENCY_PLOT", "FLIP_PLOT",
@@ -102,20 +106,6 @@ def write_json(path: str | Path, payload: dict) -> Path:
 
 
 # ------------------------------------------------------------------------------------- markdown
-def _pct(value: float | None, digits: int = 1) -> str:
-    return "–" if value is None else f"{100.0 * value:.{digits}f}"
-
-
-def _num(value: float | None, digits: int = 1) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
 def render_markdown(payload: dict, figures: Sequence[tuple[str, str]] = ()) -> str:
     """The ``report.md`` text of a ``metrics.json`` payload (percent in the tables)."""
     source, params, models = payload["source"], payload["parameters"], payload["models"]
@@ -148,14 +138,15 @@ def render_markdown(payload: dict, figures: Sequence[tuple[str, str]] = ()) -> s
         lat = model["latency_ms"]
         rows.append([
             f"`{model['label']}`", f"`{model.get('checkpoint_id')}`",
-            _pct(acc.get("miou")), _pct(acc.get("pixel_accuracy")),
-            _pct(tc["flip_rate"], 2), _pct(tc["flip_rate_gt_stable"], 2),
-            " / ".join(_num(lat.get(k)) for k in ("p50", "p90", "p99", "max")),
-            _num(model.get("throughput_fps"), 2), str(model["memory_resets"]["total"]),
+            pct(acc.get("miou")), pct(acc.get("pixel_accuracy")),
+            pct(tc["flip_rate"], 2), pct(tc["flip_rate_gt_stable"], 2),
+            " / ".join(num(lat.get(k)) for k in ("p50", "p90", "p99", "max")),
+            num(model.get("throughput_fps"), 2), str(model["memory_resets"]["total"]),
         ])
-    lines += _table(["Model", "Checkpoint", "mIoU", "Pixel acc.", "Flip rate",
-                     "Flip rate (GT-stable)", "Latency p50 / p90 / p99 / max (ms)",
-                     "Throughput (fps)", "Memory resets"], rows)
+    lines += table(["Model", "Checkpoint", "mIoU", "Pixel acc.", "Flip rate",
+                    "Flip rate (GT-stable)", "Latency p50 / p90 / p99 / max (ms)",
+                    "Throughput (fps)", "Memory resets"], rows)
+    lines += render_corruption(payload)
     if any(model["accuracy"] for model in models):
         lines += ["", "## Per-class IoU", ""]
         class_rows = []
@@ -163,9 +154,9 @@ def render_markdown(payload: dict, figures: Sequence[tuple[str, str]] = ()) -> s
             row = [name]
             for model in models:
                 per_class = (model["accuracy"] or {}).get("per_class_iou", {})
-                row.append(_pct(per_class.get(name)))
+                row.append(pct(per_class.get(name)))
             class_rows.append(row)
-        lines += _table(["Class"] + [f"`{m['label']}`" for m in models], class_rows)
+        lines += table(["Class"] + [f"`{m['label']}`" for m in models], class_rows)
         lines += ["", "– : the class is neither in the ground truth nor predicted (not averaged)."]
     else:
         lines += ["", "No label topic: accuracy not measured."]
@@ -174,12 +165,12 @@ def render_markdown(payload: dict, figures: Sequence[tuple[str, str]] = ()) -> s
     for model in models:
         for reason, count in sorted(model["memory_resets"]["by_reason"].items()):
             reset_rows.append([f"`{model['label']}`", reason, str(count)])
-    lines += _table(["Model", "Reason", "Count"], reset_rows) if reset_rows else ["None."]
+    lines += table(["Model", "Reason", "Count"], reset_rows) if reset_rows else ["None."]
     timing = payload.get("timing") or {}
     if timing:
         lines += ["", "## Wall time (s)", ""]
-        lines += _table(["Activity", "Seconds"],
-                        [[key, _num(value, 2)] for key, value in timing.items()])
+        lines += table(["Activity", "Seconds"],
+                       [[key, num(value, 2)] for key, value in timing.items()])
     if figures:
         lines += ["", "## Figures", ""]
         for title, name in figures:
@@ -188,24 +179,14 @@ def render_markdown(payload: dict, figures: Sequence[tuple[str, str]] = ()) -> s
 
 
 # ---------------------------------------------------------------------------------------- plots
-def _figure(width: float, height: float):
-    """A matplotlib Figure drawn by the Agg canvas (no pyplot, no display, thread-safe)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def plot_class_iou(path: str | Path, payload: dict) -> Path | None:
     """Per-class IoU bars in percent, the models side by side; None without labels."""
     models = [m for m in payload["models"] if m["accuracy"]]
     if not models:
         return None
     names = payload["classes"]
-    figure = _figure(max(8.0, 0.55 * len(names) * max(1, len(models)) ** 0.5), 4.5)
-    axes = figure.add_subplot()
+    fig = figure(max(8.0, 0.55 * len(names) * max(1, len(models)) ** 0.5), 4.5)
+    axes = fig.add_subplot()
     width = 0.8 / len(models)
     x = np.arange(len(names))
     for index, model in enumerate(models):
@@ -213,15 +194,15 @@ def plot_class_iou(path: str | Path, payload: dict) -> Path | None:
         values = [100.0 * v if v is not None else 0.0 for v in (per_class[n] for n in names)]
         miou = model["accuracy"]["miou"]
         axes.bar(x + (index - (len(models) - 1) / 2) * width, values, width,
-                 label=f"{model['label']} (mIoU {_pct(miou)} %)")
+                 label=f"{model['label']} (mIoU {pct(miou)} %)")
     axes.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
     axes.set_ylabel("IoU (%)")
     axes.set_ylim(0, 100)
     axes.set_title("Per-class IoU")
     axes.legend(fontsize=8)
     axes.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path)
+    fig.tight_layout()
+    fig.savefig(path)
     return Path(path)
 
 
@@ -230,8 +211,8 @@ def plot_latency(path: str | Path, runs: Sequence[RunScore]) -> Path | None:
     runs = [run for run in runs if run.latency_ms]
     if not runs:
         return None
-    figure = _figure(7.0, 4.0)
-    axes = figure.add_subplot()
+    fig = figure(7.0, 4.0)
+    axes = fig.add_subplot()
     values = np.concatenate([np.asarray(run.latency_ms) for run in runs])
     bins = np.linspace(values.min(), values.max() + 1e-6, 40)
     for run in runs:
@@ -242,8 +223,8 @@ def plot_latency(path: str | Path, runs: Sequence[RunScore]) -> Path | None:
     axes.set_ylabel("frames")
     axes.set_title("Latency")
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
+    fig.tight_layout()
+    fig.savefig(path)
     return Path(path)
 
 
@@ -252,8 +233,8 @@ def plot_flip_rate(path: str | Path, runs: Sequence[RunScore]) -> Path | None:
     runs = [run for run in runs if run.temporal.samples]
     if not runs:
         return None
-    figure = _figure(8.0, 4.0)
-    axes = figure.add_subplot()
+    fig = figure(8.0, 4.0)
+    axes = fig.add_subplot()
     for run in runs:
         samples = run.temporal.samples
         index = [s.index for s in samples]
@@ -271,8 +252,8 @@ def plot_flip_rate(path: str | Path, runs: Sequence[RunScore]) -> Path | None:
     axes.set_title("Flip rate over time")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path)
+    fig.tight_layout()
+    fig.savefig(path)
     return Path(path)
 
 
@@ -287,7 +268,9 @@ def write_report(out_dir: str | Path, payload: dict, runs: Sequence[RunScore], *
         for title, name, made in (
                 ("Per-class IoU", IOU_PLOT, lambda p: plot_class_iou(p, payload)),
                 ("Latency histogram", LATENCY_PLOT, lambda p: plot_latency(p, runs)),
-                ("Flip rate over time", FLIP_PLOT, lambda p: plot_flip_rate(p, runs))):
+                ("Flip rate over time", FLIP_PLOT, lambda p: plot_flip_rate(p, runs)),
+                ("mIoU by corruption kind", CORRUPTION_PLOT,
+                 lambda p: plot_corruption_kinds(p, payload))):
             if made(out / name) is not None:
                 figures.append((title, name))
                 written.append(out / name)

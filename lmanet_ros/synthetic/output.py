@@ -4,7 +4,14 @@ rosbag2 through an injected writer, and ``sequences.json`` describing every run.
 The bag ``OUT/bag_<first sequence>`` holds ``/camera/image`` (sensor_msgs/msg/Image rgb8) and
 ``/camera/labels`` (mono8 Cityscapes trainIds, 255 void) with the same header stamps and frame_id
 ``camera``; the sequences follow one another with a gap of ``SEQUENCE_GAP_S``, so a memory-gap
-reset triggers between them. The folder follows the layout read by ``lmanet train``:
+reset triggers between them. With a corruption recipe (not ``none``) it also holds, for EVERY
+frame and with the frame's header: ``/camera/image_clean`` (``CLEAN_IMAGE_TOPIC``), the frame
+before corruption (rgb8; the convention: a topic ``X_clean`` is the clean reference of camera
+``X``, not a camera), and ``/camera/corruption`` (``CORRUPTION_TOPIC``), the corruption log as a
+``diagnostic_msgs/msg/DiagnosticArray`` of one status named ``corruption`` whose ``message`` is
+the frame's kinds joined by ``,`` (``""``: a clean frame) and ``hardware_id`` the recipe name
+(e.g. ``robot-v2``). Images and labels are the same with or without them. The folder follows
+the layout read by ``lmanet train``:
 ``OUT/leftImg8bit/<split>/<seq>/<seq>_<frame:06d>_leftImg8bit.png`` and
 ``OUT/gtFine/<split>/<seq>/<seq>_<frame:06d>_gtFine_labelTrainIds.png``, the split being ``val``
 for the held-out seeds (``HELDOUT_SEEDS``) and ``train`` otherwise. ``OUT/sequences.json``
@@ -35,12 +42,20 @@ from lmanet_ros.synthetic.sequence import (DEFAULT_RATE_HZ, HELDOUT_SEEDS, SEQUE
                                            START_TIME_NS, TRAIN_SEEDS, SynthSequence,
                                            frame_stamps, sequence_name, split_for_seed)
 
-__all__ = ["FRAME_ID", "IMAGE_TOPIC", "LABEL_TOPIC", "ImageBagWriter", "SynthError",
+__all__ = ["CLEAN_IMAGE_TOPIC", "CLEAN_SUFFIX", "CORRUPTION_STATUS", "CORRUPTION_TOPIC",
+           "FRAME_ID", "IMAGE_TOPIC", "LABEL_TOPIC", "ImageBagWriter", "SynthError",
            "SynthOutput", "bag_path", "generate"]
 
 IMAGE_TOPIC = "/camera/image"
 LABEL_TOPIC = "/camera/labels"
 FRAME_ID = "camera"
+#: A topic ``X + CLEAN_SUFFIX`` holds the clean (uncorrupted) version of camera ``X``'s frames.
+CLEAN_SUFFIX = "_clean"
+CLEAN_IMAGE_TOPIC = IMAGE_TOPIC + CLEAN_SUFFIX
+#: The per-frame corruption log (diagnostic_msgs/msg/DiagnosticArray), and its status name.
+CORRUPTION_TOPIC = "/camera/corruption"
+CORRUPTION_STATUS = "corruption"
+DIAGNOSTIC_ARRAY = "diagnostic_msgs/msg/DiagnosticArray"
 #: Receive latency of the image messages: 8 ms plus up to 4 ms; labels follow 1 ms later.
 _LATENCY_NS = (8_000_000, 4_000_000)
 _LABEL_AFTER_NS = 1_000_000
@@ -86,6 +101,10 @@ class ImageBagWriter(Protocol):
     def write_image(self, topic: str, stamp_ns: int, frame_id: str, array: np.ndarray,
                     encoding: str = "rgb8", *, log_time_ns: int | None = None) -> None:
         """Write ``array`` ((H, W, 3) rgb8 or (H, W) mono8) as a sensor_msgs/msg/Image."""
+
+    def write_status(self, topic: str, stamp_ns: int, frame_id: str, *, name: str, message: str,
+                     hardware_id: str = "", log_time_ns: int | None = None) -> None:
+        """Write a diagnostic_msgs/msg/DiagnosticArray of one status."""
 
 
 def bag_path(out: str | Path, seed: int) -> Path:
@@ -148,6 +167,7 @@ def generate(out: str | Path, *, frames: int, height: int, width: int, sequences
                              rate=rate, corruption=corruption)
 
     first = make(seeds[0])  # validates the arguments before anything is written
+    recipe = recipe_name(corruption)
     names = [sequence_name(s) for s in seeds]
     bag_file = bag_path(out, seeds[0]) if bag is not None else None
     writer = bag(bag_file) if bag_file is not None else None  # checks its settings, writes nothing
@@ -182,6 +202,9 @@ def generate(out: str | Path, *, frames: int, height: int, width: int, sequences
             writer.open()
             writer.add_topic(IMAGE_TOPIC, "sensor_msgs/msg/Image")
             writer.add_topic(LABEL_TOPIC, "sensor_msgs/msg/Image")
+            if recipe is not None:
+                writer.add_topic(CLEAN_IMAGE_TOPIC, "sensor_msgs/msg/Image")
+                writer.add_topic(CORRUPTION_TOPIC, DIAGNOSTIC_ARRAY)
         for k, (name, image_dir, label_dir) in enumerate(zip(names, image_dirs, label_dirs)):
             video = first if k == 0 else make(seeds[k])
             stamps = frame_stamps(frames, rate, start_ns, video.seed)
@@ -201,6 +224,14 @@ def generate(out: str | Path, *, frames: int, height: int, width: int, sequences
                                        log_time_ns=log)
                     writer.write_image(LABEL_TOPIC, stamp, FRAME_ID, frame.labels, "mono8",
                                        log_time_ns=log + _LABEL_AFTER_NS)
+                    if recipe is not None:
+                        writer.write_image(CLEAN_IMAGE_TOPIC, stamp, FRAME_ID, frame.clean_image,
+                                           "rgb8", log_time_ns=log + 2 * _LABEL_AFTER_NS)
+                        writer.write_status(CORRUPTION_TOPIC, stamp, FRAME_ID,
+                                            name=CORRUPTION_STATUS,
+                                            message=",".join(frame.corruptions),
+                                            hardware_id=recipe,
+                                            log_time_ns=log + 3 * _LABEL_AFTER_NS)
                 if folder:
                     stem = f"{name}_{index:06d}"
                     write_png(image_dir / f"{stem}_leftImg8bit.png",
@@ -234,11 +265,13 @@ def generate(out: str | Path, *, frames: int, height: int, width: int, sequences
             "created_by": "lmanet synth",
             "base_seed": seed, "sequences": run_sequences, "size": [height, width],
             "rate_hz": rate, "frames_per_sequence": frames, "corruption": corruption,
-            "corruption_recipe": recipe_name(corruption),
+            "corruption_recipe": recipe,
             "sequence_gap_s": SEQUENCE_GAP_S,
             "bag": str(bag_file.relative_to(out)) if writer is not None else None,
             "storage": writer.storage if writer is not None else None,
-            "topics": {"image": IMAGE_TOPIC, "labels": LABEL_TOPIC, "frame_id": FRAME_ID},
+            "topics": {"image": IMAGE_TOPIC, "labels": LABEL_TOPIC, "frame_id": FRAME_ID,
+                       **({"clean_image": CLEAN_IMAGE_TOPIC, "corruption": CORRUPTION_TOPIC}
+                          if recipe is not None else {})},
             "label_format": "Cityscapes trainIds, 255 void",
             "train_seeds": [TRAIN_SEEDS.start, TRAIN_SEEDS.stop],
             "heldout_seeds": [HELDOUT_SEEDS.start, HELDOUT_SEEDS.stop],
@@ -250,7 +283,7 @@ def generate(out: str | Path, *, frames: int, height: int, width: int, sequences
         _write_json(bag_file.with_name(bag_file.name + ".json"), {
             "generator": "lmanet_ros.synth", "base_seed": seed, "sequences": run_sequences,
             "size": [height, width], "rate_hz": rate, "corruption": corruption,
-            "corruption_recipe": recipe_name(corruption)})
+            "corruption_recipe": recipe})
         json_out = bag_file.with_name(bag_file.name + ".json")
     return SynthOutput(bag=bag_file, image_folders=image_dirs if folder else [],
                        label_folders=label_dirs if folder else [], description=json_out,

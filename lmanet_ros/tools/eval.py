@@ -4,8 +4,11 @@ Offline, every image frame of the chosen topics goes, in recorded order, through
 the node's memory rules; ground truth comes from a mono8 label topic matched by header stamp
 (:func:`lmanet_ros.evaluation.evaluate`). Writes to ``--out``: ``metrics.json``, ``report.md``,
 ``class_iou.png``, ``latency_hist.png``, ``flip_rate.png`` and ``overlay.mp4``; ``--output-bag``
-adds a rosbag2 with labels, colour and overlay topics. Ctrl-C stops after the current frame and
-writes everything for the frames done, flagged ``"partial": true``.
+adds a rosbag2 with labels, colour and overlay topics. A bag with a corruption log (``lmanet synth
+--corruption``) adds scores on hit frames, clean frames and per kind, the clean-version and
+last-clean-frame references, a memory check of each temporal model and ``corruption_kinds.png``.
+Ctrl-C stops after the current frame and writes everything for the frames done, flagged
+``"partial": true``.
 
 ``--live`` scores a running ``lmanet_node`` instead: the bag is replayed in lock-step (next frame
 once the node's labels of the previous one arrived) and the labels it publishes are scored the
@@ -20,6 +23,7 @@ from pathlib import Path
 from lmanet_ros.bags import STORAGES
 from lmanet_ros.evaluation import EvalError, EvalOptions, ReplayError, ReplayOptions, evaluate
 from lmanet_ros.evaluation import parse_compare, parse_remaps
+from lmanet_ros.evaluation.corruption import AUTO
 from lmanet_ros.pipeline import PipelineError
 from lmanet_ros.tools.common import add_scoring_arguments, int_at_least, parse_size
 from lmanet_ros.tools.replay import add_replay_arguments, replay_and_report
@@ -43,6 +47,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     data.add_argument("--stride", type=int, default=1,
                       help="use every N-th frame of each camera (a slower processing rate)")
     data.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all)")
+    data.add_argument("--corruption-topic", type=_topic_or_off, default=AUTO, metavar="TOPIC",
+                      help="per-frame corruption log of the first camera (diagnostic_msgs/"
+                      "DiagnosticArray, as `lmanet synth --corruption` writes): scores on hit "
+                      "frames, clean frames and per kind, with references; default: "
+                      "<camera namespace>/corruption when the bag has it; 'none': off")
+    data.add_argument("--clean-topic", type=_topic_or_off, default=AUTO, metavar="TOPIC",
+                      help="clean versions of the camera's frames, for the clean-version "
+                      "reference; default: <camera>_clean when the bag has it; 'none': off")
     model.add_argument("--model", help="registered model name (lmanet_erfnet, erfnet, "
                        "lmanet_pspnet101, pspnet101, ...)")
     model.add_argument("--checkpoint", help="weights file or tag such as 'demo' (default: random "
@@ -63,6 +75,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "model's: 4 for lmanet_erfnet, 3 for lmanet_pspnet*)")
     memory.add_argument("--memory-stride", type=int, default=1,
                         help="store every k-th processed frame in the memory")
+    model.add_argument("--no-memory-check", action="store_true",
+                       help="with a corruption log, skip running each temporal model with its "
+                       "memory replaced by the current frame")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--no-video", action="store_true", help="skip overlay.mp4")
     outputs.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -90,7 +105,14 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         num_threads=args.num_threads, input_size=args.input_size,
         memory_length=args.memory_length, max_gap=args.max_gap,
         memory_stride=args.memory_stride, video=not args.no_video, plots=not args.no_plots,
-        output_bag=args.output_bag, output_storage=args.output_storage)
+        output_bag=args.output_bag, output_storage=args.output_storage,
+        clean_topic=args.clean_topic, corruption_topic=args.corruption_topic,
+        memory_check=not args.no_memory_check)
+
+
+def _topic_or_off(text: str) -> str | None:
+    """A topic name, ``auto``, or ``none`` (None: off)."""
+    return None if text.strip().lower() == "none" else text
 
 
 def _run_live(args: argparse.Namespace) -> int:

@@ -66,6 +66,17 @@ def test_eval_flags_are_the_options():
     defaults = eval_tool.options_from_args(cli.build_parser().parse_args(
         ["eval", "b", "--out", "o", "--model", "erfnet"]))
     assert defaults.input_size is None and defaults.memory_length is None
+    assert (defaults.clean_topic, defaults.corruption_topic, defaults.memory_check) == (
+        "auto", "auto", True)
+
+
+def test_corruption_flags_are_the_options():
+    args = cli.build_parser().parse_args(
+        ["eval", "b", "--out", "o", "--model", "erfnet", "--clean-topic", "none",
+         "--corruption-topic", "/cam/corruption", "--no-memory-check"])
+    options = eval_tool.options_from_args(args)
+    assert options.clean_topic is None and options.corruption_topic == "/cam/corruption"
+    assert options.memory_check is False
 
 
 def test_node_labels_and_ground_truth_flags_cannot_be_confused(capsys):
