@@ -37,7 +37,9 @@ def test_cli_writes_bag_and_folder(tmp_path, storage, capsys):
     assert list(bag.glob("*.mcap" if storage == "mcap" else "*.db3"))
 
     topics = list_image_topics(bag)
+    # a corrupted recipe also records each frame's clean version (the evaluation's reference)
     assert topics == {synth.IMAGE_TOPIC: ("sensor_msgs/msg/Image", 2 * frames),
+                      synth.IMAGE_TOPIC + "_clean": ("sensor_msgs/msg/Image", 2 * frames),
                       synth.LABEL_TOPIC: ("sensor_msgs/msg/Image", 2 * frames)}
     pairs = list(pair_images_and_labels(bag, synth.IMAGE_TOPIC, synth.LABEL_TOPIC))
     assert len(pairs) == 2 * frames
