@@ -276,7 +276,38 @@ def decode_message(msgtype: str, msg) -> tuple[np.ndarray, str]:
 
 
 # ------------------------------------------------------------------------------ writing
-class BagWriter:
+class _BagFile:
+    """What a bag reader and a bag writer share: the path, the open rosbags handle, the context
+    manager protocol and a close that is safe to call twice."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = None  # the rosbags Reader or Writer while open
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the bag (a writer writes its index and metadata); safe to call twice."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()
+
+    def _opened(self):
+        if self._handle is None:
+            raise BagError(f"{self.path}: not open (use `with {type(self).__name__}(...)` or "
+                           f"open())")
+        return self._handle
+
+
+class BagWriter(_BagFile):
     """Write a new rosbag2 (context manager).
 
     ``BagWriter(path, storage="mcap")`` creates the bag directory ``path``, which must not exist.
@@ -288,22 +319,14 @@ class BagWriter:
     def __init__(self, path: str | Path, *, storage: str = STORAGES[0]) -> None:
         if storage not in _PLUGINS:
             raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
-        self.path = Path(path)
+        super().__init__(Path(path))
         self.storage = storage
-        self._writer: Writer | None = None
         self._connections: dict[str, tuple[str, object]] = {}
         self.counts: collections.Counter = collections.Counter()
 
-    def __enter__(self) -> BagWriter:
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
     def open(self) -> None:
         """Create the bag; raises :class:`BagError` when ``path`` exists or cannot be created."""
-        if self._writer is not None:
+        if self._handle is not None:
             raise BagError(f"{self.path}: already open")
         if self.path.exists():
             raise BagError(f"{self.path} exists already; rosbag2 writers only create new bags")
@@ -312,18 +335,7 @@ class BagWriter:
             writer.open()
         except (WriterError, OSError) as exc:
             raise BagError(f"cannot create bag {self.path}: {exc}") from exc
-        self._writer = writer
-
-    def close(self) -> None:
-        """Write the index and metadata; safe to call twice."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-
-    def _open_writer(self) -> Writer:
-        if self._writer is None:
-            raise BagError(f"{self.path}: not open (use `with BagWriter(...)` or open())")
-        return self._writer
+        self._handle = writer
 
     def add_topic(self, topic: str, msgtype: str) -> None:
         """Declare ``topic`` with message type ``msgtype`` (e.g. ``sensor_msgs/msg/Image``).
@@ -331,7 +343,7 @@ class BagWriter:
         Declaring a topic again with the same type does nothing; with another type it raises
         ValueError, as does a type the ROS 2 type store does not know.
         """
-        writer = self._open_writer()
+        writer = self._opened()
         if not isinstance(topic, str) or not topic.startswith("/"):
             raise ValueError(f"topic must be an absolute name such as /camera/image, "
                              f"got {topic!r}")
@@ -349,7 +361,7 @@ class BagWriter:
 
     def write_raw(self, topic: str, log_time_ns: int, data: bytes) -> None:
         """Write already CDR-serialised ``data`` on a declared ``topic`` at ``log_time_ns``."""
-        writer = self._open_writer()
+        writer = self._opened()
         if topic not in self._connections:
             raise ValueError(f"topic {topic} is not declared: call add_topic first")
         writer.write(self._connections[topic][1], _non_negative(log_time_ns, "log_time_ns"), data)
@@ -391,7 +403,7 @@ class BagWriter:
 
 
 # ------------------------------------------------------------------------------ reading
-class BagReader:
+class BagReader(_BagFile):
     """Read a rosbag2 of either storage (context manager).
 
     ``path`` is the bag directory, or a file inside it (``*.mcap`` / ``*.db3``). ``topics`` maps
@@ -402,19 +414,11 @@ class BagReader:
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
-        self.path = path.parent if path.is_file() else path
-        self._reader: Reader | None = None
-
-    def __enter__(self) -> BagReader:
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+        super().__init__(path.parent if path.is_file() else path)
 
     def open(self) -> None:
         """Open the bag; raises :class:`BagError` when it is missing or unreadable."""
-        if self._reader is not None:
+        if self._handle is not None:
             return
         if not self.path.exists():
             raise BagError(f"no bag at {self.path}")
@@ -423,23 +427,12 @@ class BagReader:
             reader.open()
         except (ReaderError, OSError, ValueError, KeyError) as exc:
             raise BagError(f"cannot read bag {self.path}: {exc}") from exc
-        self._reader = reader
-
-    def close(self) -> None:
-        """Close the bag; safe to call twice."""
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.close()
-
-    def _open_reader(self) -> Reader:
-        if self._reader is None:
-            raise BagError(f"{self.path}: not open (use `with BagReader(...)` or open())")
-        return self._reader
+        self._handle = reader
 
     @property
     def topics(self) -> dict[str, tuple[str, int]]:
         """Every topic of the bag: ``{topic: (msgtype, message count)}``, sorted by topic."""
-        reader = self._open_reader()
+        reader = self._opened()
         return {name: (info.msgtype or "", int(info.msgcount))
                 for name, info in sorted(reader.topics.items())}
 
@@ -449,7 +442,7 @@ class BagReader:
 
     def image_topics_in_bag_order(self) -> list[str]:
         """The image topics in the order their connections were declared in the bag."""
-        return list(dict.fromkeys(c.topic for c in self._open_reader().connections
+        return list(dict.fromkeys(c.topic for c in self._opened().connections
                                   if c.msgtype in IMAGE_TYPES))
 
     @property
@@ -463,7 +456,7 @@ class BagReader:
                     "unknown")
 
     def _connections(self, topics: Iterable[str] | None, image_only: bool) -> list:
-        reader = self._open_reader()
+        reader = self._opened()
         available = self.image_topics() if image_only else self.topics
         if topics is None:
             wanted = set(available)
@@ -505,7 +498,7 @@ class BagReader:
     def raw(self, topics: Iterable[str] | str | None = None) -> Iterator[tuple]:
         """Serialised messages ``(connection, log_time_ns, data)`` in recorded order; the
         connection has ``topic`` and ``msgtype``. Unknown topics raise :class:`BagError`."""
-        reader = self._open_reader()
+        reader = self._opened()
         connections = self._connections(topics, image_only=False)
         if connections:  # rosbags reads every topic when given none
             yield from reader.messages(connections=connections)

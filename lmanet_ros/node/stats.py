@@ -23,48 +23,45 @@ class CameraSnapshot:
 
     Totals count since start; ``period_*`` and the timing tuples cover the time since the
     previous snapshot. Times are milliseconds, ``last_received`` is ``time.monotonic()`` seconds.
-
-    Attributes:
-        received: messages taken by the subscription callback.
-        dropped: frames replaced or refused before the worker took them.
-        processed: frames segmented and published.
-        bad_inputs: messages that could not be decoded; ``last_bad_input`` says why (last one).
-        errors: decoded frames the pipeline could not process; ``last_error`` says why.
-        batch_size: streams that shared the last inference of this camera.
-        batched: frames of this camera segmented in a batch of more than one stream.
-        rendered: frames whose colour mask was rendered (colour or overlay subscribed).
-        incompatible_qos: incompatible-QoS events of the input subscription.
-        last_received: when the last message arrived, or None.
-        period_received, period_processed, period_bad, period_errors: the counts of the period.
-        processing_ms: decode to published, per frame of the period.
-        inference_ms: the network step (shared by a batch), per frame of the period.
-        latency_ms: arrival to published, per frame of the period.
-        input_delay_ms: publisher's write to arrival (DDS source timestamp), where known.
-        stream: the pipeline's counters of this camera's stream (duplicates, memory fill,
-            resets by reason) after the last processed frame.
     """
 
     received: int = 0
+    """Messages taken by the subscription callback."""
     dropped: int = 0
+    """Frames replaced or refused before the worker took them."""
     processed: int = 0
+    """Frames segmented and published."""
     bad_inputs: int = 0
+    """Messages that could not be decoded (``last_bad_input`` says why, for the last one)."""
     errors: int = 0
+    """Decoded frames the pipeline could not process (``last_error`` says why)."""
     batch_size: int = 0
+    """Streams that shared the last inference of this camera."""
     batched: int = 0
+    """Frames of this camera segmented in a batch of more than one stream."""
     rendered: int = 0
+    """Frames whose colour mask was rendered (colour or overlay subscribed)."""
     incompatible_qos: int = 0
+    """Incompatible-QoS events of the input subscription."""
     last_bad_input: str = ""
     last_error: str = ""
     last_received: float | None = None
+    """When the last message arrived, or None."""
     period_received: int = 0
     period_processed: int = 0
     period_bad: int = 0
     period_errors: int = 0
     processing_ms: tuple[float, ...] = ()
+    """Decode to published, per frame of the period."""
     inference_ms: tuple[float, ...] = ()
+    """The network step (shared by a batch), per frame of the period."""
     latency_ms: tuple[float, ...] = ()
+    """Arrival to published, per frame of the period."""
     input_delay_ms: tuple[float, ...] = ()
+    """Publisher's write to arrival (DDS source timestamp), where known."""
     stream: StreamStats = field(default_factory=StreamStats)
+    """The pipeline's counters of this camera's stream (duplicates, memory fill, resets by
+    reason) after the last processed frame."""
 
 
 class CameraStats:

@@ -118,30 +118,30 @@ DOWNSAMPLE = (6, 10)
 JPEG_QUALITY = (4, 10)
 
 # --- robot-v2 (see the module docstring's table) ------------------------------------------------
-ROBOT_RECIPE = "robot-v2"
+ROBOT_RECIPE: str = "robot-v2"
 ROBOT_KINDS: tuple[str, ...] = ("wiper", "dropout", "heavy_noise", "glare", "night_blur")
-ROBOT_LEAD_IN = 4
-ROBOT_MIN_GAP = 2
-P_ROBOT_EVENT = 0.18
-WIPER_FRAMES = (2, 4)
-DROPOUT_FRAMES = (1, 2)
-HEAVY_NOISE_FRAMES = (1, 4)
-GLARE_FRAMES = (1, 4)
-NIGHT_FRAMES = (1, 4)
+ROBOT_LEAD_IN: int = 4
+ROBOT_MIN_GAP: int = 2
+P_ROBOT_EVENT: float = 0.18
+WIPER_FRAMES: tuple[int, int] = (2, 4)
+DROPOUT_FRAMES: tuple[int, int] = (1, 2)
+HEAVY_NOISE_FRAMES: tuple[int, int] = (1, 4)
+GLARE_FRAMES: tuple[int, int] = (1, 4)
+NIGHT_FRAMES: tuple[int, int] = (1, 4)
 #: Frames (inclusive range) an event of each kind lasts.
 ROBOT_FRAMES: dict[str, tuple[int, int]] = {
     "wiper": WIPER_FRAMES, "dropout": DROPOUT_FRAMES, "heavy_noise": HEAVY_NOISE_FRAMES,
     "glare": GLARE_FRAMES, "night_blur": NIGHT_FRAMES}
-WIPER_COVER = (0.30, 0.60)
-WIPER_SWEEP = (0.10, 0.25)
-WIPER_LEVEL = (0.02, 0.10)
-HEAVY_NOISE_SIGMA = (100.0, 160.0)
-GLARE_GAIN = (2.5, 4.0)
-GLARE_BLOOM = (0.6, 1.0)
-GLARE_RADIUS = (0.20, 0.45)
-NIGHT_BLUR = (0.08, 0.15)
-NIGHT_GAIN = (0.20, 0.35)
-NIGHT_SIGMA = (8.0, 16.0)
+WIPER_COVER: tuple[float, float] = (0.30, 0.60)
+WIPER_SWEEP: tuple[float, float] = (0.10, 0.25)
+WIPER_LEVEL: tuple[float, float] = (0.02, 0.10)
+HEAVY_NOISE_SIGMA: tuple[float, float] = (100.0, 160.0)
+GLARE_GAIN: tuple[float, float] = (2.5, 4.0)
+GLARE_BLOOM: tuple[float, float] = (0.6, 1.0)
+GLARE_RADIUS: tuple[float, float] = (0.20, 0.45)
+NIGHT_BLUR: tuple[float, float] = (0.08, 0.15)
+NIGHT_GAIN: tuple[float, float] = (0.20, 0.35)
+NIGHT_SIGMA: tuple[float, float] = (8.0, 16.0)
 
 _RECIPES = {"standard": CORRUPTION_RECIPE, "robot-v2": ROBOT_RECIPE}
 

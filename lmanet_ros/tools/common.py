@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from collections.abc import Callable
 
 from lmanet_ros.sizes import size_type
@@ -72,3 +73,16 @@ def add_node_labels_argument(parser: argparse._ActionsContainer, *, many: bool) 
                         help="the node's labels topic" + ("(s): one, or one per image topic"
                                                           if many else " (mono8 class ids)"),
                         **kwargs)
+
+
+def add_bag_command(subparsers: argparse._SubParsersAction, name: str, doc: str, *,
+                    out_help: str) -> argparse.ArgumentParser:
+    """Register ``lmanet NAME BAG --out DIR``, a command that reads a rosbag2 and writes its
+    results into a folder. ``doc`` is the command module's docstring: its first line (after the
+    command's name and a colon) is the one-line help, its first paragraph the description."""
+    summary = doc.split("\n", 1)[0].split(":", 1)[-1].strip().rstrip(".").replace("``", "")
+    parser = subparsers.add_parser(name, allow_abbrev=False, help=summary,
+                                   description=doc.split("\n\n")[0])
+    parser.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 or mcap)")
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+    return parser

@@ -25,18 +25,15 @@ from lmanet_ros.evaluation import EvalError, EvalOptions, ReplayError, ReplayOpt
 from lmanet_ros.evaluation import parse_compare, parse_remaps
 from lmanet_ros.evaluation.corruption import AUTO
 from lmanet_ros.pipeline import PipelineError
-from lmanet_ros.tools.common import add_scoring_arguments, int_at_least, parse_size
+from lmanet_ros.tools.common import (add_bag_command, add_scoring_arguments, int_at_least,
+                                     parse_size)
 from lmanet_ros.tools.replay import add_replay_arguments, replay_and_report
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``lmanet eval``."""
-    parser = subparsers.add_parser(
-        "eval", allow_abbrev=False, help="score the pipeline on a rosbag2 (or a live node)",
-        description=__doc__.split("\n\n")[0])
-    parser.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 or mcap)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="directory for metrics.json, report.md, plots and video")
+    parser = add_bag_command(subparsers, "eval", __doc__,
+                             out_help="directory for metrics.json, report.md, plots and video")
     data = parser.add_argument_group("data")
     data.add_argument("--image-topic", nargs="+", metavar="TOPIC",
                       help="camera topic(s) (sensor_msgs/Image or CompressedImage); default: "

@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from lmanet_ros.bags import BagError
 from lmanet_ros.evaluation import ReplayError, score_live
-from lmanet_ros.tools.common import add_node_labels_argument, add_scoring_arguments
+from lmanet_ros.tools.common import (add_bag_command, add_node_labels_argument,
+                                     add_scoring_arguments)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``lmanet score``."""
-    parser = subparsers.add_parser(
-        "score", allow_abbrev=False, help="score a running node's labels against a bag's labels",
-        description=__doc__.split("\n\n")[0])
-    parser.add_argument("bag", type=Path, help="the rosbag2 being played (sqlite3 or mcap)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="directory for metrics.json, report.md and plots")
+    parser = add_bag_command(subparsers, "score", __doc__,
+                             out_help="directory for metrics.json, report.md and plots")
     add_node_labels_argument(parser, many=False)
     add_scoring_arguments(parser, live=True)
     parser.add_argument("--idle-timeout", type=float, default=10.0,
