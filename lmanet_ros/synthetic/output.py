@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from lmanet_ros.progress import progress
+from lmanet_ros.stamps import seconds_to_ns
 from lmanet_ros.synthetic.corruption import recipe_name
 from lmanet_ros.synthetic.sequence import (DEFAULT_RATE_HZ, HELDOUT_SEEDS, SEQUENCE_GAP_S,
                                            START_TIME_NS, TRAIN_SEEDS, SynthSequence,
@@ -248,7 +249,7 @@ def generate(out: str | Path, *, frames: int, height: int, width: int, sequences
                                      if kinds},
                 "scene": video.describe()["scene"],
             })
-            start_ns = int(stamps[-1]) + int(round(SEQUENCE_GAP_S * 1e9))
+            start_ns = int(stamps[-1]) + seconds_to_ns(SEQUENCE_GAP_S)
         while pending:
             pending.popleft().result()
     finally:

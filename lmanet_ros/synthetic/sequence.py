@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from lmanet_ros.stamps import NS_PER_S
 from lmanet_ros.synthetic.corruption import (CORRUPTIONS, corrupt, corruption_schedule,
                                              recipe_name)
 from lmanet_ros.synthetic.render import finish, render
@@ -42,7 +43,7 @@ HELDOUT_SEEDS = range(10000, 10016)
 # --- Timing -------------------------------------------------------------------------------------
 DEFAULT_RATE_HZ = 17.0
 #: Header stamp of the first frame of the first sequence (fixed, so bags are reproducible).
-START_TIME_NS = 1_700_000_000 * 10**9
+START_TIME_NS = 1_700_000_000 * NS_PER_S
 #: Gap between the end of one sequence and the start of the next one in a bag.
 SEQUENCE_GAP_S = 5.0
 #: Capture-time jitter (standard deviation, clipped at 3 sigma).
@@ -172,4 +173,4 @@ def frame_stamps(n_frames: int, rate: float, start_ns: int, seed: int) -> np.nda
     period = 1.0 / rate
     jitter = np.clip(jitter, -0.4 * period, 0.4 * period)
     times = np.arange(n_frames) * period + jitter
-    return start_ns + np.round(times * 1e9).astype(np.int64)
+    return start_ns + np.round(times * NS_PER_S).astype(np.int64)
