@@ -47,7 +47,10 @@ def eval_options(bag: Path, out: Path, model: str, device: str, threads: int, *,
     from lmanet_ros.evaluation import EvalOptions
     return EvalOptions(bag=bag, out=out, model=model, image_topics=["/camera/image"],
                        label_topic="/camera/labels", device=device, num_threads=threads,
-                       output_bag=out / "labelled" if output_bag else None, video=video)
+                       output_bag=out / "labelled" if output_bag else None, video=video,
+                       # the overhead of the evaluation loop itself, as measured before
+                       # corruption scoring existed: no corruption log, no memory check
+                       corruption_topic=None, clean_topic=None, memory_check=False)
 
 
 def bare(bag: Path, model: str, device: str, threads: int) -> dict:

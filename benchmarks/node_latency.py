@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 from lmanet_ros.ros_env import isolate, teardown
+from lmanet_ros.sizes import parse_size
 from lmanet_ros.stamps import seconds_to_ns, split_ns, stamp_ns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -477,7 +478,7 @@ def run_burst(client, args, workdir, mode: str) -> dict:
 
 def run_soak(client, args, workdir) -> dict:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    height, width = (int(v) for v in args.soak_size.lower().split("x"))
+    height, width = parse_size(args.soak_size)
     node = NodeUnderTest(client, "soak", {"num_threads": args.num_threads}, workdir)
     try:
         node.wait_ready()

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmanet_ros.metrics import ConfusionMatrix
+from lmanet_ros.metrics import NUM_EVAL_CLASSES, ConfusionMatrix
 from lmanet_ros.pipeline import Frame, SegmentationPipeline
 from lmanet_ros.sizes import format_size, size_type
 from lmanet_ros.synthetic import (CORRUPTIONS, DEFAULT_RATE_HZ, HELDOUT_SEEDS, START_TIME_NS,
@@ -52,7 +52,6 @@ TEST_SEEDS = range(VALIDATION_SEEDS.stop, HELDOUT_SEEDS.stop)
 #: hit frames, and the last-clean-frame oracle recovers at least this share of the loss.
 MIN_LOSS = 10.0
 MIN_RECOVERABLE = 0.5
-NUM_CLASSES = 19
 ROWS = ("corrupted", "clean", "oracle")
 
 
@@ -93,7 +92,7 @@ def measure(args: argparse.Namespace) -> dict:
                             corruption=args.corruption) for seed in seeds]
     seen = {kind for video in videos for kinds in video.corruption_log for kind in kinds}
     kinds = [kind for kind in (*ROBOT_KINDS, *CORRUPTION_KINDS) if kind in seen]
-    matrices = {(row, kind): ConfusionMatrix(NUM_CLASSES)
+    matrices = {(row, kind): ConfusionMatrix(NUM_EVAL_CLASSES)
                 for row in ROWS for kind in ["all", *kinds]}
     stamps = [frame_stamps(args.frames, DEFAULT_RATE_HZ, START_TIME_NS, seed) for seed in seeds]
     last_clean: list[np.ndarray | None] = [None] * len(videos)

@@ -31,8 +31,8 @@ from lmanet_ros.devices import DeviceError, resolve_device
 from lmanet_ros.models import build_model, load_checkpoint
 from lmanet_ros.models.checkpoint import LoadReport
 from lmanet_ros.models.memory import Memory
-from lmanet_ros.models.weights import (Weights, resolve_checkpoint, resolve_memory_length,
-                                       trained_input_size)
+from lmanet_ros.models.weights import (Weights, memory_length_origin, resolve_checkpoint,
+                                       resolve_memory_length, trained_input_size)
 from lmanet_ros.streams import MemoryPolicy, ResetReason, StreamState, StreamStats
 
 PRECISIONS: dict[str, torch.dtype] = {
@@ -119,8 +119,7 @@ class SegmentationPipeline:
                  precision: str = "fp32", input_size: tuple[int, int] | None = None,
                  memory_length: int | None = None, policy: MemoryPolicy | None = None,
                  classes: ClassSet | None = None, checkpoint_id: str = "random-init",
-                 trained_size: tuple[int, int] | None = None,
-                 default_memory_length: int | None = None) -> None:
+                 metadata: Mapping[str, Any] | None = None) -> None:
         """Wrap ``model`` (moved to ``device`` and ``precision``, put in eval mode).
 
         Args:
@@ -128,14 +127,14 @@ class SegmentationPipeline:
             device: where to run; a string is resolved with :func:`resolve_device`.
             precision: ``fp32``, ``fp16`` or ``bf16`` (weights, activations and memory).
             input_size: (height, width) the network sees in pixels; (0, 0) = each frame's own
-                size; None = ``trained_size`` when known, else (0, 0).
-            memory_length: frames T the memory holds; None or 0 = ``default_memory_length``.
+                size; None = the trained size the metadata states, else (0, 0).
+            memory_length: frames T the memory holds; None or 0 = not given (the metadata's,
+                else the T ``model`` was built with:
+                :func:`~lmanet_ros.models.weights.resolve_memory_length`).
             policy: the memory policy (gap and stride rules); None = the defaults.
             classes: class names and colours; the first K logits are used (default Cityscapes).
             checkpoint_id: identifies the weights in reports and metadata.
-            trained_size: (height, width) the weights were trained at, if known (metadata).
-            default_memory_length: T when none is given; None = the model's own T. Built by
-                :meth:`from_pretrained` from the checkpoint's metadata.
+            metadata: the checkpoint's metadata (trained input size, memory length), or None.
         """
         if precision not in PRECISIONS:
             raise PipelineError(f"precision '{precision}' is not one of {sorted(PRECISIONS)}")
@@ -155,10 +154,15 @@ class SegmentationPipeline:
         self.checkpoint_path: Path | None = None
         #: The packaged weights' record when the checkpoint was a tag such as ``demo``.
         self.weights: Weights | None = None
-        self.trained_size = trained_size
-        #: T when none is given: the checkpoint metadata's, else the model's own (0: single).
-        self.default_memory_length = (0 if not self.info.temporal
-                                      else default_memory_length or model.memory_length)
+        #: The checkpoint's metadata ({} for random weights): what was not given comes from it.
+        self.metadata: Mapping[str, Any] = dict(metadata or {})
+        #: (height, width) the weights were trained at (metadata), or None.
+        self.trained_size = trained_input_size(self.metadata)
+        self._built = model.info  # the model as built: its own T
+        #: T when none is given: the metadata's, else the model's own (0: single frame).
+        self.default_memory_length = resolve_memory_length(self._built, None, self.metadata)
+        #: Where the T in force came from (``explicit``, ``checkpoint metadata``...), for logs.
+        self.memory_length_origin = memory_length_origin(self._built, None, self.metadata)
         self._streams: dict[str, StreamState] = {}
         self._streams_lock = threading.Lock()
         self._policy = policy if policy is not None else MemoryPolicy()
@@ -204,8 +208,7 @@ class SegmentationPipeline:
             checkpoint_id = report.sha256[:16] if report.sha256 else "state-dict"
         pipeline = cls(model, device=target, precision=precision, input_size=input_size,
                        memory_length=memory_length, policy=policy, classes=classes,
-                       checkpoint_id=checkpoint_id, trained_size=trained_input_size(metadata),
-                       default_memory_length=resolve_memory_length(model_name, None, metadata))
+                       checkpoint_id=checkpoint_id, metadata=metadata)
         pipeline.load_report = report
         pipeline.weights = weights
         if report is not None and report.sha256:
@@ -228,21 +231,22 @@ class SegmentationPipeline:
         return self._memory_length
 
     def set_memory_length(self, length: int | None) -> None:
-        """Set T (None or 0: :attr:`default_memory_length`); a change resets every stream
-        (``parameter``). Ignored by single-frame models (T stays 0).
+        """Set T by :func:`~lmanet_ros.models.weights.resolve_memory_length` (None or 0: the
+        metadata's, else the model's own); a change resets every stream (``parameter``).
+        Single-frame models keep T = 0.
 
         Raises:
             ValueError: a negative length.
         """
         if length is not None and length < 0:
             raise ValueError(f"memory length must be >= 0, got {length}")
-        if not self.info.temporal:
-            return
-        length = length or self.default_memory_length
-        if length != self._memory_length:
+        new = resolve_memory_length(self._built, length, self.metadata)
+        self.memory_length_origin = memory_length_origin(self._built, length, self.metadata)
+        if new != self._memory_length:
             first = self._memory_length == 0
-            self._memory_length = length
-            self.model.memory_length = length
+            self._memory_length = new
+            if self.info.temporal:
+                self.model.memory_length = new
             if not first:
                 self.reset(reason=ResetReason.PARAMETER.value)
 

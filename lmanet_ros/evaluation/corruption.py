@@ -39,13 +39,14 @@ under ``MIN_CREDITED_GAIN``).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from lmanet_ros.bags import DIAGNOSTIC_ARRAY, IMAGE_TYPES, BagReader, decode_message, header_of
-from lmanet_ros.bags import typestore
+from lmanet_ros.bags import (DIAGNOSTIC_ARRAY, IMAGE_TYPES, BagReader, decode_message,
+                             header_of, typestore)
 from lmanet_ros.metrics import NUM_EVAL_CLASSES, ConfusionMatrix, nan_to_none
 from lmanet_ros.pipeline import Frame, Result, SegmentationPipeline
 from lmanet_ros.stamps import stamp_ns
@@ -164,9 +165,15 @@ def read_clean_images(reader: BagReader, topic: str, stamps: set[int]) -> dict[i
     return images
 
 
+#: Stream-name suffix of the memory check's stream in a model's pipeline.
+MEMORY_CHECK_SUFFIX = "#memory-check"
+
+
 def memory_check_labels(pipeline: SegmentationPipeline, frame: Frame) -> np.ndarray:
     """(H, W) uint8 labels of ``frame`` by a temporal pipeline whose memory holds only this
-    frame: the stream is reset, the frame processed twice, the second result returned."""
+    frame: on a stream of its own (``<stream>#memory-check``, so the camera's memory is left
+    alone), reset, the frame processed twice, the second result returned."""
+    frame = dataclasses.replace(frame, stream=frame.stream + MEMORY_CHECK_SUFFIX)
     pipeline.reset(frame.stream)
     return pipeline.process([frame, frame])[1].labels
 
@@ -235,8 +242,9 @@ class CorruptionScorer:
                  labels: Sequence[str], pipelines: Sequence[SegmentationPipeline],
                  clean_images: dict[int, np.ndarray] | None = None,
                  checks: dict[int, SegmentationPipeline] | None = None) -> None:
-        """``labels`` and ``pipelines``: the evaluated models in order; ``checks``: a memory
-        check pipeline per index of a temporal model; ``clean_images``: stamp -> clean RGB."""
+        """``labels`` and ``pipelines``: the evaluated models in order; ``checks``: the pipeline
+        to run the memory check on, per index of a temporal model (its own); ``clean_images``:
+        stamp -> clean RGB."""
         self.log, self.camera, self.clean_topic = log, camera, clean_topic
         self.labels = list(labels)
         self.baseline = baseline_index(pipelines)

@@ -9,10 +9,12 @@ The memory length and input size in force are the pipeline's (given, else from t
 metadata, else the model's own) and are reported as such.
 
 Writes to ``options.out``: ``metrics.json``, ``report.md``, the plots and ``overlay.mp4`` (input
-| overlay, first model; one video per camera topic); ``output_bag`` adds a rosbag2 with labels
-(mono8), colour and overlay (rgb8) topics per image topic and model, with the input's header
-stamps and recording times. Ctrl-C stops after the current frame and writes everything for the
-frames done, flagged ``"partial": true``.
+| overlay, first model; one video per camera topic); with several models also ``comparison.mp4``
+(input | each model's overlay, captioned, hit frames tagged with their corruption kinds when the
+bag has a corruption log; one per camera topic; ``EvalOptions.comparison_video``);
+``output_bag`` adds a rosbag2 with labels (mono8), colour and overlay (rgb8) topics per image
+topic and model, with the input's header stamps and recording times. Ctrl-C stops after the
+current frame and writes everything for the frames done, flagged ``"partial": true``.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import numpy as np
 
 from lmanet_ros.bags import BagError, BagReader, ImageRecord, ReadStats, pair_images_and_labels
 from lmanet_ros.classes import LABEL_ID_TO_TRAIN_ID
+from lmanet_ros.imaging import colorize, overlay
 from lmanet_ros.metrics import RunScore
 from lmanet_ros.pipeline import Frame, Result, SegmentationPipeline
 from lmanet_ros.progress import progress
@@ -36,10 +39,10 @@ from lmanet_ros.streams import MemoryPolicy
 from .corruption import (CorruptionScorer, baseline_index, camera_topics, read_clean_images,
                          read_corruption_log, resolve_topics)
 from .options import EvalError, EvalOptions, ModelSpec
-from .outputs import OutputBag, OutputWorker
+from .outputs import OVERLAY_ALPHA, OutputBag, OutputWorker, safe_name
 from .report import METRICS_FILE, build_metrics, write_json, write_report
 from .scoring import SCENE_CUTS
-from .video import recorded_fps
+from .video import COMPARISON_FILE, ComparisonVideo, recorded_fps
 
 __all__ = ["BagPlan", "EvalOutcome", "evaluate", "plan_bag"]
 
@@ -126,20 +129,20 @@ def _frames(reader: BagReader, plan: BagPlan, options: EvalOptions, stats: ReadS
         yield record, gt
 
 
-def _pipeline(options: EvalOptions, spec: ModelSpec,
-              memory_length: int | None = None) -> SegmentationPipeline:
-    """The pipeline of one model with the run's settings (``memory_length`` overrides)."""
+def _pipeline(options: EvalOptions, spec: ModelSpec) -> SegmentationPipeline:
+    """The pipeline of one model with the run's settings."""
     return SegmentationPipeline.from_pretrained(
         spec.name, spec.checkpoint, device=options.device, precision=options.precision,
         num_threads=options.num_threads, input_size=options.input_size,
-        memory_length=memory_length or options.memory_length,
+        memory_length=options.memory_length,
         policy=MemoryPolicy(max_gap=options.max_gap, stride=options.memory_stride))
 
 
 def _corruption_scorer(reader: BagReader, plan: BagPlan, options: EvalOptions,
                        pipelines: list[SegmentationPipeline]) -> CorruptionScorer | None:
     """The corruption scoring of the first camera when the bag has its log (else None): the
-    clean versions of its hit frames read, a memory-check pipeline per temporal model."""
+    clean versions of its hit frames read, the memory check of each temporal model (run on a
+    stream of its own in the model's pipeline: the weights are loaded once)."""
     camera = plan.topics[0]
     clean_topic, log_topic = resolve_topics(reader, camera, options.clean_topic,
                                             options.corruption_topic)
@@ -148,12 +151,24 @@ def _corruption_scorer(reader: BagReader, plan: BagPlan, options: EvalOptions,
     log = read_corruption_log(reader, log_topic)
     images = read_clean_images(reader, clean_topic, log.hit_stamps()) if clean_topic else None
     baseline = baseline_index(pipelines)
-    checks = {index: _pipeline(options, spec, pipeline.memory_length)
-              for index, (spec, pipeline) in enumerate(zip(options.specs, pipelines))
+    checks = {index: pipeline for index, pipeline in enumerate(pipelines)
               if options.memory_check and pipeline.info.temporal and index != baseline}
     return CorruptionScorer(log, camera=camera, clean_topic=clean_topic,
                             labels=[spec.label for spec in options.specs], pipelines=pipelines,
                             clean_images=images, checks=checks)
+
+
+def _write_comparison(videos: dict[str, ComparisonVideo], out: Path, fps: float,
+                      labels: list[str], palette: np.ndarray, record: ImageRecord,
+                      results: list[Result], tag: str) -> None:
+    """Append one frame to its camera's comparison video (opened on the camera's first frame:
+    ``comparison.mp4`` for the first camera, ``comparison_<topic>.mp4`` for the others)."""
+    video = videos.get(record.topic)
+    if video is None:
+        name = COMPARISON_FILE if not videos else f"comparison_{safe_name(record.topic)}.mp4"
+        video = videos[record.topic] = ComparisonVideo(out / name, fps, labels)
+    video.write(record.image, [overlay(record.image, colorize(result.labels, palette),
+                                       OVERLAY_ALPHA) for result in results], tag)
 
 
 def evaluate(options: EvalOptions) -> EvalOutcome:
@@ -178,7 +193,7 @@ def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
               wall_start: float) -> EvalOutcome:
     timing = {"setup_s": 0.0, "decode_s": 0.0, "model_s": 0.0, "metrics_s": 0.0,
               "output_bag_s": 0.0, "video_s": 0.0, "outputs_drain_s": 0.0, "report_s": 0.0,
-              "corruption_s": 0.0}
+              "corruption_s": 0.0, "comparison_video_s": 0.0}
     specs = options.specs
     pipelines = [_pipeline(options, spec) for spec in specs]
     scorer = _corruption_scorer(reader, plan, options, pipelines)
@@ -193,6 +208,8 @@ def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
     expected = sum(-(-n // options.stride) for n in plan.counts.values())
     if options.max_frames:
         expected = min(expected, options.max_frames)
+    comparisons: dict[str, ComparisonVideo] = {}
+    labels = [spec.label for spec in specs]
     warmed: set[tuple[int, int]] = set()
     model_s = [0.0] * len(pipelines)
     stats = ReadStats()
@@ -229,12 +246,21 @@ def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
                 start = time.perf_counter()
                 scorer.add(item, gt, results)
                 timing["corruption_s"] += time.perf_counter() - start
+            if options.writes_comparison_video:
+                start = time.perf_counter()
+                kinds = scorer.log.kinds.get(record.stamp_ns) \
+                    if scorer is not None and record.topic == scorer.camera else None
+                _write_comparison(comparisons, out, plan.fps[record.topic] / options.stride,
+                                  labels, palette, record, results, ",".join(kinds or ()))
+                timing["comparison_video_s"] += time.perf_counter() - start
             frames_done += 1
             bar.update(1)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         bar.close()
+        for video in comparisons.values():
+            video.close()
         for run, seconds in zip(runs, model_s):  # throughput of each model alone
             run.wall_s = seconds
         start = time.perf_counter()
@@ -266,7 +292,7 @@ def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
     files = write_report(out, payload, runs, plots=options.plots)
     timing["report_s"] = time.perf_counter() - start  # metrics.json only (report.md has run)
     write_json(out / METRICS_FILE, payload)
-    files += [video.path for video in worker.videos.values()]
+    files += [video.path for video in [*worker.videos.values(), *comparisons.values()]]
     if bag_out is not None:
         files.append(bag_out.path)
     return EvalOutcome(payload, files, interrupted)

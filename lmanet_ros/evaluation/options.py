@@ -57,6 +57,10 @@ class EvalOptions:
             beside the clean-version and last-clean-frame references.
         memory_check: with a log, also run each temporal model with its memory replaced by the
             current frame (a second pipeline; no effect without a temporal model or a log).
+        comparison_video: also write ``comparison.mp4`` (per camera, like overlay.mp4): input |
+            every model's overlay, captioned, corrupted frames tagged with their kinds; None =
+            when ``video`` is on and at least two models are evaluated
+            (:attr:`writes_comparison_video`).
     """
 
     bag: Path
@@ -83,6 +87,7 @@ class EvalOptions:
     clean_topic: str | None = "auto"
     corruption_topic: str | None = "auto"
     memory_check: bool = True
+    comparison_video: bool | None = None
     specs: list[ModelSpec] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +96,13 @@ class EvalOptions:
             raise EvalError(f"--stride must be >= 1, got {self.stride}")
         self.specs = label_models([ModelSpec(self.model, self.checkpoint)]
                                   + [ModelSpec(s.name, s.checkpoint) for s in self.compare])
+
+    @property
+    def writes_comparison_video(self) -> bool:
+        """Whether ``comparison.mp4`` is written (``comparison_video``, None resolved)."""
+        if self.comparison_video is None:
+            return self.video and len(self.specs) >= 2
+        return bool(self.comparison_video)
 
 
 def parse_compare(items: Sequence[str] | None) -> list[ModelSpec]:

@@ -229,10 +229,11 @@ def _publish(reader: BagReader, node, executor, options: ReplayOptions, plan: _P
             key = None
             if connection.msgtype in IMAGE_TYPES and out_topic in plan.labels_for:
                 stamp, _ = header_of(data, connection.msgtype)
-                key = (plan.labels_for[out_topic], stamp)
-                pending.sent[key] += 1
-                pending.sent_at[key] = time.perf_counter()
-                if node.video is not None:
+                if stamp is not None:  # a message too short for a header is not waited for
+                    key = (plan.labels_for[out_topic], stamp)
+                    pending.sent[key] += 1
+                    pending.sent_at[key] = time.perf_counter()
+                if node.video is not None and stamp is not None:
                     msg = store.deserialize_cdr(data, connection.msgtype)
                     node.video.add_input(stamp, decode_message(connection.msgtype, msg)[0])
             node.pubs[out_topic].publish(bytes(data))

@@ -2,11 +2,14 @@
 
 :class:`OverlayVideo` writes frames as they come (the offline evaluation has both images at
 once); :class:`LiveVideo` pairs the frames a replay publishes with the overlays a running node
-sends back, by header stamp, before writing them.
+sends back, by header stamp, before writing them; :class:`ComparisonVideo` (``comparison.mp4``
+of an offline comparison) puts the input beside every model's overlay, each panel captioned,
+the input's caption tagged with the frame's corruption kinds when it has any.
 """
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -14,10 +17,17 @@ import numpy as np
 
 from lmanet_ros.stamps import NS_PER_S
 
-__all__ = ["VIDEO_FILE", "LiveVideo", "OverlayVideo", "recorded_fps"]
+__all__ = ["COMPARISON_FILE", "VIDEO_FILE", "ComparisonVideo", "LiveVideo", "OverlayVideo",
+           "caption_height", "comparison_row", "recorded_fps"]
 
 #: The video of an evaluation directory (the first camera's).
 VIDEO_FILE = "overlay.mp4"
+#: The side-by-side video of a comparison of several models (the first camera's).
+COMPARISON_FILE = "comparison.mp4"
+#: Caption strip colours (RGB): background, text, and background of a corrupted frame's tag.
+_CAPTION_BACK = (32, 32, 32)
+_CAPTION_TEXT = (255, 255, 255)
+_TAG_BACK = (200, 30, 30)
 
 
 def recorded_fps(stamps_ns: list[int] | np.ndarray, default: float = 17.0) -> float:
@@ -48,7 +58,10 @@ class OverlayVideo:
 
     def write(self, rgb: np.ndarray, overlay: np.ndarray) -> None:
         """Append one frame: ``rgb`` and ``overlay``, (H, W, 3) uint8 RGB of the same size."""
-        frame = np.concatenate([rgb, overlay], axis=1)
+        self.write_row(np.concatenate([rgb, overlay], axis=1))
+
+    def write_row(self, frame: np.ndarray) -> None:
+        """Append one video frame as it is: (H, W, 3) uint8 RGB (resized to the first's size)."""
         if self._writer is None:
             height, width = frame.shape[:2]
             self._size = (width + width % 2, height + height % 2)
@@ -69,6 +82,99 @@ class OverlayVideo:
             self._writer = None
 
     def __enter__(self) -> "OverlayVideo":
+        """Return self."""
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Finalise the file, whatever happened."""
+        self.close()
+
+
+def caption_height(height: int) -> int:
+    """Height in pixels of the caption strip above panels ``height`` pixels tall (even)."""
+    return 2 * max(8, height // 16)
+
+
+def _caption(width: int, strip: int, text: str, background: tuple[int, int, int]) -> np.ndarray:
+    """A (strip, width, 3) uint8 RGB caption: ``text`` left-aligned, shrunk to fit the width."""
+    image = np.empty((strip, width, 3), np.uint8)
+    image[:] = background
+    if text:
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        scale = strip / 36.0
+        text_width = cv2.getTextSize(text, font, scale, 1)[0][0]
+        if text_width > width - 6:
+            scale *= (width - 6) / text_width
+        baseline = strip - max(2, (strip - int(round(22 * scale))) // 2)
+        cv2.putText(image, text, (3, baseline), font, scale, _CAPTION_TEXT, 1, cv2.LINE_AA)
+    return image
+
+
+def comparison_row(rgb: np.ndarray, overlays: Sequence[np.ndarray],
+                   captions: Sequence[str] | None, tag: str = "") -> np.ndarray:
+    """One frame of a comparison video: input | overlay 1 | overlay 2 ..., each panel under a
+    caption strip (:func:`caption_height` pixels).
+
+    Args:
+        rgb: the input frame, (H, W, 3) uint8 RGB.
+        overlays: one (H, W, 3) uint8 RGB overlay per model (resized to H x W if not).
+        captions: ``["input", model 1, model 2, ...]`` (one per panel), or None for blank
+            strips (the same layout uncaptioned).
+        tag: when not empty (the frame's corruption kinds, e.g. ``"wiper"``), added to the
+            input's caption on a red strip.
+
+    Returns:
+        (H + strip, (1 + len(overlays)) * W, 3) uint8 RGB.
+    """
+    height, width = rgb.shape[:2]
+    panels = [rgb] + [o if o.shape[:2] == (height, width) else
+                      cv2.resize(o, (width, height), interpolation=cv2.INTER_NEAREST)
+                      for o in overlays]
+    if captions is not None and len(captions) != len(panels):
+        raise ValueError(f"{len(panels)} panels but {len(captions)} captions")
+    strip = caption_height(height)
+    columns = []
+    for index, panel in enumerate(panels):
+        text = captions[index] if captions is not None else ""
+        back = _CAPTION_BACK
+        if index == 0 and tag:
+            back = _TAG_BACK
+            text = f"{text}: {tag}" if captions is not None else ""
+        columns.append(np.concatenate([_caption(width, strip, text, back), panel], axis=0))
+    return np.concatenate(columns, axis=1)
+
+
+class ComparisonVideo:
+    """``comparison.mp4``: the input beside each model's overlay, one row per frame, captioned
+    (:func:`comparison_row`), encoded by :class:`OverlayVideo`. Use as a context manager."""
+
+    def __init__(self, path: str | Path, fps: float, labels: Sequence[str]) -> None:
+        """Prepare ``path``; ``labels``: the model of each overlay panel, in order."""
+        self.video = OverlayVideo(path, fps)
+        self.captions = ["input", *labels]
+
+    @property
+    def path(self) -> Path:
+        """The video file."""
+        return self.video.path
+
+    @property
+    def frames(self) -> int:
+        """Frames written."""
+        return self.video.frames
+
+    def write(self, rgb: np.ndarray, overlays: Sequence[np.ndarray], tag: str = "") -> None:
+        """Append the row of one frame: (H, W, 3) uint8 RGB input and overlays in label order;
+        ``tag``: the frame's corruption kinds ("" for a clean or unlogged frame)."""
+        if len(overlays) != len(self.captions) - 1:
+            raise ValueError(f"{len(self.captions) - 1} models but {len(overlays)} overlays")
+        self.video.write_row(comparison_row(rgb, overlays, self.captions, tag))
+
+    def close(self) -> None:
+        """Finalise the file."""
+        self.video.close()
+
+    def __enter__(self) -> "ComparisonVideo":
         """Return self."""
         return self
 

@@ -16,13 +16,15 @@ from .segmenter import ModelInfo, Segmenter, SingleFrameSegmenter, TemporalSegme
 from .memory import Memory
 from .registry import build_model, list_models, register_model
 from .temporal import LocalMemoryModule, TemporalModule
-from .weights import (DEMO, Weights, get_weights, list_weights, models_with_weights,
-                      resolve_checkpoint, resolve_memory_length, trained_input_size)
+from .weights import (DEMO, Weights, get_weights, list_weights, memory_length_origin,
+                      models_with_weights, resolve_checkpoint, resolve_memory_length,
+                      trained_input_size)
 
 __all__ = [
     "build_model", "list_models", "register_model", "load_checkpoint", "save_checkpoint",
     "LoadReport", "CheckpointError", "Memory", "ModelInfo", "Segmenter", "SingleFrameSegmenter",
     "TemporalSegmenter", "TemporalModule", "LocalMemoryModule", "local_memory_attention",
     "local_memory_attention_reference", "DEMO", "Weights", "get_weights", "list_weights",
-    "models_with_weights", "resolve_checkpoint", "resolve_memory_length", "trained_input_size",
+    "models_with_weights", "resolve_checkpoint", "resolve_memory_length", "memory_length_origin",
+    "trained_input_size",
 ]

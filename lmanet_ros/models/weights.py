@@ -29,10 +29,11 @@ from typing import Any
 from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES, CITYSCAPES_COLORS
 
 from .registry import model_entry
+from .segmenter import ModelInfo
 
 __all__ = ["DEMO", "DATA_DIR", "Weights", "register_weights", "get_weights", "list_weights",
            "weights_tags", "models_with_weights", "resolve_checkpoint", "resolve_memory_length",
-           "trained_input_size"]
+           "memory_length_origin", "trained_input_size"]
 
 #: The tag of the demo weights.
 DEMO = "demo"
@@ -142,27 +143,52 @@ def resolve_checkpoint(model: str, checkpoint: str | os.PathLike | Mapping[str, 
     return checkpoint, None
 
 
-def resolve_memory_length(model: str, explicit: int | None,
+def _memory_length(model: str | ModelInfo, explicit: int | None,
+                   metadata: Mapping[str, Any] | None) -> tuple[int, str]:
+    """(T in force, where it came from); see :func:`resolve_memory_length`."""
+    if isinstance(model, str):
+        entry = model_entry(model)
+        temporal, own = entry.temporal, entry.default_memory_length
+    else:
+        temporal, own = model.temporal, model.memory_length
+    if not temporal:
+        return 0, "single frame"
+    for origin, value in (("explicit", explicit),
+                          ("checkpoint metadata", (metadata or {}).get("memory_length"))):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            name = "memory_length" if origin == "explicit" else f"{origin} memory_length"
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if value > 0:
+            return value, origin
+    return own, "the model's own"
+
+
+def resolve_memory_length(model: str | ModelInfo, explicit: int | None,
                           metadata: Mapping[str, Any] | None = None) -> int:
-    """The memory length T in force: ``explicit`` when > 0, else the checkpoint metadata's
-    ``memory_length`` when > 0, else the model's own T; always 0 for a single-frame model.
+    """The memory length T in force, the one rule of the package: ``explicit`` when > 0, else
+    the checkpoint metadata's ``memory_length`` when > 0, else the model's own T; always 0 for a
+    single-frame model.
+
+    Args:
+        model: a registry name (its own T is the registry's default) or the
+            :class:`~lmanet_ros.models.segmenter.ModelInfo` of a built model (its own T is the
+            one it was built with).
+        explicit: the user's value (a parameter, a flag); None or 0: not given.
+        metadata: the checkpoint's metadata, or None.
 
     Raises:
         ValueError: unknown model, or a negative or non-integer explicit value or metadata value.
     """
-    entry = model_entry(model)
-    if not entry.temporal:
-        return 0
-    for source, value in (("memory_length", explicit),
-                          ("checkpoint metadata memory_length",
-                           (metadata or {}).get("memory_length"))):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{source} must be an integer >= 0, got {value!r}")
-        if value > 0:
-            return value
-    return entry.default_memory_length
+    return _memory_length(model, explicit, metadata)[0]
+
+
+def memory_length_origin(model: str | ModelInfo, explicit: int | None,
+                         metadata: Mapping[str, Any] | None = None) -> str:
+    """Where :func:`resolve_memory_length`'s answer comes from, for logs: ``explicit``,
+    ``checkpoint metadata``, ``the model's own`` or ``single frame``."""
+    return _memory_length(model, explicit, metadata)[1]
 
 
 def trained_input_size(metadata: Mapping[str, Any] | None) -> tuple[int, int] | None:

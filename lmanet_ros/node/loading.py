@@ -60,8 +60,9 @@ def _checkpoint_argument(settings: Settings) -> str | None:
 def load_pipeline(settings: Settings, log: Any) -> "SegmentationPipeline":
     """Check model, device and checkpoint file, load the pipeline, log what is in force.
 
-    ``memory.length`` 0 and an unset input size are passed as None: the pipeline takes the
-    checkpoint metadata's values, else the model's own T and each frame's own size.
+    ``memory.length`` 0 means "not given" and an unset input size is passed as None: the
+    pipeline takes the checkpoint metadata's values, else the model's own T and each frame's own
+    size.
 
     Args:
         settings: the parameters.
@@ -87,7 +88,7 @@ def load_pipeline(settings: Settings, log: Any) -> "SegmentationPipeline":
         pipeline = SegmentationPipeline.from_pretrained(
             settings.model, checkpoint, device=settings.device, precision=settings.precision,
             num_threads=settings.num_threads, input_size=settings.pipeline_input_size,
-            memory_length=settings.memory_length or None, policy=memory_policy(settings))
+            memory_length=settings.memory_length, policy=memory_policy(settings))
     except FileNotFoundError as exc:  # a weights tag the model does not have
         raise StartupError(f"{one_line(exc)} (parameter checkpoint)") from None
     except Exception as exc:  # the loader's errors name the problem; no traceback
@@ -107,12 +108,9 @@ def _log_loaded(pipeline: "SegmentationPipeline", settings: Settings, log: Any, 
                 seconds: float) -> None:
     """Say which weights, input size and memory length are in force, and where each came from."""
     info, report = pipeline.info, pipeline.load_report
-    metadata = report.metadata if report is not None else {}
-    memory = (f"memory {pipeline.memory_length} frames ("
-              + ("memory.length" if settings.memory_length else
-                 "checkpoint metadata" if metadata.get("memory_length") else "the model's own")
-              + f"), memory attention {attention_text(pipeline)}") if info.temporal else \
-        "single frame"
+    origin = pipeline.memory_length_origin.replace("explicit", "memory.length")
+    memory = (f"memory {pipeline.memory_length} frames ({origin}), memory attention "
+              f"{attention_text(pipeline)}") if info.temporal else "single frame"
     size = size_text(pipeline.input_size) + (
         " (input_height/input_width)" if settings.input_size[0] else
         " (trained size, checkpoint metadata)" if pipeline.input_size[0] else "")

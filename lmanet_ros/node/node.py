@@ -182,7 +182,7 @@ class LmanetNode(Node):
         changed = {name for name in changes if old.value(name) != new.value(name)}
         if "memory.length" in changed:
             before = pipeline.memory_length
-            pipeline.set_memory_length(new.memory_length or None)
+            pipeline.set_memory_length(new.memory_length)
             if pipeline.memory_length != before:
                 log.info(f"memory.length {before} -> {pipeline.memory_length}: every camera's "
                          f"memory is reset")

@@ -1,20 +1,27 @@
 """`lmanet demo`: the whole product on synthetic video, end to end, in a few minutes.
 
-1. ``lmanet synth``: a rosbag2 of held-out synthetic street sequences (seeds the demo models
-   never saw in training, corruption recipe ``standard-v1``) with exact ground-truth labels;
+1. ``lmanet synth``: a rosbag2 of held-out synthetic street sequences (the pre-registered
+   held-out seeds from 10008, never used in training or validation; corruption recipe
+   ``robot-v2``: wipers, black frames, heavy noise, glare, night blur, docs/robot-v2-
+   preregistration.md) with exact ground-truth labels, the clean versions and the corruption log;
 2. ``lmanet_node`` in its own process with the demo weights (``checkpoint:=demo``), in
    ``processing_mode all`` with reliable input, so that no frame is dropped;
 3. lock-step replay of the bag into the node (``lmanet eval --live``): each frame is published
    once the node's labels of the previous one arrived; the labels the node publishes are scored
    against the ground truth, and its overlays go into ``overlay.mp4`` beside the input;
-4. the same bag through ``lmanet eval --compare`` offline: single-frame ERFNet against LMANet,
-   both demo models, so the report shows what the memory does (mIoU, label flip rate).
+4. the same bag through ``lmanet eval --compare`` offline: every model with demo weights, the
+   single-frame one first as the baseline, so the report shows what the memory does: mIoU over
+   the bag, on the corrupted (hit) frames and on the clean ones, per kind, the label flip rate,
+   the gain over the baseline and the memory check (the same network with its memory replaced
+   by the current frame: the gain that disappears is the memory's); ``comparison.mp4`` shows
+   input | single-frame | LMANet ... side by side, the corrupted frames tagged.
 
 Everything lands in ``--out`` (default ``lmanet_demo/``): ``live/`` (report.md, metrics.json,
-plots, overlay.mp4 of what the node published), ``compare/`` (report.md, metrics.json, plots),
-``bag/`` and ``node.log``. ROS traffic stays on this host (``ROS_AUTOMATIC_DISCOVERY_RANGE``
-LOCALHOST, :func:`lmanet_ros.ros_env.isolate`) in a ``ROS_DOMAIN_ID`` of the demo's own unless
-one is set already.
+plots, overlay.mp4 of what the node published), ``compare/`` (report.md, metrics.json, plots,
+overlay.mp4, comparison.mp4), ``synth/`` (the bag, its sequences.json) and ``node.log``. ROS
+traffic stays on this host (``ROS_AUTOMATIC_DISCOVERY_RANGE`` LOCALHOST,
+:func:`lmanet_ros.ros_env.isolate`) in a ``ROS_DOMAIN_ID`` of the demo's own unless one is set
+already.
 """
 from __future__ import annotations
 
@@ -31,6 +38,8 @@ from pathlib import Path
 from lmanet_ros.bags import BagWriter
 from lmanet_ros.evaluation import (EvalError, EvalOptions, ModelSpec, ReplayError, ReplayOptions,
                                    evaluate, replay_bag)
+from lmanet_ros.evaluation.video import COMPARISON_FILE
+from lmanet_ros.models.registry import model_entry
 from lmanet_ros.models.weights import DEMO, models_with_weights
 from lmanet_ros.node.launch_args import NODE_NAME, resolve
 from lmanet_ros.pipeline import PipelineError
@@ -40,6 +49,8 @@ from lmanet_ros.tools.common import int_at_least, parse_size
 
 IMAGE_TOPIC = "/camera/image"
 LABEL_TOPIC = "/camera/labels"
+#: The demo bag's corruption recipe (docs/robot-v2-preregistration.md).
+RECIPE = "robot-v2"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -59,15 +70,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="frame size HxW; the demo models were trained at 128x256 "
                              "(default: 128x256)")
     parser.add_argument("--seed", type=int, default=HELDOUT_SEEDS[8],
-                        help="first sequence seed (default: %(default)s, a held-out seed that the "
-                             "demo weights' validation did not use either)")
+                        help="first sequence seed (default: %(default)s, the first of the "
+                             "pre-registered held-out seeds of the robot-v2 benchmark, never used "
+                             "in training or validation)")
     parser.add_argument("--model", default="lmanet_erfnet", choices=models_with_weights(DEMO),
                         help="the node's network (default: %(default)s)")
     parser.add_argument("--checkpoint", default=DEMO,
                         help="the node's weights (default: the packaged demo weights)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--no-compare", dest="compare", action="store_false",
-                        help="skip the offline erfnet vs lmanet_erfnet comparison")
+                        help="skip the offline comparison of the demo models")
     parser.add_argument("--startup-timeout", type=float, default=180.0,
                         help="seconds to wait for the node to load and label the first frame")
     parser.set_defaults(handler=run)
@@ -116,6 +128,63 @@ def _summary(metrics_path: Path) -> list[str]:
     return lines
 
 
+def compared_models(node_model: str) -> list[str]:
+    """The models of the offline comparison: every model with demo weights, the single-frame
+    ones first (the first is the baseline), then ``node_model``, then the other temporal ones."""
+    names = models_with_weights(DEMO)
+    return sorted(names, key=lambda n: (model_entry(n).temporal, n != node_model, n))
+
+
+def _points(value: float | None, digits: int = 1) -> str:
+    """A fraction as signed percentage points ("-" for None)."""
+    return "-" if value is None else f"{100 * value:+.{digits}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:5.1f}"
+
+
+def _corruption_summary(payload: dict) -> list[str]:
+    """The robot-v2 lines of a comparison: bag / hit / clean mIoU per model, the memory checks,
+    the gains over the baseline (all read from the metrics payload)."""
+    section = payload.get("corruption")
+    if not section:
+        return ["  (no corruption log in the bag: no hit / clean scores)"]
+    frames = section["frames"]
+    kinds = ", ".join(f"{k} {n}" for k, n in frames["kinds"].items()) or "none"
+    lines = [f"  {section.get('recipe') or 'corruption'}: {frames['hit']} of {frames['frames']} "
+             f"frames hit ({kinds}); mIoU % over the bag / hit frames / clean frames:"]
+    for model in payload["models"]:
+        scores = model.get("corruption") or {}
+        lines.append(f"  {model['label']:<16} bag {_percent(scores.get('bag'))}   hit "
+                     f"{_percent(scores.get('hit'))}   clean {_percent(scores.get('clean'))}")
+        check = model.get("memory_check")
+        if check:
+            credited = {True: "credited to the memory", False: "NOT credited to the memory",
+                        None: "no verdict"}[check.get("credited")]
+            removed = check.get("gain_removed")
+            lines.append(f"  {'  memory check':<16} bag {_percent(check.get('bag'))}   hit "
+                         f"{_percent(check.get('hit'))}   clean {_percent(check.get('clean'))}"
+                         f"   (memory = current frame: removes "
+                         f"{'-' if removed is None else f'{100 * removed:.0f} %'} of the "
+                         f"hit-frame gain, {credited})")
+    references = section.get("references") or {}
+    for name, key in (("clean versions", "clean_version"),
+                      ("last clean frame", "last_clean_oracle")):
+        scores = references.get(key)
+        if scores:
+            lines.append(f"  {section['baseline']} on the {name} (reference): hit "
+                         f"{_percent(scores.get('hit'))}")
+    for model in payload["models"]:
+        gain = model.get("gain")
+        if gain:
+            lines.append(f"  gain of {model['label']} over {section['baseline']}: bag "
+                         f"{_points(gain['bag'])}, hit {_points(gain['hit'])}, clean "
+                         f"{_points(gain['clean'])} mIoU points; flip rate "
+                         f"{_points(gain['flip_rate'], 2)} points")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every step worked."""
     started = time.monotonic()
@@ -126,12 +195,24 @@ def run(args: argparse.Namespace) -> int:
     domain_lock = isolate(keep_domain=True)  # DDS on this host, a domain of the demo's own
     height, width = args.size
 
+    steps: list[tuple[str, float]] = []
+    step_start = time.monotonic()
+
+    def done(name: str) -> None:
+        """Record and print how long the step that ends now took."""
+        nonlocal step_start
+        steps.append((name, time.monotonic() - step_start))
+        print(f"      ({steps[-1][1]:.0f} s)", flush=True)
+        step_start = time.monotonic()
+
     print(f"[1/4] synthetic bag: {args.sequences} held-out sequences x {args.frames} frames, "
-          f"{height}x{width}, seeds {args.seed}..{args.seed + args.sequences - 1}", flush=True)
+          f"{height}x{width}, seeds {args.seed}..{args.seed + args.sequences - 1}, corruption "
+          f"{RECIPE}", flush=True)
     synth = generate(out / "synth", frames=args.frames, height=height, width=width,
-                     sequences=args.sequences, seed=args.seed, corruption="standard",
+                     sequences=args.sequences, seed=args.seed, corruption=RECIPE,
                      bag=BagWriter, folder=False, show_progress=False)
     bag = synth.bag
+    done("bag")
 
     print(f"[2/4] starting lmanet_node ({args.model}, checkpoint {args.checkpoint}, "
           f"ROS_DOMAIN_ID {os.environ['ROS_DOMAIN_ID']}); log: {out / 'node.log'}", flush=True)
@@ -166,28 +247,37 @@ def run(args: argparse.Namespace) -> int:
         print(f"lmanet demo: error: {len(outcome.missing)} frames got no labels, node exit code "
               f"{code} (log: {out / 'node.log'})", file=sys.stderr)
         return 1
+    done("node and lock-step replay")
     lines = [f"node ({outcome.frames} frames published, {outcome.labels_received} labels "
              f"received, {outcome.video_frames} video frames):", *_summary(live / "metrics.json")]
 
+    compare = out / "compare"
     if args.compare:
-        print("[4/4] offline comparison on the same bag: erfnet vs lmanet_erfnet (demo weights)",
-              flush=True)
-        compare = out / "compare"
+        models = compared_models(args.model)
+        print(f"[4/4] offline comparison on the same bag (demo weights, baseline {models[0]}, "
+              f"memory check on): {' vs '.join(models)}", flush=True)
         try:
             outcome = evaluate(EvalOptions(
                 bag=bag, out=compare, image_topics=[IMAGE_TOPIC], label_topic=LABEL_TOPIC,
-                model="erfnet", checkpoint=DEMO, compare=[ModelSpec("lmanet_erfnet", DEMO)],
-                device=args.device, video=False))
+                model=models[0], checkpoint=DEMO,
+                compare=[ModelSpec(name, DEMO) for name in models[1:]], device=args.device,
+                video=True, comparison_video=True))
         except (EvalError, PipelineError, ValueError, FileNotFoundError) as exc:
             print(f"lmanet demo: error: {exc}", file=sys.stderr)
             return 2
         if outcome.interrupted:
             return 130
-        lines += ["offline comparison:", *_summary(compare / "metrics.json")]
-    print("\n".join(["", *lines, "",
-                     f"live report:  {live / 'report.md'}",
-                     f"live video:   {live / 'overlay.mp4'}  (input | the node's overlay)",
-                     f"plots:        {live}/*.png"]
-                    + ([f"comparison:   {out / 'compare' / 'report.md'}"] if args.compare else [])
-                    + [f"done in {time.monotonic() - started:.0f} s"]))
+        done("offline comparison")
+        lines += ["offline comparison:", *_summary(compare / "metrics.json"),
+                  *_corruption_summary(outcome.payload)]
+    print("\n".join(
+        ["", *lines, "",
+         f"live report:  {live / 'report.md'}",
+         f"live video:   {live / 'overlay.mp4'}  (input | the node's overlay)",
+         f"plots:        {live}/*.png"]
+        + ([f"comparison:   {compare / 'report.md'}",
+            f"side by side: {compare / COMPARISON_FILE}  (input | {' | '.join(models)})"]
+           if args.compare else [])
+        + ["steps:        " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in steps),
+           f"done in {time.monotonic() - started:.0f} s"]))
     return 0

@@ -68,8 +68,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        "from the checkpoint, else each frame's size), as the node's "
                        "input_height/input_width")
     memory.add_argument("--memory-length", type=int_at_least(1), default=None,
-                        help="frames in the memory (default: the checkpoint's, else the "
-                             "model's: 4 for lmanet_erfnet, 3 for lmanet_pspnet*)")
+                        help="frames in the memory (default: the checkpoint's metadata, else the "
+                             "model's own T)")
     memory.add_argument("--memory-stride", type=int, default=1,
                         help="store every k-th processed frame in the memory")
     model.add_argument("--no-memory-check", action="store_true",

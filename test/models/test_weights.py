@@ -7,7 +7,8 @@ from lmanet_ros.models import build_model, list_models, load_checkpoint
 from lmanet_ros.models.checkpoint import file_sha256
 from lmanet_ros.models.registry import model_entry
 from lmanet_ros.models.weights import (DEMO, Weights, get_weights, list_weights,
-                                       models_with_weights, register_weights, resolve_checkpoint,
+                                       memory_length_origin, models_with_weights,
+                                       register_weights, resolve_checkpoint,
                                        resolve_memory_length, trained_input_size, weights_tags)
 
 
@@ -99,3 +100,16 @@ def test_record_files_hash_like_the_loader_reports():
     record = get_weights("erfnet", DEMO)
     report = load_checkpoint(build_model("erfnet"), record.path)
     assert report.sha256 == file_sha256(record.path)
+
+
+def test_a_built_models_own_t_and_the_origin_of_the_answer():
+    """The rule also takes a built model (its own T is the one it was built with) and says
+    where its answer came from, for the node's log."""
+    info = build_model("lmanet_erfnet", memory_length=2).info
+    assert resolve_memory_length(info, None, None) == 2
+    assert resolve_memory_length(info, None, {"memory_length": 3}) == 3
+    assert resolve_memory_length(info, 5, {"memory_length": 3}) == 5
+    assert memory_length_origin(info, 5, {"memory_length": 3}) == "explicit"
+    assert memory_length_origin(info, 0, {"memory_length": 3}) == "checkpoint metadata"
+    assert memory_length_origin(info, None, {}) == "the model's own"
+    assert memory_length_origin("erfnet", 4, None) == "single frame"
