@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lmanet_ros.models import Memory, build_model, list_models  # noqa: E402
+from lmanet_ros.models import FrameFIFO, LocalMemoryModule, build_model, list_models  # noqa: E402
 from lmanet_ros.models.attention import (BACKEND_ENV, BACKENDS, DEFAULT_RADIUS,  # noqa: E402
                                          attention_backend, local_memory_attention)
 from lmanet_ros.models.registry import model_entry  # noqa: E402
@@ -162,8 +162,9 @@ def _sync(device: torch.device) -> None:
 
 
 def synthetic_memory(model, size: tuple[int, int], length: int, device: torch.device,
-                     dtype: torch.dtype) -> Memory:
-    """A full memory of ``length`` random frames with the shapes a step stores at ``size``.
+                     dtype: torch.dtype) -> FrameFIFO:
+    """A full memory of ``length`` random frames with the shapes a step stores at ``size``, of
+    the temporal module's own memory type (LMANet's keys and values, TMANet's features...).
 
     Built without running the network (channel counts from a 1x1 probe of the temporal
     module), so that no large activation has been allocated before a memory measurement.
@@ -173,15 +174,15 @@ def synthetic_memory(model, size: tuple[int, int], length: int, device: torch.de
     height, width = -(-padded[0] // stride), -(-padded[1] // stride)
     temporal = model.temporal_module
     probe = torch.zeros(1, model.encoder.out_channels, 1, 1, device=device, dtype=dtype)
-    key, value = temporal.memory_entry(probe)
+    columns = temporal.memory_entry(probe)
     generator = torch.Generator(device="cpu").manual_seed(length)
 
     def rand(channels):
         return (0.3 * torch.randn(1, channels, height, width, generator=generator)).to(
             device=device, dtype=dtype)
 
-    return Memory(tuple(rand(key.shape[1]) for _ in range(length)),
-                  tuple(rand(value.shape[1]) for _ in range(length)))
+    return temporal.memory_type(*(tuple(rand(column.shape[1]) for _ in range(length))
+                                  for column in columns))
 
 
 def _status_kib(field: str) -> int | None:
@@ -253,7 +254,7 @@ def cpu_peak_in_subprocess(model_name: str, size: tuple[int, int], memory_length
     return {**results[0], "step_extra_mb": statistics.median(extras), "step_extra_all_mb": extras}
 
 
-def cuda_peak(model, x: torch.Tensor, memory: Memory | None) -> float:
+def cuda_peak(model, x: torch.Tensor, memory: FrameFIFO | None) -> float:
     """Peak CUDA memory allocated during one step above what was allocated before, in MB."""
     device = x.device
     torch.cuda.synchronize(device)
@@ -272,10 +273,11 @@ def _median_ms(samples: list[float]) -> float:
 
 # ---------------------------------------------------------------------------- measuring
 def base_of(name: str) -> str | None:
-    """The registered single-frame base of a temporal model (``lmanet_X`` -> ``X``), or None."""
-    prefix = "lmanet_"
-    if name.startswith(prefix) and name[len(prefix):] in list_models():
-        return name[len(prefix):]
+    """The registered single-frame base of a temporal model (``<module>_X`` -> ``X``, e.g.
+    ``lmanet_erfnet`` and ``tmanet_erfnet`` -> ``erfnet``), or None."""
+    module, _, base = name.partition("_")
+    if base and model_entry(name).temporal and base in list_models():
+        return base
     return None
 
 
@@ -322,13 +324,11 @@ def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int], nam
             if not temporal:
                 continue
             features[name] = model.encoder(model._prepare(x))
-            query_keys[name] = model.temporal_module.kv_Q_r4.Key(features[name])
             for t in memory_lengths:
                 memories[name, t] = synthetic_memory(model, size, t, device, dtype)
-                if memories[name, t].keys[0].shape != query_keys[name].shape:
-                    raise RuntimeError(f"{name}: synthetic memory of shape "
-                                       f"{tuple(memories[name, t].keys[0].shape)} but query key "
-                                       f"{tuple(query_keys[name].shape)}")
+                memories[name, t].check_fits(features[name])
+            if isinstance(model.temporal_module, LocalMemoryModule):  # its attention row
+                query_keys[name] = model.temporal_module.kv_Q_r4.Key(features[name])
 
     def make_step(name, t):
         model = models[name]
@@ -361,7 +361,8 @@ def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int], nam
         jobs[name, t, "step"] = make_step(name, t)
     for name, t in keys:
         if t > 0:
-            jobs[name, t, "attention"] = make_attention(name, t)
+            if name in query_keys:
+                jobs[name, t, "attention"] = make_attention(name, t)
             jobs[name, t, "temporal"] = make_temporal(name, t)
     samples = _round_robin(jobs, repeats, warmup, device)
 
@@ -374,10 +375,12 @@ def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int], nam
                "step_all_ms": [1e3 * v for v in step_samples], "base": base_of(name),
                "ratio": 1.0 if t == 0 else None}
         if t > 0:
-            row["attention_ms"] = _median_ms(samples[name, t, "attention"])
+            row["attention_ms"] = (_median_ms(samples[name, t, "attention"])
+                                   if (name, t, "attention") in samples else None)
             row["temporal_ms"] = _median_ms(samples[name, t, "temporal"])
-            row["attention_backend"] = (attention_backend() if device.type == "cpu"
-                                        and dtype == torch.float32 else "torch")
+            row["attention_backend"] = (
+                "torch" if name not in query_keys or device.type != "cpu"
+                or dtype != torch.float32 else attention_backend())
             if row["base"] is not None:
                 base_samples = samples[row["base"], 0, "step"]
                 row["ratio"] = statistics.median(a / b for a, b in zip(step_samples,

@@ -9,7 +9,7 @@ Stages, each timed separately (:class:`StageTimes`):
 1. preprocess: uint8 RGB (H, W, 3) -> float tensor (1, 3, h, w) in [0, 1] on the device, resized
    to the network input size when one is set (normalisation and padding to a size the network
    takes are the model's business: ``model.info`` states both);
-2. inference: ``model.step`` on a batch of streams whose memories have the same fill;
+2. inference: ``model.step`` on a batch of streams whose memories have the same batch key;
 3. postprocess: logits back to (H, W) when resized, argmax over the first K (named) classes, the
    optional max-softmax confidence, copy to host memory.
 """
@@ -30,7 +30,6 @@ from lmanet_ros.classes import ClassSet
 from lmanet_ros.devices import DeviceError, resolve_device
 from lmanet_ros.models import build_model, load_checkpoint
 from lmanet_ros.models.checkpoint import LoadReport
-from lmanet_ros.models.memory import Memory
 from lmanet_ros.models.weights import (Weights, memory_length_origin, resolve_checkpoint,
                                        resolve_memory_length, trained_input_size)
 from lmanet_ros.streams import MemoryPolicy, ResetReason, StreamState, StreamStats
@@ -244,9 +243,9 @@ class SegmentationPipeline:
         self.memory_length_origin = memory_length_origin(self._built, length, self.metadata)
         if new != self._memory_length:
             first = self._memory_length == 0
-            self._memory_length = new
             if self.info.temporal:
-                self.model.memory_length = new
+                self.model.memory_length = new  # first: a model may refuse the length
+            self._memory_length = new
             if not first:
                 self.reset(reason=ResetReason.PARAMETER.value)
 
@@ -316,7 +315,8 @@ class SegmentationPipeline:
         """Segment ``frames`` (any streams, any sizes) and return one Result each, in order.
 
         Frames of one stream are processed in the order given; frames of different streams
-        whose memories have the same fill and size are batched into one ``step``.
+        whose memories have the same batch key (fill, and whatever else the memory type needs) and
+        size are batched into one ``step``.
         """
         results: list[Result | None] = [None] * len(frames)
         pending = list(enumerate(frames))
@@ -351,14 +351,15 @@ class SegmentationPipeline:
         groups: dict[tuple, list] = {}
         for entry in prepared:
             state, admission, x = entry[2], entry[3], entry[4]
-            fill = len(state.memory) if state.memory is not None else 0
-            groups.setdefault((tuple(x.shape[2:]), fill, admission.store), []).append(entry)
+            memory_key = state.memory.batch_key() if state.memory is not None else None
+            groups.setdefault((tuple(x.shape[2:]), memory_key, admission.store), []).append(entry)
 
         out = []
-        for (_, fill, store), group in groups.items():
+        for (_, _, store), group in groups.items():
             start = time.perf_counter()
             batch = torch.cat([entry[4] for entry in group])
-            memory = Memory.cat_batch([e[2].memory for e in group]) if fill else None
+            held = [entry[2].memory for entry in group]
+            memory = type(held[0]).cat_batch(held) if held[0] is not None else None
             with torch.inference_mode():
                 logits, memory = self.model.step(batch, memory, update_memory=store)
             self._synchronize()

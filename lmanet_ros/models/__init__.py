@@ -13,16 +13,18 @@ Public entry points: :func:`build_model`, :func:`list_models`, :func:`load_check
 from .attention import local_memory_attention, local_memory_attention_reference
 from .checkpoint import CheckpointError, LoadReport, load_checkpoint, save_checkpoint
 from .segmenter import ModelInfo, Segmenter, SingleFrameSegmenter, TemporalSegmenter
-from .memory import Memory
+from .memory import FeatureMemory, FrameFIFO, Memory, TemporalMemory
 from .registry import build_model, list_models, register_model
-from .temporal import LocalMemoryModule, TemporalModule
+from .temporal import FIFOModule, LocalMemoryModule, TemporalModule
+from .tmanet import TemporalMemoryAttention
 from .weights import (DEMO, Weights, get_weights, list_weights, memory_length_origin,
                       models_with_weights, resolve_checkpoint, resolve_memory_length,
                       trained_input_size)
 
 __all__ = [
     "build_model", "list_models", "register_model", "load_checkpoint", "save_checkpoint",
-    "LoadReport", "CheckpointError", "Memory", "ModelInfo", "Segmenter", "SingleFrameSegmenter",
+    "LoadReport", "CheckpointError", "Memory", "TemporalMemory", "FrameFIFO", "FeatureMemory",
+    "FIFOModule", "TemporalMemoryAttention", "ModelInfo", "Segmenter", "SingleFrameSegmenter",
     "TemporalSegmenter", "TemporalModule", "LocalMemoryModule", "local_memory_attention",
     "local_memory_attention_reference", "DEMO", "Weights", "get_weights", "list_weights",
     "models_with_weights", "resolve_checkpoint", "resolve_memory_length", "memory_length_origin",

@@ -2,7 +2,8 @@
 
 >>> model = build_model("lmanet_erfnet", num_classes=20, memory_length=4)
 >>> list_models()
-['erfnet', 'lmanet_erfnet', 'lmanet_pspnet101', 'lmanet_pspnet50', 'pspnet101', 'pspnet50']
+['erfnet', 'lmanet_erfnet', 'lmanet_pspnet101', 'lmanet_pspnet50', 'pspnet101', 'pspnet50',
+ 'tmanet_erfnet']
 
 A builder takes ``num_classes`` and ``memory_length`` keyword arguments and returns a
 :class:`~lmanet_ros.models.segmenter.Segmenter`. New networks (other temporal modules) register
@@ -20,6 +21,7 @@ from .segmenter import Segmenter, SingleFrameSegmenter, TemporalSegmenter, _chec
 from .pspnet import IMAGENET_MEAN, IMAGENET_STD, PSPNetDecoder, PyramidPooling
 from .resnet import RESNET_BLOCKS, DilatedResNet
 from .temporal import LocalMemoryModule, SigmoidDownFusion
+from .tmanet import TemporalMemoryAttention
 
 __all__ = ["ModelEntry", "register_model", "build_model", "list_models", "model_entry"]
 
@@ -31,7 +33,8 @@ class ModelEntry:
     """A registered model: its builder and what is known before building it.
 
     ``default_memory_length`` is the memory length T a temporal model is built with when none is
-    given (the published evaluation setting: 4 for LMANet on ERFNet, 3 on PSPNet).
+    given (the published evaluation setting: 4 for LMANet on ERFNet, 3 on PSPNet, 2 for TMANet
+    as on Cityscapes).
     """
 
     name: str
@@ -116,6 +119,19 @@ def _lmanet_erfnet(*, num_classes: int, memory_length: int) -> Segmenter:
     temporal = LocalMemoryModule(in_channels=ERFNetEncoder.out_channels, key_channels=16,
                                  value_channels=64)
     return TemporalSegmenter("lmanet_erfnet", ERFNetEncoder(), temporal,
+                             ERFNetDecoder(num_classes), num_classes=num_classes,
+                             memory_length=memory_length)
+
+
+@register_model("tmanet_erfnet", temporal=True, default_memory_length=2,
+                description="TMANet's temporal memory attention on ERFNet: per-slot keys/values "
+                            "of T past frames, global attention over all of them")
+def _tmanet_erfnet(*, num_classes: int, memory_length: int) -> Segmenter:
+    # memory_length fixes the number of slots (per-slot weights); Ck 32, Cv 64 at ERFNet scale.
+    temporal = TemporalMemoryAttention(in_channels=ERFNetEncoder.out_channels,
+                                       slots=memory_length, key_channels=32, value_channels=64,
+                                       out_channels=ERFNetDecoder.in_channels)
+    return TemporalSegmenter("tmanet_erfnet", ERFNetEncoder(), temporal,
                              ERFNetDecoder(num_classes), num_classes=num_classes,
                              memory_length=memory_length)
 

@@ -5,7 +5,9 @@ Every model of :mod:`lmanet_ros.models` is a :class:`Segmenter`:
 - ``model.info``: a frozen :class:`ModelInfo` (name, classes, memory length, normalisation,
   the input sizes the network runs on without padding).
 - ``logits, memory = model.step(x, memory=None, *, update_memory=True)``: one frame of B
-  independent streams; the model keeps no per-stream state, the caller keeps the memory.
+  independent streams; the model keeps no per-stream state, the caller keeps the memory (an
+  immutable :class:`~lmanet_ros.models.memory.TemporalMemory` of the model's own type; None
+  after a reset).
 - ``model(frames)``: (B, N, 3, H, W) clips streamed through ``step`` from an empty memory, the
   logits of the last frame (training; gradients flow).
 
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .memory import Memory
+from .memory import TemporalMemory
 from .temporal import TemporalModule
 
 __all__ = ["ModelInfo", "Segmenter", "SingleFrameSegmenter", "TemporalSegmenter"]
@@ -184,8 +186,8 @@ class Segmenter(nn.Module):
             features = self._modules[name](features)
         return self.decoder(features)
 
-    def step(self, x: torch.Tensor, memory: Memory | None = None, *,
-             update_memory: bool = True) -> tuple[torch.Tensor, Memory | None]:
+    def step(self, x: torch.Tensor, memory: TemporalMemory | None = None, *,
+             update_memory: bool = True) -> tuple[torch.Tensor, TemporalMemory | None]:
         """Segment one frame per stream: (B, 3, H, W) in [0, 1] -> (B, num_classes, H, W)."""
         raise NotImplementedError
 
@@ -219,8 +221,8 @@ class SingleFrameSegmenter(Segmenter):
     def memory_length(self, value: int) -> None:
         raise ValueError(f"model '{self._name}' is single-frame: it has no memory length")
 
-    def step(self, x: torch.Tensor, memory: Memory | None = None, *,
-             update_memory: bool = True) -> tuple[torch.Tensor, Memory | None]:
+    def step(self, x: torch.Tensor, memory: TemporalMemory | None = None, *,
+             update_memory: bool = True) -> tuple[torch.Tensor, TemporalMemory | None]:
         self._check_input(x)
         height, width = x.shape[2:]
         logits = self._decode(self.encoder(self._prepare(x)))
@@ -234,10 +236,13 @@ class TemporalSegmenter(Segmenter):
     (state_dict names ``kv_M_r4.*`` etc., as in the published checkpoints); the module itself is
     reachable as :attr:`temporal_module` and must hold no parameters or buffers of its own.
 
-    Streaming order (per frame, per stream): empty memory -> ``decoder(neck(features))``; else
-    ``decoder(neck(temporal.read(features, memory)))``; then the entry of the RAW features is
-    pushed onto the FIFO, which keeps the newest ``memory_length`` frames. (ERFNet has no neck;
-    PSPNet's is the pyramid pooling module.)
+    Streaming order (per frame, per stream): ``features = encoder(x)``; ``fused, new memory =
+    temporal.step(features, memory)`` (``None`` is the module's empty memory); logits
+    ``decoder(neck(fused))``. What the memory stores, how it is read and what an empty or
+    partly filled memory does are the module's business
+    (:class:`~lmanet_ros.models.temporal.TemporalModule`): LMANet and TMANet run the
+    single-frame path on an empty memory and store an entry computed from the RAW features.
+    (ERFNet has no neck; PSPNet's is the pyramid pooling module.)
     """
 
     def __init__(self, name: str, encoder: nn.Module, temporal: TemporalModule,
@@ -269,52 +274,43 @@ class TemporalSegmenter(Segmenter):
 
     @memory_length.setter
     def memory_length(self, value: int) -> None:
-        self._memory_length = _check_positive_int("memory_length", value)
+        value = _check_positive_int("memory_length", value)
+        self._temporal.check_memory_length(value)
+        self._memory_length = value
 
     def train(self, mode: bool = True) -> "TemporalSegmenter":
         super().train(mode)
         self._temporal.training = mode  # its children were set through this model
         return self
 
-    def check_memory(self, memory: Memory, features: torch.Tensor) -> None:
-        """Raise ValueError unless ``memory`` fits ``features`` (batch, device, dtype, size)."""
-        if memory.batch_size != features.shape[0]:
-            raise ValueError(f"memory holds {memory.batch_size} streams but x has "
-                             f"{features.shape[0]}")
-        if memory.keys[0].device != features.device or memory.keys[0].dtype != features.dtype:
-            raise ValueError(f"memory is {memory.keys[0].dtype} on {memory.keys[0].device} but "
-                             f"the model runs {features.dtype} on {features.device} (use "
-                             f"memory.to(...) or a fresh memory)")
-        if memory.spatial_size != tuple(features.shape[2:]):
-            raise ValueError(f"memory feature size {memory.spatial_size} does not match the "
-                             f"input's {tuple(features.shape[2:])} (a new input size needs a "
-                             f"fresh memory)")
-
-    def step(self, x: torch.Tensor, memory: Memory | None = None, *,
-             update_memory: bool = True) -> tuple[torch.Tensor, Memory | None]:
+    def step(self, x: torch.Tensor, memory: TemporalMemory | None = None, *,
+             update_memory: bool = True) -> tuple[torch.Tensor, TemporalMemory | None]:
         """One frame per stream; see the class docstring for the order.
 
         Args:
             x: (B, 3, H, W) in [0, 1], any H, W (padded inside, logits cropped back).
-            memory: the streams' memory (None or empty: first frame).
+            memory: the streams' memory, of the temporal module's ``memory_type`` (None or
+                empty: first frame).
             update_memory: False returns ``memory`` unchanged (a stride policy).
 
         Returns:
             (logits (B, num_classes, H, W), new memory).
+
+        Raises:
+            ValueError: a bad input, a memory of another type, or one that does not fit the
+                input (batch, device, dtype, feature size).
         """
         self._check_input(x)
-        if memory is not None and not isinstance(memory, Memory):
-            raise ValueError(f"memory must be a Memory or None, got {type(memory).__name__}")
+        temporal = self._temporal
+        if memory is not None and not isinstance(memory, temporal.memory_type):
+            raise ValueError(f"memory must be a {temporal.memory_type.__name__} or None, got "
+                             f"{type(memory).__name__}")
         height, width = x.shape[2:]
         features = self.encoder(self._prepare(x))
-        if memory is not None and len(memory) > 0:
-            self.check_memory(memory, features)
-            fused = self._temporal.read(features, memory.truncate(self._memory_length))
-        else:
-            fused = features
+        current = memory if memory is not None else temporal.empty_memory()
+        if len(current):
+            current.check_fits(features)
+        fused, successor = temporal.step(features, current, memory_length=self._memory_length,
+                                         update_memory=update_memory)
         logits = self._decode(fused)[:, :, :height, :width]
-        if not update_memory:
-            return logits, memory
-        key, value = self._temporal.memory_entry(features)
-        return logits, (memory if memory is not None else Memory()).push(
-            key, value, self._memory_length)
+        return logits, (successor if update_memory else memory)

@@ -1,47 +1,114 @@
-"""Temporal modules: what a temporal segmenter stores per frame and how it reads its memory.
+"""Temporal modules: what a temporal segmenter stores per frame and how a step uses its memory.
 
-A temporal module is a swappable component of
-:class:`~lmanet_ros.models.segmenter.TemporalSegmenter` (LMANet's local memory attention here;
-TMANet's global attention could be another). It owns sub-modules only, no parameters of its own:
-the segmenter registers those sub-modules as its own top-level children so that checkpoint names
-stay those of the published models
-(``kv_M_r4.*``, ``kv_Q_r4.*``, ``memory_fusion.*``).
+A temporal module is the swappable component of
+:class:`~lmanet_ros.models.segmenter.TemporalSegmenter` between encoder and decoder. The
+interface (:class:`TemporalModule`) is general enough for modules whose memory is not a FIFO of
+keys and values: each module names its own memory type (:attr:`TemporalModule.memory_type`, a
+:class:`~lmanet_ros.models.memory.TemporalMemory`), and one call,
+``fused, memory = module.step(features, memory, memory_length=T, update_memory=True)``, reads
+the memory and returns its successor. Callers never look inside a memory.
 
-Two published configurations: ERFNet (keys 16 and values 64 channels from 3x3 convolutions,
-:class:`SigmoidFusion`) and PSPNet (keys 128 channels, the 2048-channel features themselves as
-values, :class:`SigmoidDownFusion`).
+A module owns sub-modules only, no parameters of its own: the segmenter registers those
+sub-modules as its own top-level children so that checkpoint names stay those of the published
+models (LMANet: ``kv_M_r4.*``, ``kv_Q_r4.*``, ``memory_fusion.*``).
+
+LMANet's module (:class:`LocalMemoryModule`), two published configurations: ERFNet (keys 16 and
+values 64 channels from 3x3 convolutions, :class:`SigmoidFusion`) and PSPNet (keys 128 channels,
+the 2048-channel features themselves as values, :class:`SigmoidDownFusion`). TMANet's module is
+in :mod:`lmanet_ros.models.tmanet`.
 """
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import DEFAULT_RADIUS, local_memory_attention
-from .memory import Memory
+from .memory import FrameFIFO, Memory, TemporalMemory
 
-__all__ = ["TemporalModule", "KeyValue", "SigmoidFusion", "SigmoidDownFusion", "LocalMemoryModule"]
+__all__ = ["TemporalModule", "FIFOModule", "KeyValue", "SigmoidFusion", "SigmoidDownFusion",
+           "LocalMemoryModule"]
 
 
 class TemporalModule(nn.Module):
     """Interface of a temporal module (subclasses hold sub-modules only).
 
-    ``memory_entry(features)`` returns the (key, value) pushed onto the memory for a frame's raw
-    encoder features; ``read(features, memory)`` returns the fused features (``out_channels``)
-    given a non-empty memory.
+    - What a stream's memory is: :attr:`memory_type`; :meth:`empty_memory` is the memory of a
+      stream with no past (a fresh stream, or one the caller reset by dropping its memory:
+      ``None``; the segmenter turns ``None`` into :meth:`empty_memory`).
+    - What a step does: :meth:`step` (read the memory, return the fused features and the
+      successor memory: what it stores per frame and what it drops).
+    - Cold start (a memory holding fewer than T frames, the empty one included): each module
+      documents its behaviour on :meth:`step`.
+    - Which memory lengths T the module can run with: :meth:`check_memory_length`.
     """
 
-    #: Channels of the fused features ``read`` returns (what the decoder takes).
+    #: Channels of the fused features ``step`` returns (what the decoder takes).
     out_channels: int
+    #: The type of the memory ``step`` takes and returns.
+    memory_type: ClassVar[type[TemporalMemory]]
 
-    def memory_entry(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def empty_memory(self) -> TemporalMemory:
+        """The memory of a stream without a past."""
+        return self.memory_type()
+
+    def check_memory_length(self, length: int) -> None:
+        """Raise ValueError unless the module can run with memory length ``length`` (>= 1,
+        checked by the caller); every length is accepted unless a module says otherwise."""
+
+    def step(self, features: torch.Tensor, memory: TemporalMemory, *, memory_length: int,
+             update_memory: bool = True) -> tuple[torch.Tensor, TemporalMemory]:
+        """One frame of B streams.
+
+        Args:
+            features: (B, C, h, w) encoder features of the current frame.
+            memory: the streams' memory, of :attr:`memory_type` (possibly empty); it fits
+                ``features`` (the segmenter checked :meth:`~TemporalMemory.check_fits`).
+            memory_length: the memory length T in force.
+            update_memory: False: the caller keeps ``memory`` (a stride policy); the returned
+                memory is then ignored and may be ``memory`` itself.
+
+        Returns:
+            (fused features (B, out_channels, h, w) for the decoder, the successor memory).
+        """
         raise NotImplementedError
 
-    def read(self, features: torch.Tensor, memory: Memory) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, memory: TemporalMemory, *, memory_length: int,
+                update_memory: bool = True) -> tuple[torch.Tensor, TemporalMemory]:
+        return self.step(features, memory, memory_length=memory_length,
+                         update_memory=update_memory)
+
+
+class FIFOModule(TemporalModule):
+    """A module whose memory is a FIFO of per-frame entries (:class:`FrameFIFO`).
+
+    Step: with an empty memory the features pass unchanged (the single-frame network:
+    ``decoder(encoder(x))``); otherwise ``read(features, memory)`` over the newest
+    ``memory_length`` frames held. Then the frame's :meth:`memory_entry` (computed from the raw
+    encoder features, never from the fused ones) is appended and frames beyond
+    ``memory_length`` are dropped, oldest first.
+    """
+
+    memory_type: ClassVar[type[FrameFIFO]]
+
+    def memory_entry(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What the memory stores for a frame with these raw encoder features, one tensor per
+        column of :attr:`memory_type`."""
         raise NotImplementedError
 
-    def forward(self, features: torch.Tensor, memory: Memory) -> torch.Tensor:
-        return self.read(features, memory)
+    def read(self, features: torch.Tensor, memory: FrameFIFO) -> torch.Tensor:
+        """The fused features (B, out_channels, h, w) given a non-empty memory."""
+        raise NotImplementedError
+
+    def step(self, features: torch.Tensor, memory: FrameFIFO, *, memory_length: int,
+             update_memory: bool = True) -> tuple[torch.Tensor, FrameFIFO]:
+        held = memory.truncate(memory_length)
+        fused = self.read(features, held) if len(held) else features
+        if not update_memory:
+            return fused, memory
+        return fused, held.append(self.memory_entry(features), memory_length)
 
 
 class KeyValue(nn.Module):
@@ -133,8 +200,12 @@ class SigmoidDownFusion(nn.Module):
         return F.relu(self.bn(query_value * gate_query + memory_readout * gate_memory))
 
 
-class LocalMemoryModule(TemporalModule):
+class LocalMemoryModule(FIFOModule):
     """LMANet's temporal module: key/value projections, local memory attention, fusion.
+
+    Memory: :class:`Memory`, the (key, value) of ``kv_M_r4`` on the raw features of each of the
+    last T frames. Cold start: an empty memory runs the single-frame path; 1 <= k < T frames
+    are read as they are (the local attention takes any number of frames).
 
     Args:
         in_channels: encoder feature channels (128 for ERFNet, 2048 for PSPNet); also the
@@ -148,6 +219,8 @@ class LocalMemoryModule(TemporalModule):
         radius: attention window radius (10: P = 21).
         tile: tile size of the attention kernel (a speed knob; the result is the same).
     """
+
+    memory_type = Memory
 
     def __init__(self, in_channels: int = 128, key_channels: int = 16,
                  value_channels: int | None = 64, *, fusion: nn.Module | None = None,
