@@ -17,6 +17,8 @@ from .memory import FeatureMemory, FrameFIFO, Memory, TemporalMemory
 from .registry import build_model, list_models, register_model
 from .temporal import FIFOModule, LocalMemoryModule, TemporalModule
 from .tmanet import TemporalMemoryAttention
+from .tdnet import PathMemory, TemporallyDistributed
+from .stf import STFSegmenter, SpatioTemporalFusion, stf_erfnet
 from .weights import (DEMO, Weights, get_weights, list_weights, memory_length_origin,
                       models_with_weights, resolve_checkpoint, resolve_memory_length,
                       trained_input_size)
@@ -28,5 +30,6 @@ __all__ = [
     "TemporalSegmenter", "TemporalModule", "LocalMemoryModule", "local_memory_attention",
     "local_memory_attention_reference", "DEMO", "Weights", "get_weights", "list_weights",
     "models_with_weights", "resolve_checkpoint", "resolve_memory_length", "memory_length_origin",
-    "trained_input_size",
+    "trained_input_size", "PathMemory", "TemporallyDistributed",
+    "STFSegmenter", "SpatioTemporalFusion", "stf_erfnet",
 ]
