@@ -161,6 +161,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _stepped_memory(model, size: tuple[int, int], length: int, device: torch.device,
+                    dtype: torch.dtype):
+    """The memory after ``length`` steps on random frames, for modules whose memory is not a
+    FIFO of per-frame tensors (e.g. TDNet's path counter and projected entries)."""
+    generator = torch.Generator(device="cpu").manual_seed(length)
+    memory = None
+    with torch.inference_mode():
+        for _ in range(length):
+            x = torch.rand(1, 3, *size, generator=generator).to(device=device, dtype=dtype)
+            _, memory = model.step(x, memory)
+    return memory
+
+
 def synthetic_memory(model, size: tuple[int, int], length: int, device: torch.device,
                      dtype: torch.dtype) -> FrameFIFO:
     """A full memory of ``length`` random frames with the shapes a step stores at ``size``, of
@@ -169,10 +182,12 @@ def synthetic_memory(model, size: tuple[int, int], length: int, device: torch.de
     Built without running the network (channel counts from a 1x1 probe of the temporal
     module), so that no large activation has been allocated before a memory measurement.
     """
+    temporal = model.temporal_module
+    if not hasattr(temporal, "memory_entry"):  # not a FIFO of per-frame tensors (TDNet's)
+        return _stepped_memory(model, size, length, device, dtype)
     stride = model.info.output_stride
     padded = model.info.padded_size(*size)
     height, width = -(-padded[0] // stride), -(-padded[1] // stride)
-    temporal = model.temporal_module
     probe = torch.zeros(1, model.encoder.out_channels, 1, 1, device=device, dtype=dtype)
     columns = temporal.memory_entry(probe)
     generator = torch.Generator(device="cpu").manual_seed(length)
@@ -326,7 +341,8 @@ def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int], nam
             features[name] = model.encoder(model._prepare(x))
             for t in memory_lengths:
                 memories[name, t] = synthetic_memory(model, size, t, device, dtype)
-                memories[name, t].check_fits(features[name])
+                if hasattr(model.temporal_module, "read"):
+                    memories[name, t].check_fits(features[name])
             if isinstance(model.temporal_module, LocalMemoryModule):  # its attention row
                 query_keys[name] = model.temporal_module.kv_Q_r4.Key(features[name])
 
@@ -363,7 +379,8 @@ def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int], nam
         if t > 0:
             if name in query_keys:
                 jobs[name, t, "attention"] = make_attention(name, t)
-            jobs[name, t, "temporal"] = make_temporal(name, t)
+            if hasattr(models[name].temporal_module, "read"):
+                jobs[name, t, "temporal"] = make_temporal(name, t)
     samples = _round_robin(jobs, repeats, warmup, device)
 
     common = {"device": device.type, "dtype": str(dtype).replace("torch.", ""),
@@ -377,7 +394,8 @@ def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int], nam
         if t > 0:
             row["attention_ms"] = (_median_ms(samples[name, t, "attention"])
                                    if (name, t, "attention") in samples else None)
-            row["temporal_ms"] = _median_ms(samples[name, t, "temporal"])
+            row["temporal_ms"] = (_median_ms(samples[name, t, "temporal"])
+                                  if (name, t, "temporal") in samples else None)
             row["attention_backend"] = (
                 "torch" if name not in query_keys or device.type != "cpu"
                 or dtype != torch.float32 else attention_backend())
