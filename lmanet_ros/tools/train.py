@@ -76,9 +76,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     recipe.add_argument("--epochs", type=positive_int, default=50, help="epochs (default: 50)")
     recipe.add_argument("--batch-size", type=positive_int, default=5,
                         help="clips per step and process (default: 5)")
-    recipe.add_argument("--memory-length", type=positive_int, default=3,
-                        help="T: frames the memory holds (lmanet; stored in the metadata; "
-                             "default: 3, the release's training length)")
+    recipe.add_argument("--memory-length", type=positive_int, default=None,
+                        help="T: frames the memory holds (temporal models; stored in the "
+                             "metadata; default: 3, the release's training length, or the "
+                             "model's own T when smaller)")
     recipe.add_argument("--clip-length", type=positive_int, default=None,
                         help="frames per clip, T+1 (default: 1 for erfnet, memory length + 1 "
                              "for lmanet)")

@@ -32,6 +32,8 @@ FROZEN_MODES = ("eval", "train")
 #: Default first target position in a synthetic sequence: every model with a memory of up to
 #: four frames (the release's evaluation length) then trains and validates on the same targets.
 DEFAULT_FIRST_TARGET = 4
+#: The memory length LMANet is trained with in the release (clips of T + 1 frames).
+TRAIN_MEMORY_LENGTH = 3
 
 
 class TrainingError(RuntimeError):
@@ -42,6 +44,8 @@ class TrainingError(RuntimeError):
 class TrainConfig:
     """Everything a training run needs; see ``lmanet train --help`` for each field.
 
+    ``memory_length`` None means :data:`TRAIN_MEMORY_LENGTH` (3, LMANet's training length in the
+    release), or the model's own T when that is smaller (2 for TMANet's and STF's modules).
     ``clip_length`` None means 1 for single-frame models and ``memory_length + 1`` for temporal
     ones. ``first_target`` (synthetic data only) None means :data:`DEFAULT_FIRST_TARGET`, or
     ``clip_length - 1`` when that is larger. ``hit_repeat`` (synthetic data only) lists the
@@ -56,7 +60,7 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 5
     clip_length: int | None = None
-    memory_length: int = 3
+    memory_length: int | None = None
     lr: float = 2e-4
     weight_decay: float = 1e-4
     size: tuple[int, int] | None = None
@@ -83,6 +87,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         entry = model_entry(self.model)  # ValueError naming the known models
+        if self.memory_length is None:  # the release's training length, or a smaller own T
+            object.__setattr__(self, "memory_length",
+                               min(TRAIN_MEMORY_LENGTH, entry.default_memory_length))
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
         if self.init is not None:
