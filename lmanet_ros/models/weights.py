@@ -206,17 +206,20 @@ def trained_input_size(metadata: Mapping[str, Any] | None) -> tuple[int, int] | 
     return int(value[0]), int(value[1])
 
 
-_DEMO_SOURCE = ("lmanet train on lmanet synth streets (recipe standard-v1, training seeds 0..59), "
-                "one CPU thread; lmanet_ros/data/demo/TRAINING.md has the exact commands and logs")
+_DEMO_SOURCE = ("lmanet train on lmanet synth streets at 128x256: recipe standard-v1 (training "
+                "seeds 0..59), then fine-tuned on robot-v2 (the same seeds, corrupted targets "
+                "listed 4x), one CPU thread; lmanet_ros/data/demo/TRAINING.md has the exact "
+                "commands and logs")
 
 register_weights(Weights(
     model="erfnet", tag=DEMO, file="erfnet_synth.safetensors",
     class_names=CITYSCAPES_CLASS_NAMES, palette=_CITYSCAPES_PALETTE, normalisation=None,
     input_size=(128, 256), memory_length=0, source=_DEMO_SOURCE,
-    description="demo ERFNet: 6,000 synthetic 128x256 street images (val mIoU 49.0)"))
+    description="demo ERFNet: 6,000 synthetic 128x256 images, then 4,500 robot-v2 images "
+                "(robot-v2 val mIoU 45.2)"))
 register_weights(Weights(
     model="lmanet_erfnet", tag=DEMO, file="lmanet_erfnet_synth.safetensors",
     class_names=CITYSCAPES_CLASS_NAMES, palette=_CITYSCAPES_PALETTE, normalisation=None,
     input_size=(128, 256), memory_length=3, source=_DEMO_SOURCE,
-    description="demo LMANet on ERFNet: from the demo ERFNet, 6,000 synthetic clips "
-                "(val mIoU 49.2)"))
+    description="demo LMANet on ERFNet: the demo ERFNet frozen, its memory module trained on "
+                "8,955 robot-v2 clips (robot-v2 val mIoU 46.6)"))

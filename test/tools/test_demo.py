@@ -1,6 +1,7 @@
 """The packaged demo weights and `lmanet demo` (the README's first command) end to end."""
 import json
 
+import cv2
 import pytest
 from safetensors import safe_open
 
@@ -48,25 +49,48 @@ def test_checkpoint_demo_resolves_to_the_packaged_file_and_other_values_pass_thr
 
 @pytest.mark.ros
 def test_lmanet_demo_runs_node_replay_report_video_and_comparison(tmp_path, capsys):
+    """A robot-v2 bag of the held-out seeds 10008-10009 x 10 frames (glare at frames 8-9 of the
+    first sequence, night blur at 6-8 of the second): node, live scores, then every demo model
+    offline with the corruption scores, memory check, gains and the side-by-side video."""
     out = tmp_path / "demo"
-    code = cli.main(["demo", "--out", str(out), "--sequences", "2", "--frames", "6",
+    code = cli.main(["demo", "--out", str(out), "--sequences", "2", "--frames", "10",
                      "--size", "64x128", "--device", "cpu"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     live = json.loads((out / "live" / "metrics.json").read_text())
     assert live["mode"] == "live" and live["partial"] is False
-    assert live["source"]["frames_published"] == 12
-    assert live["source"]["video_frames"] == 12
+    assert live["source"]["frames_published"] == 20
+    assert live["source"]["video_frames"] == 20
     assert live["models"][0]["model"] == "lmanet_erfnet"
-    assert live["models"][0]["accuracy"]["labelled_frames"] == 12
+    assert live["models"][0]["accuracy"]["labelled_frames"] == 20
     compare = json.loads((out / "compare" / "metrics.json").read_text())
-    assert [m["label"] for m in compare["models"]] == ["erfnet", "lmanet_erfnet"]
+    labels = [m["label"] for m in compare["models"]]
+    assert labels[:2] == ["erfnet", "lmanet_erfnet"]  # the single-frame baseline first
+    assert sorted(labels) == models_with_weights(DEMO)
+    section = compare["corruption"]
+    assert section["recipe"] == "robot-v2" and section["baseline"] == "erfnet"
+    assert section["frames"]["hit"] == 5 and section["frames"]["frames"] == 20
+    lmanet = compare["models"][1]
+    assert lmanet["memory_check"]["frames"]["hit"] == 5 and set(lmanet["gain"]) == {
+        "bag", "hit", "clean", "flip_rate"}
     # the node and the offline pipeline run the same weights on the same frames
     assert live["models"][0]["accuracy"]["miou"] == pytest.approx(
-        compare["models"][1]["accuracy"]["miou"], abs=1e-6)
+        lmanet["accuracy"]["miou"], abs=1e-6)
     for name in ("report.md", "overlay.mp4", "class_iou.png"):
         assert (out / "live" / name).is_file(), name
     assert str(out / "live" / "report.md") in printed
+    # the side-by-side video: input | erfnet | lmanet_erfnet ..., one row per frame
+    video = cv2.VideoCapture(str(out / "compare" / "comparison.mp4"))
+    assert video.get(cv2.CAP_PROP_FRAME_COUNT) == 20
+    assert video.get(cv2.CAP_PROP_FRAME_WIDTH) == 128 * (1 + len(labels))
+    video.release()
+    gain = lmanet["gain"]
+    for line in (f"side by side: {out / 'compare' / 'comparison.mp4'}",
+                 f"gain of lmanet_erfnet over erfnet: bag {100 * gain['bag']:+.1f}, hit "
+                 f"{100 * gain['hit']:+.1f}, clean {100 * gain['clean']:+.1f} mIoU points; "
+                 f"flip rate {100 * gain['flip_rate']:+.2f} points",
+                 "robot-v2: 5 of 20 frames hit", "memory check", "steps:        bag "):
+        assert line in printed, line
     # a second run replaces the first; a folder that is not a demo's is refused
     assert cli.main(["demo", "--out", str(out), "--sequences", "1", "--frames", "3",
                      "--size", "64x128", "--device", "cpu", "--no-compare"]) == 0
