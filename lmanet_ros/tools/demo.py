@@ -169,11 +169,11 @@ def _corruption_summary(payload: dict) -> list[str]:
                          f"{'-' if removed is None else f'{100 * removed:.0f} %'} of the "
                          f"hit-frame gain, {credited})")
     references = section.get("references") or {}
-    for name, key in (("clean versions", "clean_version"),
-                      ("last clean frame", "last_clean_oracle")):
+    for name, key in (("{} on the clean versions (reference)", "clean_version"),
+                      ("last clean frame of {} (oracle)", "last_clean_oracle")):
         scores = references.get(key)
         if scores:
-            lines.append(f"  {section['baseline']} on the {name} (reference): hit "
+            lines.append(f"  {name.format(section['baseline'])}: hit "
                          f"{_percent(scores.get('hit'))}")
     for model in payload["models"]:
         gain = model.get("gain")
