@@ -14,7 +14,7 @@ from .attention import local_memory_attention, local_memory_attention_reference
 from .checkpoint import CheckpointError, LoadReport, load_checkpoint, save_checkpoint
 from .segmenter import ModelInfo, Segmenter, SingleFrameSegmenter, TemporalSegmenter
 from .memory import FeatureMemory, FrameFIFO, Memory, TemporalMemory
-from .registry import build_model, list_models, register_model
+from .registry import build_model, list_models, model_entry, register_model
 from .temporal import FIFOModule, LocalMemoryModule, TemporalModule
 from .tmanet import TemporalMemoryAttention
 from .tdnet import PathMemory, TemporallyDistributed
@@ -24,7 +24,8 @@ from .weights import (DEMO, Weights, get_weights, list_weights, memory_length_or
                       trained_input_size)
 
 __all__ = [
-    "build_model", "list_models", "register_model", "load_checkpoint", "save_checkpoint",
+    "build_model", "list_models", "model_entry", "register_model", "load_checkpoint",
+    "save_checkpoint",
     "LoadReport", "CheckpointError", "Memory", "TemporalMemory", "FrameFIFO", "FeatureMemory",
     "FIFOModule", "TemporalMemoryAttention", "ModelInfo", "Segmenter", "SingleFrameSegmenter",
     "TemporalSegmenter", "TemporalModule", "LocalMemoryModule", "local_memory_attention",

@@ -11,7 +11,7 @@ themselves with :func:`register_model`.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -26,6 +26,8 @@ from .tmanet import TemporalMemoryAttention
 __all__ = ["ModelEntry", "register_model", "build_model", "list_models", "model_entry"]
 
 Builder = Callable[..., Segmenter]
+#: Maps a single-frame network's state_dict onto a built model's names (see ModelEntry).
+SingleFrameInit = Callable[[Segmenter, Mapping[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class ModelEntry:
     ``default_memory_length`` is the memory length T a temporal model is built with when none is
     given (the published evaluation setting: 4 for LMANet on ERFNet, 3 on PSPNet, 2 for TMANet
     as on Cityscapes).
+
+    ``single_frame_init`` is None when a single-frame checkpoint (``erfnet``) loads into the
+    model under its own names (LMANet, TMANet, STF: encoder and decoder are shared); otherwise
+    it maps such a state_dict onto the model's names (TDNet: the encoder into every path's
+    sub-network), for ``lmanet train --init``.
     """
 
     name: str
@@ -42,13 +49,16 @@ class ModelEntry:
     temporal: bool
     description: str
     default_memory_length: int = 4
+    single_frame_init: SingleFrameInit | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, *, temporal: bool, description: str = "",
-                   default_memory_length: int = 4) -> Callable[[Builder], Builder]:
+                   default_memory_length: int = 4,
+                   single_frame_init: SingleFrameInit | None = None
+                   ) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder(*, num_classes, memory_length)`` under ``name``.
 
     Raises:
@@ -63,7 +73,7 @@ def register_model(name: str, *, temporal: bool, description: str = "",
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is already registered")
         _REGISTRY[name] = ModelEntry(name, builder, temporal, description,
-                                     default_memory_length)
+                                     default_memory_length, single_frame_init)
         return builder
 
     return decorator

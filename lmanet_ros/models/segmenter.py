@@ -9,7 +9,9 @@ Every model of :mod:`lmanet_ros.models` is a :class:`Segmenter`:
   immutable :class:`~lmanet_ros.models.memory.TemporalMemory` of the model's own type; None
   after a reset).
 - ``model(frames)``: (B, N, 3, H, W) clips streamed through ``step`` from an empty memory, the
-  logits of the last frame (training; gradients flow).
+  logits of the last frame (training; gradients flow); ``model(frames, outputs=True,
+  iteration=i)`` the dict of the last frame's outputs (auxiliary ones included) from the
+  temporal module's training memory for iteration ``i``.
 
 Logits have ``num_classes`` channels (20 for Cityscapes: 19 trainIds and index 19 for void);
 taking the argmax over the first 19 is the caller's business.
@@ -191,23 +193,43 @@ class Segmenter(nn.Module):
         """Segment one frame per stream: (B, 3, H, W) in [0, 1] -> (B, num_classes, H, W)."""
         raise NotImplementedError
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """Stream clips (B, N, 3, H, W) from an empty memory; logits of the last frame.
+    def forward(self, frames: torch.Tensor, *, outputs: bool = False,
+                iteration: int | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Stream clips (B, N, 3, H, W) from a starting memory; logits of the last frame.
 
         A 4-D (B, 3, H, W) input is taken as clips of one frame.
+
+        Args:
+            frames: the clips, RGB in [0, 1].
+            outputs: False: the last frame's logits (B, num_classes, H, W); True: a dict of
+                them, ``"out"`` and the temporal module's auxiliary outputs (TDNet's ``"sub"``),
+                each decoded to logits, as torchvision's segmentation models do in training.
+            iteration: None: start from the empty memory; a training iteration: start from the
+                temporal module's :meth:`~TemporalModule.training_memory` for it.
         """
         if frames.dim() == 4:
             frames = frames.unsqueeze(1)
         if frames.dim() != 5 or frames.shape[1] < 1:
             raise ValueError(f"frames must be (B, N, 3, H, W) with N >= 1, got "
                              f"{tuple(frames.shape)}")
-        memory = None
         count = frames.shape[1]
+        memory = self.start_memory(iteration, count - 1)
         start = 0 if self.memory_length > 0 else count - 1  # single frame: only the last counts
-        for index in range(start, count):
-            logits, memory = self.step(frames[:, index], memory,
-                                       update_memory=index < count - 1)
-        return logits
+        for index in range(start, count - 1):
+            _, memory = self.step(frames[:, index], memory)
+        last = self.last_frame_outputs(frames[:, -1], memory)
+        return last if outputs else last["out"]
+
+    def start_memory(self, iteration: int | None, frames_before: int) -> TemporalMemory | None:
+        """The memory a clip starts from (see :meth:`forward`); None: the empty one."""
+        del iteration, frames_before
+        return None
+
+    def last_frame_outputs(self, x: torch.Tensor, memory: TemporalMemory | None
+                           ) -> dict[str, torch.Tensor]:
+        """The labelled frame's logits, ``{"out": (B, num_classes, H, W)}`` plus the temporal
+        module's auxiliary outputs; the memory is read, not updated."""
+        return {"out": self.step(x, memory, update_memory=False)[0]}
 
 
 class SingleFrameSegmenter(Segmenter):
@@ -300,17 +322,36 @@ class TemporalSegmenter(Segmenter):
             ValueError: a bad input, a memory of another type, or one that does not fit the
                 input (batch, device, dtype, feature size).
         """
+        features, current = self._encode(x, memory)
+        fused, successor = self._temporal.step(features, current,
+                                               memory_length=self._memory_length,
+                                               update_memory=update_memory)
+        logits = self._decode(fused)[:, :, :x.shape[2], :x.shape[3]]
+        return logits, (successor if update_memory else memory)
+
+    def _encode(self, x: torch.Tensor, memory: TemporalMemory | None
+                ) -> tuple[torch.Tensor, TemporalMemory]:
+        """(encoder features of x, the memory to read: ``memory`` checked, or the empty one)."""
         self._check_input(x)
         temporal = self._temporal
         if memory is not None and not isinstance(memory, temporal.memory_type):
             raise ValueError(f"memory must be a {temporal.memory_type.__name__} or None, got "
                              f"{type(memory).__name__}")
-        height, width = x.shape[2:]
         features = self.encoder(self._prepare(x))
         current = memory if memory is not None else temporal.empty_memory()
         if len(current):
             current.check_fits(features)
-        fused, successor = temporal.step(features, current, memory_length=self._memory_length,
-                                         update_memory=update_memory)
-        logits = self._decode(fused)[:, :, :height, :width]
-        return logits, (successor if update_memory else memory)
+        return features, current
+
+    def start_memory(self, iteration: int | None, frames_before: int) -> TemporalMemory | None:
+        if iteration is None:
+            return None
+        return self._temporal.training_memory(iteration, frames_before)
+
+    def last_frame_outputs(self, x: torch.Tensor, memory: TemporalMemory | None
+                           ) -> dict[str, torch.Tensor]:
+        features, current = self._encode(x, memory)
+        fused = self._temporal.training_outputs(features, current,
+                                                memory_length=self._memory_length)
+        return {name: self._decode(value)[:, :, :x.shape[2], :x.shape[3]]
+                for name, value in fused.items()}

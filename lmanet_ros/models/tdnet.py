@@ -347,6 +347,12 @@ class TemporallyDistributed(TemporalModule):
         Returns:
             (y (B, d_v, H/8, W/8), the memory with this frame's entry, counter + 1 mod m).
         """
+        fused, _, successor = self._run(features, memory, update_memory=update_memory)
+        return fused, successor
+
+    def _run(self, features: torch.Tensor, memory: PathMemory, *, update_memory: bool
+             ) -> tuple[torch.Tensor, torch.Tensor, PathMemory]:
+        """(full output, the "sub" output ``Norm_p(v_t)``, successor memory); see :meth:`step`."""
         path, held = memory.counter, len(memory)
         if path >= self.paths or held > self.paths - 1:
             raise ValueError(f"memory (counter {path}, {held} entries) is not one of a model "
@@ -357,18 +363,39 @@ class TemporallyDistributed(TemporalModule):
         z = self.subnets[path](features)
         encoding = self.encodings[path]
         value = encoding.value(z)
+        sub = self.norms[path](value)
         if held < self.paths - 1:
-            fused = self.norms[path](value)  # cold start: the "sub" output
+            fused = sub  # cold start: the "sub" output
         else:
             fused = self.norms[path](self.propagate(path, encoding.query(z), memory.entries)
                                      + value)
         if not update_memory:
-            return fused, memory
+            return fused, sub, memory
         entry = encoding(z[:, :, ::self.subsample, ::self.subsample])
         entries = memory.entries.append(entry, self.paths - 1)
-        return fused, PathMemory(counter=(path + 1) % self.paths, entries=entries,
-                                 paths=(memory.paths + (path,))[-(self.paths - 1):],
-                                 input_size=tuple(features.shape[2:]))
+        return fused, sub, PathMemory(counter=(path + 1) % self.paths, entries=entries,
+                                      paths=(memory.paths + (path,))[-(self.paths - 1):],
+                                      input_size=tuple(features.shape[2:]))
+
+    # ------------------------------------------------------------------ training (the release's)
+    #: ``L = CE(out) + 0.5 CE(sub)`` (and the same weights on the distillation terms).
+    auxiliary_loss_weights = {"sub": 0.5}
+
+    @property
+    def training_rotation(self) -> int:
+        return self.paths
+
+    def training_memory(self, iteration: int, frames_before: int) -> PathMemory:
+        """Iteration i trains path ``i mod m`` on the labelled frame (the release's rule): the
+        clip starts ``frames_before`` paths earlier."""
+        return self.empty_memory((iteration - frames_before) % self.paths)
+
+    def training_outputs(self, features: torch.Tensor, memory: PathMemory, *,
+                         memory_length: int) -> dict[str, torch.Tensor]:
+        """``{"out": Norm_p(P_t + v_t), "sub": Norm_p(v_t)}`` of the labelled frame."""
+        del memory_length
+        fused, sub, _ = self._run(features, memory, update_memory=False)
+        return {"out": fused, "sub": sub}
 
 
 def erfnet_init_state(model: TemporalSegmenter, erfnet_state: Mapping[str, torch.Tensor]
@@ -390,6 +417,7 @@ def erfnet_init_state(model: TemporalSegmenter, erfnet_state: Mapping[str, torch
 
 
 @register_model("tdnet_erfnet", temporal=True, default_memory_length=3,
+                single_frame_init=erfnet_init_state,
                 description="TDNet's temporally distributed sub-networks on ERFNet: m = T+1 "
                             "shallow encoders in rotation, attention propagation over T frames")
 def _tdnet_erfnet(*, num_classes: int, memory_length: int) -> Segmenter:

@@ -75,6 +75,32 @@ class TemporalModule(nn.Module):
         """
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ training
+    #: Loss weights of the outputs :meth:`training_outputs` returns beside ``"out"`` (the fused
+    #: features, weight 1): none for most modules; TDNet's ``"sub"`` (0.5, the release's).
+    auxiliary_loss_weights: ClassVar[dict[str, float]] = {}
+
+    @property
+    def training_rotation(self) -> int:
+        """How many different starting memories :meth:`training_memory` hands out (1: always
+        the empty one; TDNet: its m paths, so that every path's last-frame weights train)."""
+        return 1
+
+    def training_memory(self, iteration: int, frames_before: int) -> TemporalMemory:
+        """The memory a training clip starts from, at training iteration ``iteration``, when
+        ``frames_before`` frames precede the labelled one: the empty memory unless a module
+        rotates its parts per frame (TDNet chooses which path the labelled frame runs)."""
+        del iteration, frames_before
+        return self.empty_memory()
+
+    def training_outputs(self, features: torch.Tensor, memory: TemporalMemory, *,
+                         memory_length: int) -> dict[str, torch.Tensor]:
+        """The labelled frame's outputs for the loss: ``{"out": fused}`` and one entry per
+        :attr:`auxiliary_loss_weights` key, each (B, out_channels, h, w) for the decoder."""
+        fused, _ = self.step(features, memory, memory_length=memory_length,
+                             update_memory=False)
+        return {"out": fused}
+
     def forward(self, features: torch.Tensor, memory: TemporalMemory, *, memory_length: int,
                 update_memory: bool = True) -> tuple[torch.Tensor, TemporalMemory]:
         return self.step(features, memory, memory_length=memory_length,

@@ -51,8 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                       help="output folder: last.pt (resumable), train_log.jsonl, "
                            "<model>.safetensors")
     what.add_argument("--init", default=None,
-                      help="initial weights (required for lmanet_erfnet: single-frame erfnet "
-                           "weights; optional for erfnet)")
+                      help="initial weights (required for the temporal models: single-frame "
+                           "erfnet weights, whose encoder tdnet_erfnet copies into every path; "
+                           "optional for erfnet)")
     what.add_argument("--size", type=_size, default=None, metavar="HxW",
                       help="working size (multiples of 8); default: the files' size")
     what.add_argument("--train-split", default="train",
@@ -99,6 +100,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="lmanet: start the query path as a PCA pass-through of the encoder "
                              "features (pca) or randomly as in the release (random); auto "
                              "(default): pca where the fusion allows it (ERFNet), else random")
+    recipe.add_argument("--distill", default=None, metavar="WEIGHTS",
+                        help="temporal models: add KL(teacher || output) on the labelled frame, "
+                             "the teacher single-frame erfnet WEIGHTS (TDNet's distillation; "
+                             "weighted like the outputs: 1, and 0.5 for TDNet's sub output)")
+    recipe.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
+                        help="clip the gradient norm (default: the published recipe's: 0.1 for "
+                             "the STF models, none for others; 0: none)")
     recipe.add_argument("--seed", type=int, default=0,
                         help="seed of initial weights, sample order and augmentation (default: 0)")
 
@@ -145,7 +153,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         val_stride=args.val_stride, seed=args.seed, first_target=args.first_target,
         hit_repeat=args.hit_repeat,
         class_weighting=args.class_weights, frozen_mode=args.frozen_mode,
-        fusion_init=args.fusion_init,
+        fusion_init=args.fusion_init, distill=args.distill, grad_clip=args.grad_clip,
         checkpoint_every_min=args.checkpoint_every, progress=args.progress,
         ddp_procs=args.ddp_procs, backend=args.backend)
     return dataclasses.replace(config, command=command_line(config))

@@ -25,10 +25,20 @@ Where we differ from the release, on purpose and switchable:
 - Class weights: ``frequency`` (from the training labels) where the data are not Cityscapes,
   beside the release's ERFNet table (:mod:`lmanet_ros.training.losses`).
 
+The other temporal modules (TMANet, TDNet, STF and STF+MAR on ERFNet) train the same way, with
+their recipes where they differ: ``fusion_init="passthrough"`` (what ``auto`` picks for them,
+:mod:`lmanet_ros.training.passthrough_init`); TDNet starts every path's sub-network from the
+single-frame ERFNet (``ModelEntry.single_frame_init``), trains path ``iteration mod m`` on the
+labelled frame (``model(clips, outputs=True, iteration=i)``), adds its sub-network output's loss
+(x0.5) and, with ``distill``, the KL to a single-frame teacher (its release's distillation;
+its OHEM and grouped PSPNet teacher are not reproduced); STF clips the gradient norm at 0.1
+(``grad_clip``); the Adam recipe above replaces the releases' SGD/AdamW schedules.
+
 Modules, one job each: :mod:`~lmanet_ros.training.config` (the settings of a run and the names
 shared by the others), :mod:`~lmanet_ros.training.datasets` (clip datasets: synthetic folders
 and Cityscapes), :mod:`~lmanet_ros.training.losses` (loss and class weights),
 :mod:`~lmanet_ros.training.fusion_init` (the PCA start of the query path),
+:mod:`~lmanet_ros.training.passthrough_init` (the other modules' pass-through starts),
 :mod:`~lmanet_ros.training.trainer` (the loop of one process: steps, validation, budgets, the
 resumable state, logs and final weights) and :mod:`~lmanet_ros.training.launch` (one process,
 spawned DDP processes or a torchrun rank; the reproducible command line).
@@ -40,16 +50,17 @@ from lmanet_ros.training.datasets import (DATASET_KINDS, ClipDataset, DatasetErr
                                           build_clip_dataset)
 from lmanet_ros.training.fusion_init import FUSION_INITS
 from lmanet_ros.training.launch import command_line, train
-from lmanet_ros.training.losses import (ERFNET_CLASS_WEIGHTS, class_weights,
-                                        frequency_class_weights, labels_to_targets,
-                                        weighted_nll)
+from lmanet_ros.training.losses import (ERFNET_CLASS_WEIGHTS, class_weights, clip_loss,
+                                        distillation_kl, frequency_class_weights,
+                                        labels_to_targets, weighted_nll)
 from lmanet_ros.training.trainer import RankContext, Trainer, miou_from_confusion, train_step
 
 __all__ = [
     "CHECKPOINT_NAME", "CLASS_WEIGHTINGS", "DATASET_KINDS", "DEFAULT_FIRST_TARGET",
     "ERFNET_CLASS_WEIGHTS", "FROZEN_MODES", "FUSION_INITS", "LOG_NAME", "NUM_LOGITS",
     "VOID_INDEX", "ClipDataset", "DatasetError", "RankContext", "TrainConfig", "TrainResult",
-    "Trainer", "TrainingError", "build_clip_dataset", "class_weights", "command_line",
+    "Trainer", "TrainingError", "build_clip_dataset", "class_weights", "clip_loss",
+    "command_line", "distillation_kl",
     "frequency_class_weights", "labels_to_targets", "miou_from_confusion", "train",
     "train_step", "weighted_nll",
 ]

@@ -13,7 +13,8 @@ from lmanet_ros.training.fusion_init import FUSION_INITS
 
 __all__ = [
     "CHECKPOINT_NAME", "CLASS_WEIGHTINGS", "DEFAULT_FIRST_TARGET", "FROZEN_MODES", "LOG_NAME",
-    "NUM_LOGITS", "VOID_INDEX", "TrainConfig", "TrainResult", "TrainingError",
+    "NUM_LOGITS", "PUBLISHED_GRAD_CLIP", "VOID_INDEX", "TrainConfig", "TrainResult",
+    "TrainingError",
 ]
 
 #: Output channels (logits) of the models trained here: 19 trainIds + void (channel 19). Not
@@ -34,6 +35,8 @@ FROZEN_MODES = ("eval", "train")
 DEFAULT_FIRST_TARGET = 4
 #: The memory length LMANet is trained with in the release (clips of T + 1 frames).
 TRAIN_MEMORY_LENGTH = 3
+#: Gradient-norm clipping of the published recipes that clip (STF: 0.1); others do not clip.
+PUBLISHED_GRAD_CLIP = {"stf_erfnet": 0.1, "stf_mar_erfnet": 0.1}
 
 
 class TrainingError(RuntimeError):
@@ -79,6 +82,8 @@ class TrainConfig:
     class_weighting: str = "auto"
     frozen_mode: str = "eval"
     fusion_init: str = "auto"
+    distill: Path | None = None
+    grad_clip: float | None = None
     checkpoint_every_min: float = 10.0
     progress: bool = True
     ddp_procs: int = 1
@@ -92,8 +97,13 @@ class TrainConfig:
                                min(TRAIN_MEMORY_LENGTH, entry.default_memory_length))
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
-        if self.init is not None:
-            object.__setattr__(self, "init", Path(self.init))
+        for name in ("init", "distill"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.grad_clip is None:
+            object.__setattr__(self, "grad_clip", PUBLISHED_GRAD_CLIP.get(self.model, 0.0))
+        if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
+            raise ValueError(f"grad_clip must be >= 0 (0: no clipping), got {self.grad_clip}")
         if self.dataset not in DATASET_KINDS:
             raise ValueError(f"dataset must be one of {DATASET_KINDS}, got '{self.dataset}'")
         for name in ("epochs", "batch_size", "memory_length", "ddp_procs", "val_stride",

@@ -39,12 +39,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmanet_ros.models.temporal import SigmoidFusion
 
-__all__ = ["FUSION_INITS", "PcaInitReport", "pca_initialise_query_path", "sample_features",
-           "supports_pca"]
+__all__ = ["FUSION_INITS", "PcaInitReport", "pca_initialise_query_path", "principal_components",
+           "sample_feature_maps", "sample_features", "supports_pca"]
 
-#: ``--fusion-init`` choices: ``pca`` (above), ``random`` (the release's initialisation) or
-#: ``auto`` (``pca`` where :func:`supports_pca`, else ``random``).
-FUSION_INITS = ("auto", "pca", "random")
+#: ``--fusion-init`` choices: ``pca`` (above), ``passthrough`` (TMANet's, TDNet's and STF's
+#: modules, :mod:`lmanet_ros.training.passthrough_init`), ``random`` (the releases'
+#: initialisation) or ``auto`` (``pca`` where :func:`supports_pca`, else ``passthrough`` where it
+#: applies, else ``random``).
+FUSION_INITS = ("auto", "pca", "passthrough", "random")
 
 
 @dataclass(frozen=True)
@@ -109,11 +111,7 @@ def pca_initialise_query_path(module: nn.Module, features: torch.Tensor, *, shif
         raise ValueError(f"PCA of {components} components needs more than {components} "
                          f"feature vectors, got {features.shape[0]}")
     feats = features.to(torch.float64)
-    mean = feats.mean(dim=0)
-    eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov((feats - mean).T))
-    order = eigenvalues.argsort(descending=True)[:components]
-    variances = eigenvalues[order].clamp_min(1e-8)
-    basis = eigenvectors[:, order]                                      # (C, V)
+    mean, basis, variances, explained = principal_components(feats, components)
     scaled_basis = basis * variances.sqrt()                             # (C, V)
     gate_value = torch.sigmoid(torch.tensor(gate, dtype=torch.float64))
 
@@ -143,43 +141,60 @@ def pca_initialise_query_path(module: nn.Module, features: torch.Tensor, *, shif
     assign(fusion.bn.bias, rec_mean)
     assign(fusion.bn.running_mean, rec_mean)
     assign(fusion.bn.running_var, (rec_std ** 2 - fusion.bn.eps).clamp_min(1e-8))
-    total_variance = eigenvalues.clamp_min(0).sum()
+    total_variance = variances.sum() / explained
     error = ((reconstruction.clamp_min(0) - feats) ** 2).sum(dim=1).mean() / total_variance
     return PcaInitReport(vectors=int(feats.shape[0]), components=components,
-                         explained_variance=float(variances.sum() / total_variance),
-                         reconstruction_error=float(error))
+                         explained_variance=float(explained), reconstruction_error=float(error))
+
+
+def principal_components(features: torch.Tensor, components: int
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """PCA of (N, C) vectors: (mean (C,), top directions (C, V), their variances (V,), the
+    share of the total variance they hold), float64."""
+    feats = features.to(torch.float64)
+    mean = feats.mean(dim=0)
+    eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov((feats - mean).T))
+    order = eigenvalues.argsort(descending=True)[:components]
+    variances = eigenvalues[order].clamp_min(1e-8)
+    total = eigenvalues.clamp_min(0).sum().clamp_min(1e-12)
+    return mean, eigenvectors[:, order], variances, float(variances.sum() / total)
 
 
 @torch.no_grad()
-def sample_features(model: nn.Module, dataset: Dataset, *, images: int, max_vectors: int,
-                    seed: int, device: torch.device) -> torch.Tensor:
-    """Encoder features of the last frame of ``images`` clips drawn from ``dataset``.
+def sample_feature_maps(model: nn.Module, dataset: Dataset, *, images: int, seed: int,
+                        device: torch.device) -> torch.Tensor:
+    """Encoder feature maps of the last frame of ``images`` clips drawn from ``dataset``.
 
     Args:
         model: a temporal segmenter (``encoder`` and ``_prepare`` as in
             :class:`lmanet_ros.models.segmenter.Segmenter`); run in eval mode, left as it was.
         dataset: yields (frames (N, 3, H, W) uint8, labels); labels are not used.
         images: clips to draw (a seeded random choice).
-        max_vectors: keep at most this many feature vectors (a seeded random subset of pixels).
         seed: the draw's seed (the same on every DDP rank: identical initialisation).
         device: where the encoder runs.
 
     Returns:
-        (N, C) float32 feature vectors on the CPU.
+        (images, C, h, w) float32 on the CPU: what the temporal module's ``step`` gets.
     """
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(dataset), generator=generator)[:images].tolist()
     loader = DataLoader(dataset, batch_size=4, sampler=chosen, num_workers=0)
     was_training = model.training
     model.eval()
-    vectors = []
+    maps = []
     for frames, _labels in loader:
         last = frames[:, -1].to(device).float().div_(255.0)
-        features = model.encoder(model._prepare(last))
-        vectors.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).float().cpu())
+        maps.append(model.encoder(model._prepare(last)).float().cpu())
     model.train(was_training)
-    stacked = torch.cat(vectors)
+    return torch.cat(maps)
+
+
+def sample_features(maps: torch.Tensor, *, max_vectors: int, seed: int) -> torch.Tensor:
+    """(n, C, h, w) feature maps -> at most ``max_vectors`` (N, C) feature vectors (pixels, a
+    seeded random subset)."""
+    stacked = maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
     if stacked.shape[0] > max_vectors:
+        generator = torch.Generator().manual_seed(seed)
         keep = torch.randperm(stacked.shape[0], generator=generator)[:max_vectors]
         stacked = stacked[keep]
     return stacked

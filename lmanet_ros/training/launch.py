@@ -31,7 +31,7 @@ _COMMAND_FLAGS = (
     ("--batch-size", "batch_size"), ("--memory-length", "memory_length"),
     ("--clip-length", "clip_length"), ("--lr", "lr"), ("--weight-decay", "weight_decay"),
     ("--class-weights", "class_weighting"), ("--frozen-mode", "frozen_mode"),
-    ("--fusion-init", "fusion_init"),
+    ("--fusion-init", "fusion_init"), ("--distill", "distill"), ("--grad-clip", "grad_clip"),
     ("--seed", "seed"), ("--time-budget", "time_budget_min"), ("--max-images", "max_images"),
     ("--checkpoint-every", "checkpoint_every_min"), ("--device", "device"),
     ("--workers", "workers"), ("--ddp-procs", "ddp_procs"), ("--backend", "backend"),

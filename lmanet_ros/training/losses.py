@@ -1,7 +1,9 @@
 """The training loss and its class weights.
 
 Loss: NLL of log-softmax over the (B, 20, H, W) logits, class-weighted, void (trainId 255, mapped
-to channel 19) weight 0. Class weights: ``erfnet`` is the ERFNet paper's fixed table for
+to channel 19) weight 0. Auxiliary outputs (TDNet's sub-network prediction) add their own weighted term, and an optional
+teacher (a single-frame network, TDNet's distillation) adds ``KL(teacher || output)`` per output
+with the same weights (:func:`clip_loss`). Class weights: ``erfnet`` is the ERFNet paper's fixed table for
 Cityscapes (the release's); ``frequency`` computes the same ENet-style formula
 w_c = 1 / ln(1.10 + p_c) from the pixel frequencies p_c of the training labels (what the table is,
 for Cityscapes), which suits other data such as ``lmanet synth``; ``auto`` picks ``erfnet`` for
@@ -18,7 +20,8 @@ from lmanet_ros.training.datasets import ClipDataset, label_histogram
 
 __all__ = [
     "ENET_WEIGHT_C", "ERFNET_CLASS_WEIGHTS", "FREQUENCY_MAX_LABELS", "class_weights",
-    "frequency_class_weights", "labels_to_targets", "weighted_nll",
+    "clip_loss", "distillation_kl", "frequency_class_weights", "labels_to_targets",
+    "weighted_nll",
 ]
 
 #: The constant c of the ENet weighting w = 1 / ln(c + p) that gives ERFNet's table.
@@ -91,3 +94,45 @@ def weighted_nll(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Ten
     valid = targets != VOID_INDEX
     norm = weights[targets[valid]].sum()
     return total / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+
+
+def distillation_kl(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """``KL(p_teacher || p_student)`` at temperature 1, summed over the C channels and averaged
+    over the B x H x W pixels (TDNet's distillation term): (B, C, H, W) logits each -> scalar."""
+    if logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ in shape")
+    log_student = F.log_softmax(logits.float(), dim=1)
+    log_teacher = F.log_softmax(teacher_logits.float(), dim=1)
+    pixels = logits.shape[0] * logits.shape[2] * logits.shape[3]
+    return F.kl_div(log_student, log_teacher, reduction="sum", log_target=True) / max(pixels, 1)
+
+
+def clip_loss(outputs: dict[str, torch.Tensor], targets: torch.Tensor, weights: torch.Tensor,
+              auxiliary_weights: dict[str, float] | None = None,
+              teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss of a labelled frame's outputs.
+
+    ``sum_o w_o (weighted_nll(o) + KL(teacher || o))`` over the outputs ``o``: ``"out"`` with
+    weight 1 and each key of ``auxiliary_weights`` with its weight; the KL term only with a
+    teacher.
+
+    Args:
+        outputs: ``{"out": (B, 20, H, W), ...}`` logits (``model(clips, outputs=True)``).
+        targets: (B, H, W) int64 class ids, void = 19.
+        weights: (20,) class weights, void 0.
+        auxiliary_weights: loss weight of each auxiliary output (all must be in ``outputs``).
+        teacher_logits: (B, 20, H, W) of a frozen single-frame network on the labelled frame.
+    """
+    terms = {"out": 1.0, **(auxiliary_weights or {})}
+    missing = [name for name in terms if name not in outputs]
+    if missing:
+        raise ValueError(f"outputs {sorted(outputs)} lack {missing}")
+
+    def term(logits: torch.Tensor) -> torch.Tensor:
+        value = weighted_nll(logits, targets, weights)
+        if teacher_logits is not None:
+            value = value + distillation_kl(logits, teacher_logits)
+        return value
+
+    return torch.stack([weight * term(outputs[name]) for name, weight in terms.items()]).sum()

@@ -30,14 +30,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lmanet_ros.classes import ClassSet
 from lmanet_ros.devices import DeviceError, resolve_device
-from lmanet_ros.models import build_model, load_checkpoint, save_checkpoint
+from lmanet_ros.models import build_model, load_checkpoint, model_entry, save_checkpoint
+from lmanet_ros.models.checkpoint import read_state_dict
 from lmanet_ros.progress import progress
 from lmanet_ros.training.config import (CHECKPOINT_NAME, LOG_NAME, NUM_LOGITS, TrainConfig,
                                         TrainingError, TrainResult)
 from lmanet_ros.training.datasets import build_clip_dataset
-from lmanet_ros.training.fusion_init import (pca_initialise_query_path, sample_features,
-                                             supports_pca)
-from lmanet_ros.training.losses import class_weights, labels_to_targets, weighted_nll
+from lmanet_ros.training.fusion_init import (pca_initialise_query_path, sample_feature_maps,
+                                             sample_features, supports_pca)
+from lmanet_ros.training.passthrough_init import passthrough_initialise, supports_passthrough
+from lmanet_ros.training.losses import class_weights, clip_loss, labels_to_targets
 
 __all__ = ["RankContext", "Trainer", "miou_from_confusion", "train_step"]
 
@@ -49,7 +51,8 @@ _FORMAT = "lmanet_ros.train/1"
 # Config fields that must not change when a run is resumed.
 _IDENTITY_FIELDS = ("model", "dataset", "clip_length", "memory_length", "batch_size", "size",
                     "train_split", "seed", "first_target", "hit_repeat", "class_weighting",
-                    "frozen_mode", "lr", "weight_decay", "world_size", "fusion_init")
+                    "frozen_mode", "lr", "weight_decay", "world_size", "fusion_init", "distill",
+                    "grad_clip")
 
 
 class _NoBar:
@@ -74,19 +77,30 @@ def _bar(enabled: bool, total: int, desc: str) -> Any:
 
 
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, frames: torch.Tensor,
-               targets: torch.Tensor, weights: torch.Tensor) -> float:
-    """One optimisation step on a batch; returns the loss before the step.
+               targets: torch.Tensor, weights: torch.Tensor, *,
+               auxiliary_weights: dict[str, float] | None = None, iteration: int | None = None,
+               teacher_logits: torch.Tensor | None = None,
+               grad_clip: float | None = None) -> float:
+    """One optimisation step on a batch; returns the loss before the step (:func:`clip_loss`).
 
     Args:
-        net: the model (or its DDP wrapper): (B, N, 3, H, W) clips -> last-frame logits.
+        net: the model (or its DDP wrapper): (B, N, 3, H, W) clips -> last-frame outputs.
         optimizer: steps the trainable parameters.
         frames: (B, N, 3, H, W) float RGB in [0, 1] on the model's device.
         targets: (B, H, W) int64 class ids, void = 19.
         weights: (20,) class weights, void 0.
+        auxiliary_weights: loss weights of the temporal module's auxiliary outputs.
+        iteration: the training iteration (the temporal module's starting memory), or None.
+        teacher_logits: (B, 20, H, W) of the distillation teacher on the labelled frame.
+        grad_clip: clip the gradient norm to this (None: no clipping).
     """
-    loss = weighted_nll(net(frames), targets, weights)
+    outputs = net(frames, outputs=True, iteration=iteration)
+    loss = clip_loss(outputs, targets, weights, auxiliary_weights, teacher_logits)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups
+                                        for p in group["params"]], grad_clip)
     optimizer.step()
     return float(loss.detach())
 
@@ -196,19 +210,17 @@ class Trainer:
         self.model = build_model(config.model, num_classes=NUM_LOGITS,
                                  memory_length=config.memory_length).to(self.device)
         self.temporal = self.model.info.temporal
+        self.auxiliary_weights = (dict(self.model.temporal_module.auxiliary_loss_weights)
+                                  if self.temporal else {})
+        self.teacher = self._build_teacher()
         self.init_report: str | None = None
         self.fusion_init_used: str | None = None  # "auto" resolved; None: no temporal module
         if self.temporal:
-            supported = supports_pca(self.model.temporal_module)
-            if config.fusion_init == "pca" and not supported:
-                raise TrainingError(f"--fusion-init pca needs ERFNet's sigmoid-do1 fusion; "
-                                    f"'{config.model}' has another: use --fusion-init random")
-            self.fusion_init_used = ("pca" if config.fusion_init != "random" and supported
-                                     else "random")
+            self.fusion_init_used = self._resolve_fusion_init()
         self.state: dict[str, Any] = dict(epoch=0, epoch_images=0, epoch_loss_sum=0.0,
                                           epoch_loss_count=0, images_seen=0, frames_seen=0,
                                           train_seconds=0.0, wall_seconds=0.0, val_miou=None,
-                                          finished=False)
+                                          steps=0, finished=False)
         resume_state = self._read_resume_state()
         if resume_state is None:
             self._initialise_weights()
@@ -274,18 +286,59 @@ class Trainer:
             return
         if not config.init.is_file():
             raise TrainingError(f"--init: no file {config.init}")
-        # Strict: a single-frame checkpoint loads into LMANet (its temporal parts stay as
-        # initialised); any other missing or unexpected key raises CheckpointError.
-        self.init_report = load_checkpoint(self.model, config.init, strict=True).summary()
-        if self.fusion_init_used == "pca":
-            features = sample_features(self.model, self.train_set, images=PCA_INIT_IMAGES,
-                                       max_vectors=PCA_INIT_VECTORS, seed=config.seed,
-                                       device=self.device)
-            try:
-                report = pca_initialise_query_path(self.model.temporal_module, features)
-            except ValueError as exc:
-                raise TrainingError(f"--fusion-init pca: {exc}") from None
-            self.init_report += "; " + report.summary()
+        mapping = model_entry(config.model).single_frame_init
+        state, _ = read_state_dict(config.init)
+        own = self.model.state_dict()
+        if mapping is not None and any(k not in own for k in state):
+            # A single-frame checkpoint under other names (TDNet: its encoder in every path).
+            report = load_checkpoint(self.model, mapping(self.model, state), strict=False)
+            self.init_report = "single-frame weights mapped: " + report.summary()
+        else:
+            # Strict: a single-frame checkpoint loads into LMANet (its temporal parts stay as
+            # initialised); any other missing or unexpected key raises CheckpointError.
+            report = load_checkpoint(self.model, config.init, strict=True)
+            self.init_report = report.summary()
+        if not report.initialised or self.fusion_init_used == "random":
+            return  # the temporal parts came from the checkpoint, or the release's start
+        maps = sample_feature_maps(self.model, self.train_set, images=PCA_INIT_IMAGES,
+                                   seed=config.seed, device=self.device)
+        module = self.model.temporal_module
+        try:
+            if self.fusion_init_used == "pca":
+                features = sample_features(maps, max_vectors=PCA_INIT_VECTORS, seed=config.seed)
+                summary = pca_initialise_query_path(module, features).summary()
+            else:
+                summary = passthrough_initialise(module, maps.to(self.device))
+        except ValueError as exc:
+            raise TrainingError(f"--fusion-init {self.fusion_init_used}: {exc}") from None
+        self.init_report += "; " + summary
+
+    def _resolve_fusion_init(self) -> str:
+        """``--fusion-init`` with ``auto`` resolved for this model's temporal module."""
+        asked, module = self.config.fusion_init, self.model.temporal_module
+        available = {"pca": supports_pca(module), "passthrough": supports_passthrough(module),
+                     "random": True}
+        if asked == "auto":
+            return next(name for name, ok in available.items() if ok)
+        if not available[asked]:
+            raise TrainingError(f"--fusion-init {asked} does not apply to '{self.config.model}' "
+                                f"({type(module).__name__}); choose one of "
+                                f"{', '.join(n for n, ok in available.items() if ok)}")
+        return asked
+
+    def _build_teacher(self) -> nn.Module | None:
+        """The frozen single-frame distillation teacher (``--distill``), or None."""
+        path = self.config.distill
+        if path is None:
+            return None
+        if not path.is_file():
+            raise TrainingError(f"--distill: no file {path}")
+        teacher = build_model("erfnet", num_classes=NUM_LOGITS)
+        try:
+            load_checkpoint(teacher, path, strict=True)
+        except ValueError as exc:
+            raise TrainingError(f"--distill needs single-frame erfnet weights: {exc}") from None
+        return teacher.to(self.device).eval().requires_grad_(False)
 
     def _freeze_unused_parameters(self) -> list[str]:
         """Freeze parameters the training forward never reaches (e.g. ERFNet's
@@ -294,7 +347,11 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         probe = torch.zeros(1, self.config.clip_length, 3, 64, 64, device=self.device)
-        self.model(probe).float().sum().backward()
+        rotation = self.model.temporal_module.training_rotation if self.temporal else 1
+        for iteration in range(rotation):  # every starting memory a run will use
+            outputs = self.model(probe, outputs=True,
+                                 iteration=iteration if self.temporal else None)
+            sum(value.float().sum() for value in outputs.values()).backward()
         unused = []
         for name, parameter in self.model.named_parameters():
             if parameter.requires_grad and parameter.grad is None:
@@ -311,7 +368,7 @@ class Trainer:
         self.loss_weights = state["loss_weights"].float()
         self.weighting_used = state["weighting_used"]
         for key in self.state:
-            self.state[key] = state[key]
+            self.state[key] = state.get(key, self.state[key])  # "steps": older states lack it
         self.state["finished"] = False
 
     # ------------------------------------------------------------------ files (rank 0)
@@ -366,6 +423,9 @@ class Trainer:
             "frozen_mode": config.frozen_mode if self.temporal else None,
             "fusion_init": self.fusion_init_used,
             "init": None if config.init is None else str(config.init),
+            "distill": None if config.distill is None else str(config.distill),
+            "grad_clip": config.grad_clip,
+            "auxiliary_loss_weights": self.auxiliary_weights,
             "seed": config.seed,
         }
 
@@ -411,7 +471,15 @@ class Trainer:
             share = -(-remaining // ctx.world_size)
             frames, labels = frames[:share], labels[:share]
         frames, targets = self._to_device(frames, labels)
-        loss = train_step(self.net, self.optimizer, frames, targets, self.loss_weights)
+        teacher_logits = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(frames[:, -1])
+        loss = train_step(self.net, self.optimizer, frames, targets, self.loss_weights,
+                          auxiliary_weights=self.auxiliary_weights,
+                          iteration=state["steps"] if self.temporal else None,
+                          teacher_logits=teacher_logits, grad_clip=config.grad_clip or None)
+        state["steps"] += 1
         count = frames.shape[0]
         totals = torch.tensor([loss * count, float(count)], dtype=torch.float64)
         if ctx.distributed:
@@ -588,7 +656,17 @@ class Trainer:
             f"{self.weighting_used}",
         ]
         if self.temporal:
-            lines.append(f"encoder and decoder frozen (frozen_mode {config.frozen_mode})")
+            frozen = [name for name, part in self.model.named_children()
+                      if any(True for _ in part.parameters())
+                      and part in self.model.single_frame_modules]
+            lines.append(f"{' and '.join(frozen)} frozen (frozen_mode {config.frozen_mode})")
+        if self.auxiliary_weights:
+            lines.append("auxiliary losses: " + ", ".join(
+                f"{name} x{weight:g}" for name, weight in self.auxiliary_weights.items()))
+        if self.teacher is not None:
+            lines.append(f"distilling from {config.distill} (KL, temperature 1)")
+        if config.grad_clip:
+            lines.append(f"gradient norm clipped to {config.grad_clip:g}")
         if self.unused:
             lines.append(f"not reached by the forward pass, frozen: {', '.join(self.unused)}")
         if self.init_report:

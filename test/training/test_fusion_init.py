@@ -6,7 +6,8 @@ from lmanet_ros.models import build_model
 from lmanet_ros.models.memory import Memory
 from lmanet_ros.models.temporal import LocalMemoryModule, SigmoidDownFusion
 from lmanet_ros.training.datasets import build_clip_dataset
-from lmanet_ros.training.fusion_init import pca_initialise_query_path, sample_features
+from lmanet_ros.training.fusion_init import (pca_initialise_query_path, sample_feature_maps,
+                                             sample_features)
 from training_helpers import write_synth_tree
 
 
@@ -85,14 +86,16 @@ def test_sample_features_reads_encoder_vectors_of_last_frames(tmp_path):
     data = write_synth_tree(tmp_path)
     dataset = build_clip_dataset("synth", data, "train", clip_length=2)
     model = build_model("lmanet_erfnet", memory_length=1).train()
-    vectors = sample_features(model, dataset, images=3, max_vectors=50, seed=0,
-                              device=torch.device("cpu"))
-    assert vectors.shape == (50, 128) and vectors.dtype == torch.float32
+    cpu = torch.device("cpu")
+    maps = sample_feature_maps(model, dataset, images=3, seed=0, device=cpu)
+    assert maps.shape[:2] == (3, 128) and maps.dtype == torch.float32
     assert model.training  # left as it was
-    again = sample_features(model, dataset, images=3, max_vectors=50, seed=0,
-                            device=torch.device("cpu"))
+    vectors = sample_features(maps, max_vectors=50, seed=0)
+    assert vectors.shape == (50, 128)
+    again = sample_features(sample_feature_maps(model, dataset, images=3, seed=0, device=cpu),
+                            max_vectors=50, seed=0)
     torch.testing.assert_close(vectors, again)  # seeded: the same on every DDP rank
     assert vectors.min() >= 0  # post-ReLU encoder features
-    other = sample_features(model, dataset, images=3, max_vectors=50, seed=1,
-                            device=torch.device("cpu"))
+    other = sample_features(sample_feature_maps(model, dataset, images=3, seed=1, device=cpu),
+                            max_vectors=50, seed=1)
     assert not torch.equal(vectors, other)
