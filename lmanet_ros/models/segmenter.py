@@ -150,6 +150,12 @@ class Segmenter(nn.Module):
         return 0
 
     @property
+    def output_delay_frames(self) -> int:
+        """Frames by which a step's output lags the frame stepped: 0 (causal) for every model
+        but the delayed STF forms (:class:`~lmanet_ros.models.stf.STFSegmenter`)."""
+        return 0
+
+    @property
     def info(self) -> ModelInfo:
         return ModelInfo(name=self._name, num_classes=self._num_classes,
                          memory_length=self.memory_length, temporal=self.memory_length > 0,

@@ -197,6 +197,18 @@ class ClipDataset(Dataset):
         return torch.from_numpy(stacked), torch.from_numpy(np.ascontiguousarray(label))
 
 
+def _check_future_frames(future_frames: int, clip_length: int) -> int:
+    if not 0 <= future_frames < clip_length:
+        raise ValueError(f"future_frames must be in [0, clip_length), got {future_frames}")
+    return int(future_frames)
+
+
+def _clip_numbers(target: int, clip_length: int, future_frames: int) -> range:
+    """Frame numbers of the clip of ``target``, oldest first, the last ``future_frames`` after
+    it."""
+    return range(target - clip_length + 1 + future_frames, target + 1 + future_frames)
+
+
 def _frames_by_sequence(image_root: Path) -> dict[str, dict[int, Path]]:
     """Map sequence name -> frame number -> image path for every ``*_leftImg8bit.png`` below."""
     sequences: dict[str, dict[int, Path]] = {}
@@ -231,7 +243,7 @@ def corrupted_frames(root: str | Path) -> dict[str, set[int]]:
 
 def synth_clips(root: str | Path, split: str, clip_length: int, *,
                 first_target: int | None = None, target_stride: int = 1,
-                hit_repeat: int = 1) -> list[Clip]:
+                hit_repeat: int = 1, future_frames: int = 0) -> list[Clip]:
     """Clips of the synthetic layout (``lmanet synth``) of one split.
 
     Every labelled frame whose ``clip_length - 1`` predecessors exist is a target, except frames
@@ -240,8 +252,11 @@ def synth_clips(root: str | Path, split: str, clip_length: int, *,
     ``target_stride`` keeps every n-th eligible target of each sequence. ``hit_repeat`` lists a
     target whose image is corrupted (:func:`corrupted_frames`) that many times, so that training
     sees the frames a memory has to bridge more often (1: as often as the others).
+    ``future_frames`` ends each clip that many frames AFTER its target (a model whose output
+    lags its input by that many frames, the delayed STF: 1); the target must then have them.
     """
     clip_length = _check_clip_length(clip_length)
+    future_frames = _check_future_frames(future_frames, clip_length)
     if first_target is None:
         first_target = clip_length - 1
     if first_target < clip_length - 1:
@@ -265,7 +280,7 @@ def synth_clips(root: str | Path, split: str, clip_length: int, *,
             label = label_root / sequence / f"{sequence}_{number:06d}{_SYNTH_LABEL_SUFFIX}"
             if position < first_target or not label.is_file():
                 continue
-            wanted = range(number - clip_length + 1, number + 1)
+            wanted = _clip_numbers(number, clip_length, future_frames)
             if all(n in frames for n in wanted):
                 eligible.append(Clip(tuple(frames[n] for n in wanted), label, sequence, number))
         for clip in eligible[::target_stride]:
@@ -277,10 +292,12 @@ def synth_clips(root: str | Path, split: str, clip_length: int, *,
     return clips
 
 
-def cityscapes_clips(root: str | Path, split: str, clip_length: int) -> list[Clip]:
-    """Cityscapes clips: for every gtFine labelIds file of ``split``, the annotated frame and the
-    ``clip_length - 1`` frames before it from ``leftImg8bit_sequence``."""
+def cityscapes_clips(root: str | Path, split: str, clip_length: int, *,
+                     future_frames: int = 0) -> list[Clip]:
+    """Cityscapes clips: for every gtFine labelIds file of ``split``, ``clip_length`` frames of
+    ``leftImg8bit_sequence`` ending ``future_frames`` after the annotated one (0: at it)."""
     clip_length = _check_clip_length(clip_length)
+    future_frames = _check_future_frames(future_frames, clip_length)
     root = Path(root)
     image_root, label_root = root / "leftImg8bit_sequence" / split, root / "gtFine" / split
     for folder in (image_root, label_root):
@@ -295,7 +312,7 @@ def cityscapes_clips(root: str | Path, split: str, clip_length: int) -> list[Cli
         sequence, number = match.group("seq"), int(match.group("frame"))
         city = label.parent.name
         paths = []
-        for n in range(number - clip_length + 1, number + 1):
+        for n in _clip_numbers(number, clip_length, future_frames):
             path = image_root / city / f"{sequence}_{n:06d}_leftImg8bit.png"
             if not path.is_file():
                 raise DatasetError(f"Cityscapes: {label.name} needs frame {path} of "
@@ -310,18 +327,21 @@ def cityscapes_clips(root: str | Path, split: str, clip_length: int) -> list[Cli
 def build_clip_dataset(kind: str, root: str | Path, split: str, *, clip_length: int,
                        size: tuple[int, int] | None = None, augment: bool = False,
                        seed: int = 0, first_target: int | None = None,
-                       target_stride: int = 1, hit_repeat: int = 1) -> ClipDataset:
+                       target_stride: int = 1, hit_repeat: int = 1,
+                       future_frames: int = 0) -> ClipDataset:
     """The clip dataset of ``kind`` (``synth`` or ``cityscapes``) for one split.
 
     ``first_target``, ``target_stride`` and ``hit_repeat`` apply to the synthetic layout only
-    (Cityscapes has one annotated frame per snippet and no corruption log).
+    (Cityscapes has one annotated frame per snippet and no corruption log); ``future_frames``
+    to both (see :func:`synth_clips`).
     """
     if kind == "synth":
         clips = synth_clips(root, split, clip_length, first_target=first_target,
-                            target_stride=target_stride, hit_repeat=hit_repeat)
+                            target_stride=target_stride, hit_repeat=hit_repeat,
+                            future_frames=future_frames)
         return ClipDataset(clips, size=size, augment=augment, seed=seed)
     if kind == "cityscapes":
-        clips = cityscapes_clips(root, split, clip_length)
+        clips = cityscapes_clips(root, split, clip_length, future_frames=future_frames)
         return ClipDataset(clips, label_ids=True, size=size, augment=augment, seed=seed)
     raise ValueError(f"dataset kind must be one of {DATASET_KINDS}, got '{kind}'")
 

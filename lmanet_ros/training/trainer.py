@@ -194,8 +194,12 @@ class Trainer:
                         else (min(4, os.cpu_count() or 1) if self.device.type == "cuda" else 0))
         self.show_progress = ctx.main and config.progress
 
-        # Data first: the frequency weighting reads the training labels.
-        common = dict(clip_length=config.clip_length, size=config.size, seed=config.seed)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self.model = build_model(config.model, num_classes=NUM_LOGITS,
+                                 memory_length=config.memory_length).to(self.device)
+        # A delayed model's clip runs past its labelled frame (the output is the frame before).
+        common = dict(clip_length=config.clip_length, size=config.size, seed=config.seed,
+                      future_frames=self.model.output_delay_frames)
         synth_only = dict(first_target=config.first_target) if config.dataset == "synth" else {}
         train_extra = dict(synth_only, hit_repeat=config.hit_repeat) if synth_only else {}
         self.train_set = build_clip_dataset(config.dataset, config.data, config.train_split,
@@ -206,9 +210,6 @@ class Trainer:
             self.val_set = build_clip_dataset(config.dataset, config.data, config.val_split,
                                               augment=False, **common, **val_extra)
 
-        torch.manual_seed(config.seed)  # the same initial weights on every rank
-        self.model = build_model(config.model, num_classes=NUM_LOGITS,
-                                 memory_length=config.memory_length).to(self.device)
         self.temporal = self.model.info.temporal
         self.auxiliary_weights = (dict(self.model.temporal_module.auxiliary_loss_weights)
                                   if self.temporal else {})

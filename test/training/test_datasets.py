@@ -55,6 +55,21 @@ def test_synth_clip_assembly(synth_root, clip_length, first_target, expected_tar
     assert sorted({c.frame for c in clips}) == expected_targets
 
 
+def test_clips_of_a_delayed_model_end_one_frame_after_the_target(synth_root):
+    """future_frames=1 (the delayed STF): frames t-1, t, t+1 for target t; the label is t's;
+    the last frame of a sequence has no future and is no target."""
+    clips = synth_clips(synth_root, "train", 3, future_frames=1)
+    assert sorted({c.frame for c in clips}) == [2, 3, 4, 5, 6]  # 7 has no frame 8
+    dataset = ClipDataset(clips)
+    for index, clip in enumerate(clips):
+        frames, label = dataset[index]
+        numbers = [int(f[0, 0, 0]) for f in frames]
+        assert numbers == [clip.frame - 1, clip.frame, clip.frame + 1]
+        assert np.array_equal(label.numpy(), scene(clip.frame, int(clip.sequence[-5:]))[1])
+    with pytest.raises(ValueError, match="future_frames"):
+        synth_clips(synth_root, "train", 3, future_frames=3)
+
+
 def test_synth_skips_unlabelled_frames_and_checks_arguments(tmp_path):
     root = write_synth_tree(tmp_path, sequences=1, frames=6, splits=("train",),
                             unlabelled=(4,))
