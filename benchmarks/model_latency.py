@@ -1,20 +1,35 @@
-"""Per-frame latency and peak extra memory of LMANet models against their single-frame bases,
-and the local memory attention alone with its two backends.
+"""Per-frame latency, memory per stream and peak extra memory of temporal models (LMANet, TMANet,
+TDNet, STF, ...) against their single-frame bases, and the local memory attention alone with its
+two backends.
 
-Model rows (``--models``, registry names; default ``erfnet,lmanet_erfnet``; random weights, eval
-mode, ``torch.inference_mode``, batch 1). The single-frame base of ``lmanet_X`` is ``X``; it is
-added to the run when it is registered and not listed.
+Model rows (``--models``: registry names, comma separated, or ``all``: erfnet and every temporal
+model registered on it; default ``erfnet,lmanet_erfnet``; random weights, eval mode,
+``torch.inference_mode``, batch 1). The single-frame base of a temporal model is the registered
+single-frame model its name ends with (``lmanet_erfnet``, ``stf_mar_erfnet`` -> ``erfnet``,
+``lmanet_pspnet101`` -> ``pspnet101``); it is added to the run when not listed.
 
+- Memory length T: each temporal model at its registry default, or at each of
+  ``--memory-lengths``. One model is built per (model, T), so that a model whose weights fix T
+  (TMANet's slots, TDNet's T+1 paths) runs as built for that T. Where a T does not fit a model
+  (STF's window holds at most 2 past frames) it runs at its default T instead and the row's
+  ``note`` says so (one row per model and T run).
 - ``step`` time: the median over ``--repeats`` calls after ``--warmup`` calls of
   ``model.step(x, memory)`` with the memory full at T frames (the returned memory, still T
-  frames, is fed to the next call, so each call also pushes the new frame's keys/values).
+  frames, is fed to the next call, so each call also pushes the new frame's entry).
   The models are timed round-robin (one call of each per round), so that load from other
   processes on a shared machine affects all of them alike and the ratios stay meaningful.
-- ``ratio``: the median over rounds of (LMANet step / base step of the same round), which
-  cancels slow drifts of the machine's load; ``ratio_of_medians`` is in the JSON too.
-- ``attention``: the local memory attention alone (``local_memory_attention`` on the model's
-  query key and the T memory frames), and ``temporal``: the whole temporal module (kv_Q, the
-  attention, the fusion, and kv_M of the frame pushed), both medians like the step.
+- ``ratio``: the median over rounds of (temporal step / base step of the same round), which
+  cancels slow drifts of the machine's load; ``ratio_of_medians`` is in the JSON too. Where the
+  issue sets a bound (:data:`RATIO_LIMITS`: TDNet's step at most 0.6x erfnet's) the ``limit``
+  column says PASS or FAIL.
+- Memory per stream (``stream MB``, JSON ``memory_bytes``): the bytes of every tensor of the
+  memory value after the timed steps (``memory.nbytes``), i.e. what one stream holds between
+  two frames; MB here are 2**20 bytes.
+- ``attention`` (LMANet only): the local memory attention alone (``local_memory_attention`` on
+  the model's query key and the T memory frames), and ``temporal`` (``module ms``; FIFO modules:
+  LMANet, TMANet, STF): the whole temporal module, i.e. its read of the memory and the entry of
+  the frame pushed (LMANet: kv_Q, the attention, the fusion and kv_M), both medians like the
+  step. TDNet has neither: its sub-networks are its module.
   ``--attention torch|compiled|auto`` sets $LMANET_ATTENTION for these rows (and the memory
   probes), i.e. which attention backend the models use on the CPU.
 - Peak extra memory of a step:
@@ -24,11 +39,11 @@ added to the run when it is registered and not listed.
     memory to the kernel (glibc ``malloc_trim``), records its resident set (VmRSS), resets the
     kernel's peak-RSS mark (``5`` written to ``/proc/self/clear_refs``; where refused,
     ``ru_maxrss`` is used), runs ONE step and reads the peak (VmHWM). The step's extra memory
-    is peak - before; the table's "extra MB" is the LMANet step's extra minus its base's, i.e.
+    is peak - before; the table's "extra MB" is the temporal step's extra minus its base's, i.e.
     what the temporal module adds at the worst moment of a step. Page-granular RSS of a fresh
     process varies by a few MB between runs.
   * CUDA: ``torch.cuda.max_memory_allocated`` during one step minus the memory allocated before
-    it (in-process, after ``reset_peak_memory_stats``), LMANet's minus the base's.
+    it (in-process, after ``reset_peak_memory_stats``), the temporal model's minus the base's.
   CPU rows use ``--sizes``; CUDA rows (only where CUDA is present) use ``--cuda-sizes``.
 
 Attention rows (``--attention-cases``): ``local_memory_attention`` alone on random float32
@@ -36,11 +51,14 @@ inputs of fixed feature shapes, the ``torch`` and ``compiled`` backends timed ro
 (CUDA: ``torch`` only), with the FLOP count of logits and read-out (2 x H x W x T x P^2 x
 (Ck + Cv), borders included).
 
-Reference arithmetic at 512x1024: ERFNet 53.2 GFLOP per frame; the memory module adds 10.3
+Reference arithmetic at 512x1024: ERFNet 53.2 GFLOP per frame; LMANet's memory module adds 10.3
 GFLOP of convolutions and 2.3 GFLOP of exact attention at T = 4 (1.24x is the floor).
 
-Usage::
+Usage (the first command is issue 11's table of the temporal-module family: every ERFNet-based
+temporal model at its own T beside erfnet, one CPU thread; TDNet's ratio checked against 0.6x)::
 
+    python benchmarks/model_latency.py --models all --sizes 256x512,512x1024 --device cpu \\
+        --threads 1 --repeats 3 --attention-cases none --json out.json
     python benchmarks/model_latency.py --sizes 256x512,512x1024 --memory-lengths 1,2,3,4 \\
         --repeats 7 --device all --json results.json
     python benchmarks/model_latency.py --models none --attention-cases all --repeats 5
@@ -67,7 +85,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lmanet_ros.models import FrameFIFO, LocalMemoryModule, build_model, list_models  # noqa: E402
+from lmanet_ros.models import (LocalMemoryModule, Segmenter, TemporalMemory,  # noqa: E402
+                               build_model, list_models)
 from lmanet_ros.models.attention import (BACKEND_ENV, BACKENDS, DEFAULT_RADIUS,  # noqa: E402
                                          attention_backend, local_memory_attention)
 from lmanet_ros.models.registry import model_entry  # noqa: E402
@@ -80,6 +99,10 @@ ATTENTION_CASES = {
     "erfnet-32x64": (16, 64, 32, 64, 4),      # LMANet-ERFNet at 256x512 input
     "pspnet-64x128": (128, 2048, 64, 128, 3),  # LMANet-PSPNet widths at 64x128 features
 }
+#: The single-frame model whose family ``--models all`` is.
+FAMILY_BASE = "erfnet"
+#: Issue 11's bounds on a temporal model's step ratio over its base's (at most this many times).
+RATIO_LIMITS = {"tdnet_erfnet": 0.6}
 
 
 parse_size = size_type(minimum=8)
@@ -91,14 +114,15 @@ def parse_list(kind):
     return parse
 
 
-def parse_names(known: list[str], what: str):
-    """Comma-separated names from ``known``; ``all`` is every one, ``none`` or '' is none."""
+def parse_names(known: list[str], what: str, everything: list[str] | None = None):
+    """Comma-separated names from ``known``; ``all`` is ``everything`` (default: every known
+    name), ``none`` or '' is none."""
     def parse(text: str) -> list[str]:
         text = text.strip()
         if text in ("", "none"):
             return []
         if text == "all":
-            return list(known)
+            return list(known if everything is None else everything)
         names = [item.strip() for item in text.split(",") if item.strip()]
         unknown = [name for name in names if name not in known]
         if unknown:
@@ -109,20 +133,23 @@ def parse_names(known: list[str], what: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Latency and peak memory of LMANet models vs their single-frame bases per "
-                    "frame, and of the local memory attention alone.",
+        description="Per-frame latency, memory per stream and peak memory of temporal models vs "
+                    "their single-frame bases, and of the local memory attention alone.",
         allow_abbrev=False)
     models = parser.add_argument_group("model rows")
-    models.add_argument("--models", type=parse_names(list_models(), "models"),
+    models.add_argument("--models", type=parse_names(list_models(), "models", family()),
                         default="erfnet,lmanet_erfnet",
-                        help="registry names, comma separated, or none (default: %(default)s); "
-                             "the base X of lmanet_X is added where registered")
+                        help=f"registry names, comma separated, all ({', '.join(family())}) or "
+                             f"none (default: %(default)s); each temporal model's single-frame "
+                             f"base is added where missing")
     models.add_argument("--sizes", type=parse_list(parse_size), default="256x512,512x1024",
                         help="CPU input sizes HxW, comma separated (default: %(default)s)")
     models.add_argument("--cuda-sizes", type=parse_list(parse_size), default="1025x2049",
                         help="CUDA input sizes HxW (default: %(default)s)")
-    models.add_argument("--memory-lengths", type=parse_list(int), default="1,2,3,4",
-                        help="memory lengths T of the temporal models (default: %(default)s)")
+    models.add_argument("--memory-lengths", type=parse_list(int), default=None,
+                        help="memory lengths T of the temporal models, comma separated "
+                             "(default: each model's own; a T that does not fit a model runs "
+                             "at its own, noted in the table)")
     models.add_argument("--attention", choices=BACKENDS, default=None,
                         help=f"attention backend of the models (sets ${BACKEND_ENV}; default: "
                              f"as set in the environment, else auto)")
@@ -175,7 +202,7 @@ def _stepped_memory(model, size: tuple[int, int], length: int, device: torch.dev
 
 
 def synthetic_memory(model, size: tuple[int, int], length: int, device: torch.device,
-                     dtype: torch.dtype) -> FrameFIFO:
+                     dtype: torch.dtype) -> TemporalMemory:
     """A full memory of ``length`` random frames with the shapes a step stores at ``size``, of
     the temporal module's own memory type (LMANet's keys and values, TMANet's features...).
 
@@ -269,7 +296,7 @@ def cpu_peak_in_subprocess(model_name: str, size: tuple[int, int], memory_length
     return {**results[0], "step_extra_mb": statistics.median(extras), "step_extra_all_mb": extras}
 
 
-def cuda_peak(model, x: torch.Tensor, memory: FrameFIFO | None) -> float:
+def cuda_peak(model: Segmenter, x: torch.Tensor, memory: TemporalMemory | None) -> float:
     """Peak CUDA memory allocated during one step above what was allocated before, in MB."""
     device = x.device
     torch.cuda.synchronize(device)
@@ -288,12 +315,22 @@ def _median_ms(samples: list[float]) -> float:
 
 # ---------------------------------------------------------------------------- measuring
 def base_of(name: str) -> str | None:
-    """The registered single-frame base of a temporal model (``<module>_X`` -> ``X``, e.g.
-    ``lmanet_erfnet`` and ``tmanet_erfnet`` -> ``erfnet``), or None."""
-    module, _, base = name.partition("_")
-    if base and model_entry(name).temporal and base in list_models():
-        return base
+    """The registered single-frame base of a temporal model: the longest registered
+    single-frame model its name ends with after a ``_`` (``lmanet_erfnet``, ``stf_mar_erfnet``
+    -> ``erfnet``; ``lmanet_pspnet101`` -> ``pspnet101``), or None."""
+    if not model_entry(name).temporal:
+        return None
+    parts = name.split("_")
+    for start in range(1, len(parts)):
+        candidate = "_".join(parts[start:])
+        if candidate in list_models() and not model_entry(candidate).temporal:
+            return candidate
     return None
+
+
+def family(base: str = FAMILY_BASE) -> list[str]:
+    """``base`` and every registered temporal model on it, in registry order (``all``)."""
+    return [name for name in list_models() if name == base or base_of(name) == base]
 
 
 def with_bases(names: list[str]) -> list[str]:
@@ -306,6 +343,44 @@ def with_bases(names: list[str]) -> list[str]:
         if name not in out:
             out.append(name)
     return out
+
+
+def _built_at(name: str, length: int) -> Segmenter | None:
+    """``name`` built at memory length ``length`` in eval mode; None where the length does not
+    fit the model (its builder raises ValueError, e.g. STF's window of 2 past frames)."""
+    try:
+        return build_model(name, memory_length=length).eval()
+    except ValueError:
+        return None
+
+
+def build_models(names: list[str], memory_lengths: list[int] | None
+                 ) -> dict[tuple[str, int], tuple[Segmenter, str]]:
+    """One model per (name, T) run, with a note: single-frame models at T = 0, temporal ones
+    at each of ``memory_lengths`` (None: at their registry default).
+
+    A T that does not fit a model is replaced by the model's default T (one model, one row for
+    all such T); that row's note says which T were asked for.
+    """
+    models: dict[tuple[str, int], Segmenter] = {}
+    refused: dict[tuple[str, int], list[int]] = {}
+    for name in names:
+        entry = model_entry(name)
+        lengths = (memory_lengths or [entry.default_memory_length]) if entry.temporal else [0]
+        default = name, entry.default_memory_length
+        for length in lengths:
+            if (name, length) in models:
+                continue
+            model = _built_at(name, length)
+            if model is not None:
+                models[name, length] = model
+                continue
+            refused.setdefault(default, []).append(length)
+            if default not in models:
+                models[default] = _built_at(*default)
+    return {key: (model, f"asked T={','.join(map(str, refused[key]))}: does not fit, runs at "
+                         f"its default" if key in refused else "")
+            for key, model in models.items()}
 
 
 def _round_robin(jobs: dict, repeats: int, warmup: int, device: torch.device) -> dict:
@@ -324,86 +399,81 @@ def _round_robin(jobs: dict, repeats: int, warmup: int, device: torch.device) ->
 
 
 def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int], names: list[str],
-            memory_lengths: list[int], repeats: int, warmup: int, with_memory: bool,
+            memory_lengths: list[int] | None, repeats: int, warmup: int, with_memory: bool,
             threads: int, probes: int = 1) -> list[dict]:
-    """Time the models (temporal ones at each T) round-robin; one row per model and T."""
+    """Time the models (temporal ones at each T, see :func:`build_models`) round-robin; one row
+    per model and T run."""
     torch.manual_seed(0)
     x = torch.rand(1, 3, *size, device=device, dtype=dtype)
-    models, features, query_keys, memories = {}, {}, {}, {}
-    jobs = {}
+    built = build_models(names, memory_lengths)
+    models = {key: model.to(device=device, dtype=dtype) for key, (model, _) in built.items()}
+    features, query_keys, memories = {}, {}, {}
     with torch.inference_mode():
-        for name in names:
-            temporal = model_entry(name).temporal
-            model = build_model(name, memory_length=max(memory_lengths) if temporal else 0)
-            models[name] = model = model.eval().to(device=device, dtype=dtype)
-            if not temporal:
+        for key, model in models.items():
+            if key[1] == 0:
                 continue
-            features[name] = model.encoder(model._prepare(x))
-            for t in memory_lengths:
-                memories[name, t] = synthetic_memory(model, size, t, device, dtype)
-                if hasattr(model.temporal_module, "read"):
-                    memories[name, t].check_fits(features[name])
-            if isinstance(model.temporal_module, LocalMemoryModule):  # its attention row
-                query_keys[name] = model.temporal_module.kv_Q_r4.Key(features[name])
+            memories[key] = synthetic_memory(model, size, key[1], device, dtype)
+            module = model.temporal_module
+            if hasattr(module, "read"):  # a FIFO module: its temporal row
+                features[key] = model.encoder(model._prepare(x))
+                memories[key].check_fits(features[key])
+            if isinstance(module, LocalMemoryModule):  # its attention row
+                query_keys[key] = module.kv_Q_r4.Key(features[key])
 
-    def make_step(name, t):
-        model = models[name]
-        if t == 0:
+    def make_step(key):
+        model = models[key]
+        if key[1] == 0:
             return lambda: model.step(x, None)
 
         def run():
-            model.memory_length = t
-            _, memories[name, t] = model.step(x, memories[name, t])
+            _, memories[key] = model.step(x, memories[key])
         return run
 
-    def make_attention(name, t):
-        module = models[name].temporal_module
-        return lambda: local_memory_attention(query_keys[name], memories[name, t].keys,
-                                              memories[name, t].values, radius=module.radius,
+    def make_attention(key):
+        module = models[key].temporal_module
+        return lambda: local_memory_attention(query_keys[key], memories[key].keys,
+                                              memories[key].values, radius=module.radius,
                                               tile=module.tile)
 
-    def make_temporal(name, t):
-        module = models[name].temporal_module
+    def make_temporal(key):
+        module = models[key].temporal_module
 
         def run():
-            module.read(features[name], memories[name, t])
-            module.memory_entry(features[name])
+            module.read(features[key], memories[key])
+            module.memory_entry(features[key])
         return run
 
     # Steps first, back to back, so that the per-round ratios compare calls made close in time.
-    keys = [(name, t) for name in names
-            for t in (memory_lengths if model_entry(name).temporal else [0])]
-    for name, t in keys:
-        jobs[name, t, "step"] = make_step(name, t)
-    for name, t in keys:
-        if t > 0:
-            if name in query_keys:
-                jobs[name, t, "attention"] = make_attention(name, t)
-            if hasattr(models[name].temporal_module, "read"):
-                jobs[name, t, "temporal"] = make_temporal(name, t)
+    jobs = {(*key, "step"): make_step(key) for key in models}
+    jobs.update({(*key, "attention"): make_attention(key) for key in query_keys})
+    jobs.update({(*key, "temporal"): make_temporal(key) for key in features})
     samples = _round_robin(jobs, repeats, warmup, device)
 
     common = {"device": device.type, "dtype": str(dtype).replace("torch.", ""),
               "size": list(size)}
     rows = []
-    for name, t in keys:
+    for (name, t), (model, note) in built.items():
         step_samples = samples[name, t, "step"]
+        delay = getattr(model, "output_delay_frames", 0)
+        note = "; ".join(filter(None, [note, f"output {delay} frame(s) late" if delay else ""]))
         row = {**common, "model": name, "T": t, "step_ms": _median_ms(step_samples),
                "step_all_ms": [1e3 * v for v in step_samples], "base": base_of(name),
-               "ratio": 1.0 if t == 0 else None}
+               "ratio": 1.0 if t == 0 else None, "note": note,
+               "memory_bytes": memories[name, t].nbytes if t else 0}
         if t > 0:
             row["attention_ms"] = (_median_ms(samples[name, t, "attention"])
-                                   if (name, t, "attention") in samples else None)
+                                   if (name, t) in query_keys else None)
             row["temporal_ms"] = (_median_ms(samples[name, t, "temporal"])
-                                  if (name, t, "temporal") in samples else None)
-            row["attention_backend"] = (
-                "torch" if name not in query_keys or device.type != "cpu"
-                or dtype != torch.float32 else attention_backend())
+                                  if (name, t) in features else None)
+            row["attention_backend"] = (  # of the local memory attention, where used
+                None if (name, t) not in query_keys else "torch"
+                if device.type != "cpu" or dtype != torch.float32 else attention_backend())
             if row["base"] is not None:
                 base_samples = samples[row["base"], 0, "step"]
                 row["ratio"] = statistics.median(a / b for a, b in zip(step_samples,
                                                                        base_samples))
                 row["ratio_of_medians"] = row["step_ms"] / _median_ms(base_samples)
+                _check_ratio(row)
         rows.append(row)
 
     if with_memory:
@@ -415,15 +485,20 @@ def measure(device: torch.device, dtype: torch.dtype, size: tuple[int, int], nam
                 peaks[name] = row["peak_step_mb"] = probe["step_extra_mb"]
                 row["memory_method"] = probe["method"]
             else:
-                memory = None
-                if t:
-                    models[name].memory_length = t
-                    memory = memories[name, t]
-                peaks[name] = row["peak_step_mb"] = cuda_peak(models[name], x, memory)
+                peaks[name] = row["peak_step_mb"] = cuda_peak(models[name, t], x,
+                                                              memories.get((name, t)))
                 row["memory_method"] = "max_memory_allocated"
             if row["base"] is not None and row["base"] in peaks:
                 row["extra_over_base_mb"] = row["peak_step_mb"] - peaks[row["base"]]
     return rows
+
+
+def _check_ratio(row: dict) -> None:
+    """Add the row's bound of :data:`RATIO_LIMITS` (``ratio_limit``) and whether the step
+    ratio keeps it (``ratio_pass``), where the model has one."""
+    limit = RATIO_LIMITS.get(row["model"])
+    if limit is not None:
+        row["ratio_limit"], row["ratio_pass"] = limit, row["ratio"] <= limit
 
 
 def attention_flops(case: tuple[int, int, int, int, int], radius: int = DEFAULT_RADIUS) -> float:
@@ -482,22 +557,33 @@ def _num(value, fmt):
     return format(value, fmt) if value is not None else "-"
 
 
+def _limit(row: dict) -> str:
+    """``<=0.60x PASS`` / ``FAIL`` for a row with a ratio bound, else ``-``."""
+    if "ratio_limit" not in row:
+        return "-"
+    return f"<={row['ratio_limit']:.2f}x {'PASS' if row['ratio_pass'] else 'FAIL'}"
+
+
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'device':<6} {'dtype':<8} {'size':>9} {'model':<17} {'T':>2} {'step ms':>9} "
-              f"{'ratio':>6} {'attn ms':>8} {'module ms':>9} {'step MB':>8} {'extra MB':>8}  "
-              f"attention")
+    """The model rows; ``stream MB``: memory per stream (2**20 bytes), step/extra MB: the peak
+    extra memory of a step and its excess over the base's."""
+    width = max([len("model")] + [len(row["model"]) for row in rows])
+    header = (f"{'device':<6} {'dtype':<8} {'size':>9} {'model':<{width}} {'T':>2} "
+              f"{'step ms':>9} {'ratio':>6} {'limit':<12} {'attn ms':>8} {'module ms':>9} "
+              f"{'stream MB':>9} {'step MB':>8} {'extra MB':>8}  attention  note")
     lines = [header, "-" * len(header)]
     for row in rows:
         size = f"{row['size'][0]}x{row['size'][1]}"
         ratio = f"{row['ratio']:>5.2f}x" if row["ratio"] is not None else f"{'-':>6}"
         lines.append(
-            f"{row['device']:<6} {row['dtype']:<8} {size:>9} {row['model']:<17} "
-            f"{row['T'] or '-':>2} {row['step_ms']:>9.1f} {ratio} "
+            f"{row['device']:<6} {row['dtype']:<8} {size:>9} {row['model']:<{width}} "
+            f"{row['T'] or '-':>2} {row['step_ms']:>9.1f} {ratio} {_limit(row):<12} "
             f"{_num(row.get('attention_ms'), '8.1f'):>8} "
             f"{_num(row.get('temporal_ms'), '9.1f'):>9} "
+            f"{_num(row['memory_bytes'] / 2 ** 20 if row['T'] else None, '9.2f'):>9} "
             f"{_num(row.get('peak_step_mb'), '8.1f'):>8} "
             f"{_num(row.get('extra_over_base_mb'), '8.1f'):>8}  "
-            f"{row.get('attention_backend', '')}")
+            f"{row.get('attention_backend') or '-':<9}  {row['note']}".rstrip())
     return "\n".join(lines)
 
 
@@ -530,8 +616,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
-    if any(t < 1 for t in args.memory_lengths):
-        raise SystemExit("--memory-lengths must be >= 1")
+    if args.memory_lengths is not None and (not args.memory_lengths
+                                            or any(t < 1 for t in args.memory_lengths)):
+        raise SystemExit("--memory-lengths must be one or more lengths >= 1")
     unknown = [d for d in args.cuda_dtypes if d not in DTYPES]
     if unknown:
         raise SystemExit(f"unknown --cuda-dtypes {unknown}; choose from {sorted(DTYPES)}")
@@ -569,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "repeats": args.repeats, "warmup": args.warmup, "memory_probes": args.memory_probes,
+        "memory_lengths": args.memory_lengths,  # None: each model's own
         "attention_backend": attention_backend(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }

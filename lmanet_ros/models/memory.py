@@ -123,6 +123,12 @@ class FrameFIFO(TemporalMemory):
         return int(column[0].shape[0]) if column else 0
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors held: elements x element size, summed over every column and
+        frame (0 for the empty memory). A view counts at its own size, not its storage's."""
+        return sum(tensor.nbytes for column in self._columns() for tensor in column)
+
+    @property
     def spatial_size(self) -> tuple[int, int] | None:
         """(h, w) of the feature maps held (None for the empty memory)."""
         column = self._columns()[0]

@@ -110,6 +110,12 @@ class PathMemory(TemporalMemory):
     def batch_size(self) -> int:
         return self.entries.batch_size
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the projected entries held (:attr:`FrameFIFO.nbytes`; the counter and the
+        paths are not tensors)."""
+        return self.entries.nbytes
+
     def batch_key(self) -> Hashable:
         """(type, counter, paths held, input size): streams on different paths never share a
         batch (each batch runs one sub-network)."""
