@@ -12,6 +12,23 @@ Stages, each timed separately (:class:`StageTimes`):
 2. inference: ``model.step`` on a batch of streams whose memories have the same batch key;
 3. postprocess: logits back to (H, W) when resized, argmax over the first K (named) classes, the
    optional max-softmax confidence, copy to host memory.
+
+Which frame the labels belong to (:attr:`Result.source`): the frame processed, except for a model
+whose output lags its input (:attr:`SegmentationPipeline.output_delay_frames` 1: the delayed STF,
+:class:`lmanet_ros.models.stf.STFSegmenter`). Its step returns the logits of the newest frame its
+memory holds, so per stream the pipeline keeps the newest frame stored in the memory and:
+
+- memory not empty: the labels belong to that stored frame (the previous frame at stride 1);
+- memory empty (a new stream, any reset): the labels are those of the frame processed (the
+  single-frame network), at once;
+- the labels of a frame are returned once: a step whose labels belong to the same frame as the
+  stream's previous result (the one right after a cold start gives the fused labels of the frame
+  just labelled single-frame; with a stride, the steps between two stored frames) is marked
+  :attr:`Result.repeat`; the node does not publish it and the evaluation does not score it, so a
+  consumer that takes one result per frame gets exactly one. The last frame before a reset (or
+  the end of a stream) never gets labels: no later frame fused it.
+
+Causal models (every other one): the labels are always the frame processed's, never a repeat.
 """
 from __future__ import annotations
 
@@ -51,12 +68,17 @@ class Frame:
         image: RGB image, (H, W, 3) uint8.
         stamp_ns: capture time in integer nanoseconds (the header stamp; compared exactly).
         frame_id: the header frame_id (a change resets the memory).
+        context: whatever the caller needs back with this frame's labels (the node: its input
+            message and arrival time); never read by the pipeline, handed back in
+            ``Result.source.context`` by the result that labels this frame, which for a delayed
+            model is a later call's.
     """
 
     stream: str
     image: np.ndarray
     stamp_ns: int
     frame_id: str = ""
+    context: Any = None
 
 
 @dataclass(frozen=True)
@@ -75,18 +97,26 @@ class StageTimes:
 
 @dataclass(frozen=True)
 class Result:
-    """The segmentation of one :class:`Frame`.
+    """The result of processing one :class:`Frame`: the labels of ``source`` (the frame itself,
+    or an earlier frame of its stream for a delayed model: see the module docstring).
 
     Attributes:
         stream: the frame's stream.
-        labels: class ids, (H, W) uint8 at the frame's size, in 0..K-1 (K named classes).
+        labels: class ids of ``source``, (H, W) uint8 at its size, in 0..K-1 (K named classes).
         confidence: max softmax probability over the K classes, (H, W) float32 in [0, 1], or
             None when not asked for.
-        reset_reason: why the stream's memory was cleared before this frame, or None.
-        duplicate: the frame had the same stamp as the stream's previous frame.
+        reset_reason: why the stream's memory was cleared before the frame processed, or None.
+        duplicate: the frame processed had the same stamp as the stream's previous frame.
         memory_fill: frames in the stream's memory after this frame.
         batch_size: how many streams shared the inference call.
-        timings: the stage times.
+        timings: the stage times of this call (milliseconds).
+        source: the frame the labels belong to (the very :class:`Frame` object given, so its
+            ``stamp_ns`` in ns, ``frame_id``, ``image`` and ``context`` are the labels'): the
+            frame processed, or for a delayed model the newest frame its memory held. Always
+            set by the pipeline; None only in results built by hand (test stand-ins), read as
+            the frame processed.
+        repeat: the labels belong to the same frame as the stream's previous result (delayed
+            models only): a consumer that takes one result per frame skips it.
     """
 
     stream: str
@@ -97,6 +127,21 @@ class Result:
     memory_fill: int
     batch_size: int
     timings: StageTimes
+    source: Frame | None = None
+    repeat: bool = False
+
+
+@dataclass
+class _Labelled:
+    """One stream's bookkeeping for a delayed model (see the module docstring).
+
+    Attributes:
+        stored: the newest frame stepped with its entry stored in the memory, or None.
+        last: the frame the stream's previous result labelled, or None.
+    """
+
+    stored: Frame | None = None
+    last: Frame | None = None
 
 
 def _device(spec: str) -> torch.device:
@@ -164,6 +209,10 @@ class SegmentationPipeline:
         self.memory_length_origin = memory_length_origin(self._built, None, self.metadata)
         self._streams: dict[str, StreamState] = {}
         self._streams_lock = threading.Lock()
+        #: Frames by which the labels lag the frame processed: 1 for the delayed STF, 0 for
+        #: causal models (those without an ``output_delay_frames`` attribute included).
+        self.output_delay_frames = int(getattr(model, "output_delay_frames", 0))
+        self._labelled: dict[str, _Labelled] = {}  # per stream, delayed models only; process()'s
         self._policy = policy if policy is not None else MemoryPolicy()
         self._memory_length = 0
         self.set_memory_length(memory_length)
@@ -366,6 +415,7 @@ class SegmentationPipeline:
             infer_ms = (time.perf_counter() - start) * 1e3
             memories = memory.split_batch() if memory is not None else [None] * len(group)
             for row, (index, frame, state, admission, _, prep_ms) in enumerate(group):
+                source, repeat = self._source(frame, state.memory, store)
                 state.memory = memories[row]
                 state.stats.memory_fill = len(state.memory) if state.memory is not None else 0
                 start = time.perf_counter()
@@ -376,8 +426,23 @@ class SegmentationPipeline:
                     stream=frame.stream, labels=labels, confidence=confidence,
                     reset_reason=admission.reset_reason, duplicate=admission.duplicate,
                     memory_fill=state.stats.memory_fill, batch_size=len(group),
-                    timings=StageTimes(prep_ms, infer_ms, post_ms))))
+                    timings=StageTimes(prep_ms, infer_ms, post_ms), source=source,
+                    repeat=repeat)))
         return out
+
+    def _source(self, frame: Frame, memory: Any, store: bool) -> tuple[Frame, bool]:
+        """Which frame the labels of stepping ``frame`` on ``memory`` (the memory given to the
+        step) belong to, and whether the stream's previous result labelled it too (a repeat);
+        ``store``: the step keeps ``frame``'s entry. Updates the stream's bookkeeping."""
+        if not self.output_delay_frames:
+            return frame, False
+        labelled = self._labelled.setdefault(frame.stream, _Labelled())
+        source = frame if memory is None or not len(memory) else labelled.stored
+        repeat = source is labelled.last
+        labelled.last = source
+        if store:
+            labelled.stored = frame
+        return source, repeat
 
     def _network_size(self, height: int, width: int) -> tuple[int, int]:
         return self._input_size if self._input_size[0] else (height, width)

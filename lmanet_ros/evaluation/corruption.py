@@ -172,7 +172,8 @@ MEMORY_CHECK_SUFFIX = "#memory-check"
 def memory_check_labels(pipeline: SegmentationPipeline, frame: Frame) -> np.ndarray:
     """(H, W) uint8 labels of ``frame`` by a temporal pipeline whose memory holds only this
     frame: on a stream of its own (``<stream>#memory-check``, so the camera's memory is left
-    alone), reset, the frame processed twice, the second result returned."""
+    alone), reset, the frame processed twice, the second result returned (for a delayed model a
+    repeat: the fused labels of this same frame)."""
     frame = dataclasses.replace(frame, stream=frame.stream + MEMORY_CHECK_SUFFIX)
     pipeline.reset(frame.stream)
     return pipeline.process([frame, frame])[1].labels

@@ -8,6 +8,13 @@ or frame_id changes). Each image is decoded once and shared by every model of th
 The memory length and input size in force are the pipeline's (given, else from the checkpoint's
 metadata, else the model's own) and are reported as such.
 
+Everything per frame (scores, corruption groups, output bag, videos) goes by the frame the labels
+belong to (:mod:`.alignment`): a delayed model (``output_delay_frames`` 1 in metrics.json) is
+scored against the ground truth of the frame its labels are for, one frame before the frame
+processed; the last frame before each reset, and the bag's last, get no labels from it (its
+``frames`` count is lower). The corruption groups and the comparison video take the frames every
+model labelled.
+
 Writes to ``options.out``: ``metrics.json``, ``report.md``, the plots and ``overlay.mp4`` (input
 | overlay, first model; one video per camera topic); with several models also ``comparison.mp4``
 (input | each model's overlay, captioned, hit frames tagged with their corruption kinds when the
@@ -36,6 +43,7 @@ from lmanet_ros.pipeline import Frame, Result, SegmentationPipeline
 from lmanet_ros.progress import progress
 from lmanet_ros.streams import MemoryPolicy
 
+from .alignment import LabelledFrame, ResultAligner
 from .corruption import (CorruptionScorer, baseline_index, camera_topics, read_clean_images,
                          read_corruption_log, resolve_topics)
 from .options import EvalError, EvalOptions, ModelSpec
@@ -212,6 +220,33 @@ def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
     labels = [spec.label for spec in specs]
     warmed: set[tuple[int, int]] = set()
     model_s = [0.0] * len(pipelines)
+    aligner = ResultAligner(len(pipelines))
+
+    def use(labelled: LabelledFrame) -> None:
+        """Score, write and compare one frame with every model's labels of it."""
+        record, gt = labelled.record, labelled.gt
+        for index, (spec, result, run) in enumerate(zip(specs, labelled.results, runs)):
+            if result is None:
+                continue
+            start = time.perf_counter()
+            _score(run, record, gt, result, labelled.duplicate)
+            timing["metrics_s"] += time.perf_counter() - start
+            worker.submit(record, spec.label, result.labels, bag=bag_out is not None,
+                          video=index == 0 and options.video)
+        if not labelled.complete:
+            return
+        if scorer is not None and record.topic == scorer.camera:
+            start = time.perf_counter()
+            scorer.add(labelled.frame, gt, labelled.results)
+            timing["corruption_s"] += time.perf_counter() - start
+        if options.writes_comparison_video:
+            start = time.perf_counter()
+            kinds = scorer.log.kinds.get(record.stamp_ns) \
+                if scorer is not None and record.topic == scorer.camera else None
+            _write_comparison(comparisons, out, plan.fps[record.topic] / options.stride,
+                              labels, palette, record, labelled.results, ",".join(kinds or ()))
+            timing["comparison_video_s"] += time.perf_counter() - start
+
     stats = ReadStats()
     interrupted = False
     frames_done = 0
@@ -236,25 +271,12 @@ def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
                 elapsed = time.perf_counter() - start
                 model_s[index] += elapsed
                 timing["model_s"] += elapsed
-            for index, (spec, result, run) in enumerate(zip(specs, results, runs)):
-                start = time.perf_counter()
-                _score(run, record, gt, result)
-                timing["metrics_s"] += time.perf_counter() - start
-                worker.submit(record, spec.label, result.labels, bag=bag_out is not None,
-                              video=index == 0 and options.video)
-            if scorer is not None and record.topic == scorer.camera:
-                start = time.perf_counter()
-                scorer.add(item, gt, results)
-                timing["corruption_s"] += time.perf_counter() - start
-            if options.writes_comparison_video:
-                start = time.perf_counter()
-                kinds = scorer.log.kinds.get(record.stamp_ns) \
-                    if scorer is not None and record.topic == scorer.camera else None
-                _write_comparison(comparisons, out, plan.fps[record.topic] / options.stride,
-                                  labels, palette, record, results, ",".join(kinds or ()))
-                timing["comparison_video_s"] += time.perf_counter() - start
+            for labelled in aligner.add(record, gt, item, results):
+                use(labelled)
             frames_done += 1
             bar.update(1)
+        for labelled in aligner.flush():  # the frames a delayed model never labelled
+            use(labelled)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -298,14 +320,17 @@ def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
     return EvalOutcome(payload, files, interrupted)
 
 
-def _score(run: RunScore, record: ImageRecord, gt: np.ndarray | None, result: Result) -> None:
-    """Add one model's result of one frame to its scores."""
+def _score(run: RunScore, record: ImageRecord, gt: np.ndarray | None, result: Result,
+           duplicate: bool) -> None:
+    """Add one model's labels of one frame (``record``, its ground truth ``gt``, whether it
+    repeated its topic's previous stamp) to its scores; the latency is the compute time of the
+    call that gave them (for a delayed model one frame period comes on top)."""
     t = result.timings
     run.add(record.topic, result.labels, gt, stamp_ns=record.stamp_ns, latency_ms=t.total_ms,
             stages_ms={"preprocess": t.preprocess_ms, "inference": t.inference_ms,
                        "postprocess": t.postprocess_ms},
             reset_reason=result.reset_reason, continuous=result.reset_reason not in SCENE_CUTS,
-            duplicate=result.duplicate)
+            duplicate=duplicate)
 
 
 def _model_entry(label: str, name: str, checkpoint: str | None,
@@ -315,6 +340,7 @@ def _model_entry(label: str, name: str, checkpoint: str | None,
     return {"label": label, "model": name, "checkpoint": checkpoint,
             "checkpoint_id": pipeline.checkpoint_id, "memory_length": pipeline.memory_length,
             "input_size": list(pipeline.input_size),
+            "output_delay_frames": pipeline.output_delay_frames,
             "info": {"num_classes": info.num_classes, "temporal": info.temporal,
                      "memory_length": info.memory_length, "output_stride": info.output_stride}}
 

@@ -8,7 +8,8 @@ The offline evaluation (``lmanet eval``) and the live scorer (``lmanet score``, 
 ``source`` (bag, topics, frames), ``parameters`` (device, precision, memory rules), ``classes``,
 ``timing`` (wall seconds per activity) and ``models``: one entry per evaluated model, each with
 ``model``, ``checkpoint``, ``checkpoint_id`` and the scores of :meth:`lmanet_ros.metrics.RunScore.
-summary` (accuracy, temporal_consistency, latency_ms, throughput_fps, memory_resets). A bag
+summary` (accuracy, temporal_consistency, latency_ms, throughput_fps, memory_resets); offline also
+``output_delay_frames`` (1: a delayed model, scored on the frames its labels belong to). A bag
 with a corruption log adds a top-level ``corruption`` section and per model ``corruption``,
 ``gain`` and ``memory_check`` (:mod:`.corruption`; rendered by :mod:`.corruption_report`).
 Fractions are in [0, 1]; a value that does not exist (no labels, no class) is ``null``.
@@ -146,6 +147,14 @@ def render_markdown(payload: dict, figures: Sequence[tuple[str, str]] = ()) -> s
     lines += table(["Model", "Checkpoint", "mIoU", "Pixel acc.", "Flip rate",
                     "Flip rate (GT-stable)", "Latency p50 / p90 / p99 / max (ms)",
                     "Throughput (fps)", "Memory resets"], rows)
+    for model in models:
+        delay = model.get("output_delay_frames")
+        if delay:
+            lines += ["", f"`{model['label']}` labels each frame {delay} frame(s) late: scored "
+                      f"against the frame its labels belong to ({model['frames']} of "
+                      f"{source.get('frames_evaluated')} frames labelled: the last frame before "
+                      f"each reset and the bag's last get none); its latency is compute only, "
+                      f"{delay} frame period(s) come on top."]
     lines += render_corruption(payload)
     if any(model["accuracy"] for model in models):
         lines += ["", "## Per-class IoU", ""]

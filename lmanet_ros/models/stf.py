@@ -51,9 +51,10 @@ reusable and STF runs whole at every step.
 - Causal form (default): window ``(t-2, t-1, t)``, query the current frame (slot 2). The
   released weights are non-causal (query ``t`` in ``(t-1, t, t+1)``); this form must be trained
   here.
-- Delayed form (``delayed=True``, ``output_delay_frames == 1``): the released model's slot
-  meaning: the step at frame t computes ``(t-2, t-1, t)`` with the query ``t-1`` (slot 1), i.e.
-  returns the logits of frame t-1. See :class:`STFSegmenter` for what a caller must do.
+- Delayed form (``delayed=True``, ``output_delay_frames == 1``; ``stf_delayed_erfnet``,
+  ``stf_mar_delayed_erfnet``): the released model's slot meaning: the step at frame t computes
+  ``(t-2, t-1, t)`` with the query ``t-1`` (slot 1), i.e. returns the logits of frame t-1. See
+  :class:`STFSegmenter` for what a caller must do.
 - Cold start: with 1 past frame held (or memory length 1) the missing oldest slot holds the
   oldest frame held (duplication: the doc's only option, no trained behaviour exists for fewer
   frames). With an empty memory (a fresh stream, a reset) the features pass unchanged to ERFNet's
@@ -475,10 +476,11 @@ class SpatioTemporalFusion(FIFOModule):
 class STFSegmenter(TemporalSegmenter):
     """ERFNet with STF (+ MAR) in between; the delayed form reports its output delay.
 
-    Contract of :attr:`output_delay_frames` (0 on every other model; the pipeline, node and
-    evaluation do not read it yet, so the delayed form is not registered): with delay 1, the
-    logits of ``step(x_t, memory)`` belong to the NEWEST frame the given memory holds (frame t-1
-    when every frame is stored), computed with ``x_t`` as its future frame. The caller must:
+    Contract of :attr:`output_delay_frames` (0 on every other model; honoured by
+    :class:`lmanet_ros.pipeline.SegmentationPipeline` and so by the node and the evaluation): with
+    delay 1, the logits of ``step(x_t, memory)`` belong to the NEWEST frame the given memory holds
+    (frame t-1 when every frame is stored), computed with ``x_t`` as its future frame. The caller
+    must:
 
     - keep, per stream, the header (stamp, frame_id) of the last frame stepped with
       ``update_memory=True``, publish the labels with THAT header and score them against that
@@ -502,7 +504,7 @@ class STFSegmenter(TemporalSegmenter):
 def stf_erfnet(*, num_classes: int = 20, memory_length: int = 2, mar: bool = False,
                delayed: bool = False) -> STFSegmenter:
     """STF (+ MAR) on ERFNet. Names: ``stf_erfnet``, ``stf_mar_erfnet``; the delayed forms
-    ``stf_delayed_erfnet``, ``stf_mar_delayed_erfnet`` (not registered yet, see
+    ``stf_delayed_erfnet``, ``stf_mar_delayed_erfnet`` (labels of the previous frame, see
     :class:`STFSegmenter`)."""
     name = "stf_" + ("mar_" if mar else "") + ("delayed_" if delayed else "") + "erfnet"
     temporal = SpatioTemporalFusion(ERFNetEncoder.out_channels, past_frames=2, mar=mar,
@@ -518,3 +520,11 @@ register_model("stf_erfnet", temporal=True, default_memory_length=2,
 register_model("stf_mar_erfnet", temporal=True, default_memory_length=2,
                description="STF + MAR on ERFNet: STF's causal fusion, then per-pixel refinement "
                            "against a class memory (190 entries)")(partial(stf_erfnet, mar=True))
+register_model("stf_delayed_erfnet", temporal=True, default_memory_length=2,
+               description="STF on ERFNet, delayed (the release's slots): window t-2, t-1, t, "
+                           "query t-1: the labels are for the PREVIOUS frame"
+               )(partial(stf_erfnet, mar=False, delayed=True))
+register_model("stf_mar_delayed_erfnet", temporal=True, default_memory_length=2,
+               description="STF + MAR on ERFNet, delayed: query t-1 of window t-2, t-1, t, then "
+                           "MAR: the labels are for the PREVIOUS frame"
+               )(partial(stf_erfnet, mar=True, delayed=True))

@@ -1,8 +1,9 @@
 """The node's /diagnostics statuses, built from the pipeline and camera snapshots (no node needed).
 
 :func:`model_status`: one status for the model (weights, device, memory length and input size in
-force, read from the pipeline that holds them). :func:`camera_status`: one per camera from a
-:class:`~lmanet_ros.node.stats.CameraSnapshot`; its level is ERROR when frames failed in the
+force, output delay in frames, read from the pipeline that holds them). :func:`camera_status`: one
+per camera from a :class:`~lmanet_ros.node.stats.CameraSnapshot` (latency counted from the
+arrival of the frame the labels belong to); its level is ERROR when frames failed in the
 period, WARN for bad inputs or no input for :data:`NO_INPUT_WARN_S`, else OK.
 """
 from __future__ import annotations
@@ -86,6 +87,7 @@ def model_status(name: str, pipeline: Any, *, checkpoint: str, processing_mode: 
         "checkpoint_sha256": (report.sha256 or "") if report is not None else "",
         "device": str(pipeline.device), "precision": pipeline.precision,
         "classes": len(pipeline.classes), "memory_length": pipeline.memory_length,
+        "output_delay_frames": pipeline.output_delay_frames,
         "memory_max_gap_s": pipeline.policy.max_gap, "memory_stride": pipeline.policy.stride,
         "processing_mode": processing_mode, "input_size": size_text(pipeline.input_size),
         "normalisation": ("none (RGB in [0, 1])" if info.mean is None else

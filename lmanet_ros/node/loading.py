@@ -117,6 +117,10 @@ def _log_loaded(pipeline: "SegmentationPipeline", settings: Settings, log: Any, 
     log.info(f"loaded {info.name} on {device} ({settings.precision}) in {seconds:.1f} s: "
              f"{weights_text(pipeline)}, checkpoint id {pipeline.checkpoint_id}, "
              f"{info.num_classes} outputs, network input {size}, {memory}")
+    if pipeline.output_delay_frames:
+        log.info(f"{info.name} labels each frame {pipeline.output_delay_frames} frame(s) late: "
+                 "the labels are published with the header of the frame they belong to, "
+                 "latency one frame period + compute")
     if report is None:
         log.warning("checkpoint is empty: the network runs with RANDOM WEIGHTS and its labels "
                     "are noise. Set the checkpoint parameter (e.g. checkpoint:="

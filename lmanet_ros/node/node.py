@@ -6,8 +6,13 @@ bounded FIFO that throttles the input in ``all`` mode); a worker thread takes wh
 frame per camera, batched), decodes it (:mod:`lmanet_ros.imaging`), runs
 :meth:`SegmentationPipeline.process` (the memory and its reset rules live there, one per camera)
 and publishes labels, confidence, colour mask and overlay with the input header copied
-unchanged. Inference never runs on an executor thread, so parameter services, reset services and
-diagnostics answer while a frame is being inferred.
+unchanged: the header of the frame the labels belong to (:attr:`Result.source`, whose context is
+its input message and arrival time). That is the frame processed, except for a delayed model
+(``output_delay_frames`` 1, e.g. ``stf_delayed_erfnet``): its labels are the previous frame's,
+published with that frame's header, overlaid on that frame's image, their latency counted from
+that frame's arrival (one frame period + compute); a result that labels the same frame again
+(:attr:`Result.repeat`) is not published. Inference never runs on an executor thread, so
+parameter services, reset services and diagnostics answer while a frame is being inferred.
 
 Topics (relative, so namespaces and remaps work; camera ``front`` of ``cameras`` uses
 ``front/image`` and ``~/front/...``):
@@ -408,28 +413,32 @@ class LmanetNode(Node):
             except ValueError as exc:  # imaging.ImageError: a one-line reason
                 self._bad_input(port, one_line(exc))
                 continue
-            frame = Frame(key, image, stamp_ns(msg.header), msg.header.frame_id)
-            entries.append((port, msg, frame, received, start))
+            frame = Frame(key, image, stamp_ns(msg.header), msg.header.frame_id,
+                          context=(msg, received))
+            entries.append((port, frame, start))
         if not entries:
             return
         want_confidence = settings.publish_confidence and any(
             subscribed(port.publishers.get("confidence")) for port, *_ in entries)
         self._inferring_since = time.monotonic()
         try:
-            results = self._segment([entry[2] for entry in entries],
+            results = self._segment([entry[1] for entry in entries],
                                     [entry[0] for entry in entries], want_confidence)
         finally:
             self._inferring_since = None
-        for (port, msg, frame, received, start), result in zip(entries, results):
+        for (port, frame, start), result in zip(entries, results):
             if result is None:
                 continue
-            with self._ports_lock:
-                if port.key in self._ports:  # not removed meanwhile
-                    port.publish(msg.header, frame.image, result, settings,
-                                 self._pipeline.classes.colors)
+            latency_ms = None
+            if not result.repeat:  # labels of result.source: this frame or a delayed earlier one
+                msg, received = result.source.context
+                with self._ports_lock:
+                    if port.key in self._ports:  # not removed meanwhile
+                        port.publish(msg.header, result.source.image, result, settings,
+                                     self._pipeline.classes.colors)
+                latency_ms = (time.monotonic() - received) * 1e3
             port.stats.on_processed(result.batch_size, result.timings.inference_ms,
-                                    (time.perf_counter() - start) * 1e3,
-                                    (time.monotonic() - received) * 1e3,
+                                    (time.perf_counter() - start) * 1e3, latency_ms,
                                     self._pipeline.stats(port.key))
             if result.reset_reason:
                 self._log_reset(port, result.reset_reason)

@@ -107,12 +107,13 @@ class CameraPort:
 
     def publish(self, header: Any, image: np.ndarray, result: Any, settings: Settings,
                 colors: np.ndarray) -> None:
-        """Publish the outputs of one frame with ``header`` copied.
+        """Publish the outputs of one labelled frame with ``header`` copied.
 
         Args:
-            header: the input message's header.
-            image: the decoded input, (H, W, 3) uint8 RGB.
-            result: its :class:`~lmanet_ros.pipeline.Result` (labels (H, W) uint8 ids).
+            header: the header of the labelled frame's input message (``result.source``'s: the
+                frame processed, or the previous one for a delayed model).
+            image: that frame's decoded input, (H, W, 3) uint8 RGB (the overlay's background).
+            result: the :class:`~lmanet_ros.pipeline.Result` (labels (H, W) uint8 ids).
             settings: the parameters (which outputs, overlay alpha).
             colors: (K, 3) uint8 class colours.
         """

@@ -30,7 +30,7 @@ class CameraSnapshot:
     dropped: int = 0
     """Frames replaced or refused before the worker took them."""
     processed: int = 0
-    """Frames segmented and published."""
+    """Frames segmented (each published but a delayed model's repeats)."""
     bad_inputs: int = 0
     """Messages that could not be decoded (``last_bad_input`` says why, for the last one)."""
     errors: int = 0
@@ -56,7 +56,8 @@ class CameraSnapshot:
     inference_ms: tuple[float, ...] = ()
     """The network step (shared by a batch), per frame of the period."""
     latency_ms: tuple[float, ...] = ()
-    """Arrival to published, per frame of the period."""
+    """Arrival of the labelled frame to published, per published result of the period (a
+    delayed model: one frame period more than compute)."""
     input_delay_ms: tuple[float, ...] = ()
     """Publisher's write to arrival (DDS source timestamp), where known."""
     stream: StreamStats = field(default_factory=StreamStats)
@@ -121,9 +122,11 @@ class CameraStats:
             self._totals["incompatible_qos"] += 1
 
     def on_processed(self, batch_size: int, inference_ms: float, processing_ms: float,
-                     latency_ms: float, stream: StreamStats) -> None:
-        """A frame was segmented (in a batch of ``batch_size`` streams) and published;
-        ``stream``: the pipeline's counters of the camera's stream after it."""
+                     latency_ms: float | None, stream: StreamStats) -> None:
+        """A frame was segmented (in a batch of ``batch_size`` streams) and its result
+        published, ``latency_ms`` after the labelled frame arrived (None: nothing published, a
+        delayed model's repeat); ``stream``: the pipeline's counters of the camera's stream
+        after it."""
         with self._lock:
             self._stream = stream
             self._totals["processed"] += 1
@@ -132,7 +135,8 @@ class CameraStats:
             self._totals["batched"] += int(batch_size > 1)
             self._times["processing_ms"].append(processing_ms)
             self._times["inference_ms"].append(inference_ms)
-            self._times["latency_ms"].append(latency_ms)
+            if latency_ms is not None:
+                self._times["latency_ms"].append(latency_ms)
 
     def roll(self) -> CameraSnapshot:
         """The snapshot for one diagnostics message; the period counts and timings restart."""

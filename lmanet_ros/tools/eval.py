@@ -24,6 +24,7 @@ from lmanet_ros.bags import STORAGES
 from lmanet_ros.evaluation import EvalError, EvalOptions, ReplayError, ReplayOptions, evaluate
 from lmanet_ros.evaluation import parse_compare, parse_remaps
 from lmanet_ros.evaluation.corruption import AUTO
+from lmanet_ros.models import list_models
 from lmanet_ros.pipeline import PipelineError
 from lmanet_ros.tools.common import (add_bag_command, add_scoring_arguments, int_at_least,
                                      parse_size)
@@ -52,8 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     data.add_argument("--clean-topic", type=_topic_or_off, default=AUTO, metavar="TOPIC",
                       help="clean versions of the camera's frames, for the clean-version "
                       "reference; default: <camera>_clean when the bag has it; 'none': off")
-    model.add_argument("--model", help="registered model name (lmanet_erfnet, erfnet, "
-                       "lmanet_pspnet101, pspnet101, ...)")
+    model.add_argument("--model", help=f"registered model name: {', '.join(list_models())}")
     model.add_argument("--checkpoint", help="weights file or tag such as 'demo' (default: random "
                        "weights, tests only)")
     model.add_argument("--compare", nargs="+", metavar="MODEL[:CKPT]",

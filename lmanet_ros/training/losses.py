@@ -1,10 +1,11 @@
 """The training loss and its class weights.
 
 Loss: NLL of log-softmax over the (B, 20, H, W) logits, class-weighted, void (trainId 255, mapped
-to channel 19) weight 0. Auxiliary outputs (TDNet's sub-network prediction) add their own weighted term, and an optional
-teacher (a single-frame network, TDNet's distillation) adds ``KL(teacher || output)`` per output
-with the same weights (:func:`clip_loss`). Class weights: ``erfnet`` is the ERFNet paper's fixed table for
-Cityscapes (the release's); ``frequency`` computes the same ENet-style formula
+to channel 19) weight 0. Auxiliary outputs (TDNet's sub-network prediction) add their own
+weighted term, and an optional teacher (a single-frame network, TDNet's distillation) adds
+``KL(teacher || output)`` per output with the same weights (:func:`clip_loss`). Class weights:
+``erfnet`` is the ERFNet paper's fixed table for Cityscapes (the release's); ``frequency``
+computes the same ENet-style formula
 w_c = 1 / ln(1.10 + p_c) from the pixel frequencies p_c of the training labels (what the table is,
 for Cityscapes), which suits other data such as ``lmanet synth``; ``auto`` picks ``erfnet`` for
 Cityscapes and ``frequency`` otherwise; ``none`` weighs every class 1. Void always weighs 0.

@@ -265,7 +265,8 @@ def test_registered_names_children_and_delay():
     delayed = stf_erfnet(delayed=True)
     assert delayed.output_delay_frames == 1 and delayed.info.name == "stf_delayed_erfnet"
     assert delayed.temporal_module.query_index == 1
-    assert "stf_delayed_erfnet" not in list_models()
+    for name in ("stf_delayed_erfnet", "stf_mar_delayed_erfnet"):
+        assert model_entry(name).temporal and build_model(name).output_delay_frames == 1
 
 
 @pytest.mark.parametrize("size", [(32, 64), (40, 72), (13, 21), (64, 128)])
