@@ -323,3 +323,9 @@ def _wait_for_graph(node, executor, options: ReplayOptions, image_out: list[str]
         # the latched label_info says the model is loaded and names it (optional)
         spin_until(executor, lambda: node.model_info is not None,
                    min(deadline, time.monotonic() + 2.0))
+        delay = getattr(node.model_info, "output_delay_frames", 0)
+        if options.lockstep and delay:
+            raise ReplayError(f"the node's model {node.model_info.model_name} publishes labels "
+                              f"{delay} frame(s) late, so lock-step (waiting for each frame's "
+                              "labels before the next frame) cannot run; score it offline with "
+                              "`lmanet eval BAG --model ...` (the same pipeline)")

@@ -65,14 +65,16 @@ def image_message(header: Any, pixels: np.ndarray, encoding: str) -> Image:
 
 
 def label_info_message(stamp: Any, model_name: str, checkpoint_id: str, memory_length: int,
-                       classes: ClassSet) -> Any:
+                       classes: ClassSet, output_delay_frames: int = 0) -> Any:
     """lmanet_ros/LabelInfo: ids 0..K-1 with names and colours; ``memory_length`` the T in force
-    (0 for a single-frame model). Requires the built messages (:data:`LabelInfo` not None)."""
+    (0 for a single-frame model); ``output_delay_frames`` how many frames late labels come (1
+    for the delayed STF forms). Requires the built messages (:data:`LabelInfo` not None)."""
     msg = LabelInfo()
     msg.header.stamp = stamp
     msg.model_name = model_name
     msg.checkpoint_id = checkpoint_id
     msg.memory_length = memory_length
+    msg.output_delay_frames = output_delay_frames
     msg.classes = [ClassInfo(id=index, name=name, r=int(rgb[0]), g=int(rgb[1]), b=int(rgb[2]))
                    for index, (name, rgb) in enumerate(zip(classes.names, classes.colors))]
     return msg

@@ -509,7 +509,7 @@ class LmanetNode(Node):
         if self._label_info_pub is not None:
             self._label_info_pub.publish(messages.label_info_message(
                 stamp, pipeline.info.name, pipeline.checkpoint_id, pipeline.memory_length,
-                pipeline.classes))
+                pipeline.classes, pipeline.output_delay_frames))
         if self._vision_label_info_pub is not None:
             self._vision_label_info_pub.publish(
                 messages.vision_label_info_message(stamp, pipeline.classes))

@@ -60,3 +60,18 @@ def test_labels_carry_the_previous_inputs_header(ros, node_factory):
         return None
     assert wait_until(model_values, 10.0, what="the model's diagnostics")[
         "output_delay_frames"] == "1"
+
+
+def test_lockstep_replay_refuses_a_delayed_node_by_its_label_info(ros, node_factory, tmp_path):
+    """LabelInfo says output_delay_frames 1, so lock-step replay stops at once with a message
+    pointing at offline evaluation, rather than timing out on the first frame."""
+    from eval_helpers import IMAGE, frames, write_frames_bag
+    from lmanet_ros.evaluation import ReplayError, ReplayOptions, replay_bag
+    node = node_factory(params={"model": "stf_delayed_erfnet", "processing_mode": "all",
+                                "input.reliability": "reliable", "input.depth": 0})
+    bag = write_frames_bag(tmp_path / "bag", frames(2))
+    options = ReplayOptions(bag=bag, remap={IMAGE: node.input_topic()}, lockstep=True,
+                            rate=0.0, node_labels_topics=[node.topic("labels")],
+                            startup_timeout=60.0)
+    with pytest.raises(ReplayError, match=r"1 frame\(s\) late.*lmanet eval"):
+        replay_bag(options)
