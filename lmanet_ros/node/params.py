@@ -20,6 +20,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.parameter import Parameter
 
 from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES, CITYSCAPES_COLORS, MAX_CLASSES
+from lmanet_ros.models.registry import list_models
+from lmanet_ros.models.weights import DEMO, models_with_weights
 
 __all__ = [
     "ParamSpec",
@@ -71,13 +73,15 @@ class ParamSpec:
 SPECS: tuple[ParamSpec, ...] = (
     # -- the model (read-only: changing them means loading another network) ------------------
     ParamSpec("model", "lmanet_erfnet",
-              "Network to run: lmanet_erfnet (temporal, LMANet on ERFNet), erfnet (single "
-              "frame), lmanet_pspnet101 / lmanet_pspnet50 (temporal, LMANet on PSPNet) or "
-              "pspnet101 / pspnet50 (single frame).", read_only=True,
+              "Network to run, one of: " + ", ".join(list_models()) + ". erfnet and pspnet* "
+              "are single frame; lmanet_* (LMANet), tmanet_erfnet, tdnet_erfnet and stf_* use "
+              "a memory of past frames; the *_delayed_* forms publish each frame's labels one "
+              "frame late, with that frame's header.", read_only=True,
               constraints="a name known to lmanet_ros.models"),
     ParamSpec("checkpoint", "",
               "Path of the weights (.pth, .pt or .safetensors); 'demo': the packaged demo weights "
-              "of the model (erfnet, lmanet_erfnet; trained on synthetic streets). Empty: random "
+              "of the model (" + ", ".join(models_with_weights(DEMO)) + "; trained on synthetic "
+              "streets). Empty: random "
               "weights, for tests only (a loud warning is logged and diagnostics report it).",
               read_only=True),
     ParamSpec("device", "auto",
