@@ -211,3 +211,15 @@ def test_family_member_trains_and_saves(name, data, erfnet_init, tmp_path):
     report = load_checkpoint(model, result.weights)
     assert report.metadata["fusion_init"] == "passthrough"
     assert report.metadata["model"] == name
+
+
+def test_a_delayed_model_trains_on_clips_that_end_after_their_target(data, erfnet_init, tmp_path):
+    """stf_delayed_erfnet labels frame N-2 of a clip: the trainer's clips end one frame after
+    the labelled one (and the causal STF's at it)."""
+    for name, future in (("stf_delayed_erfnet", 1), ("stf_erfnet", 0)):
+        trainer = training.Trainer(config(data, tmp_path / name, model=name, init=erfnet_init,
+                                          max_images=2), training.RankContext(0, 1, 0))
+        assert trainer.model.output_delay_frames == future
+        for clip in trainer.train_set.clips:
+            assert f"_{clip.frame + future:06d}_" in clip.frames[-1].name
+            assert f"_{clip.frame:06d}_" in clip.label.name
