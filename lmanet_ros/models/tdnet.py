@@ -386,6 +386,8 @@ class TemporallyDistributed(TemporalModule):
     # ------------------------------------------------------------------ training (the release's)
     #: ``L = CE(out) + 0.5 CE(sub)`` (and the same weights on the distillation terms).
     auxiliary_loss_weights = {"sub": 0.5}
+    #: The release trains everything; here the decoder (shared by the paths) too.
+    trains_single_frame_parts = True
 
     @property
     def training_rotation(self) -> int:

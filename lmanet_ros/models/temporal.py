@@ -76,6 +76,10 @@ class TemporalModule(nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ training
+    #: Whether training updates the single-frame network's parts around the module (encoder,
+    #: decoder) too: False for LMANet, TMANet and STF (their recipes freeze them), True for
+    #: TDNet (its release trains the heads with the sub-networks).
+    trains_single_frame_parts: ClassVar[bool] = False
     #: Loss weights of the outputs :meth:`training_outputs` returns beside ``"out"`` (the fused
     #: features, weight 1): none for most modules; TDNet's ``"sub"`` (0.5, the release's).
     auxiliary_loss_weights: ClassVar[dict[str, float]] = {}

@@ -36,7 +36,8 @@ DEFAULT_FIRST_TARGET = 4
 #: The memory length LMANet is trained with in the release (clips of T + 1 frames).
 TRAIN_MEMORY_LENGTH = 3
 #: Gradient-norm clipping of the published recipes that clip (STF: 0.1); others do not clip.
-PUBLISHED_GRAD_CLIP = {"stf_erfnet": 0.1, "stf_mar_erfnet": 0.1}
+PUBLISHED_GRAD_CLIP = {name: 0.1 for name in (
+    "stf_erfnet", "stf_mar_erfnet", "stf_delayed_erfnet", "stf_mar_delayed_erfnet")}
 
 
 class TrainingError(RuntimeError):

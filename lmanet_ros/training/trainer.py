@@ -225,9 +225,8 @@ class Trainer:
         resume_state = self._read_resume_state()
         if resume_state is None:
             self._initialise_weights()
-        if self.temporal:
-            for part in self.model.single_frame_modules:
-                part.requires_grad_(False)
+        for part in self.frozen_parts:
+            part.requires_grad_(False)
         self.unused = self._freeze_unused_parameters()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not self.trainable:
@@ -326,6 +325,14 @@ class Trainer:
                                 f"({type(module).__name__}); choose one of "
                                 f"{', '.join(n for n, ok in available.items() if ok)}")
         return asked
+
+    @property
+    def frozen_parts(self) -> tuple[nn.Module, ...]:
+        """The single-frame network's parts a temporal model trains with frozen (LMANet's
+        recipe); none for a single-frame model or a module whose recipe trains them (TDNet)."""
+        if not self.temporal or self.model.temporal_module.trains_single_frame_parts:
+            return ()
+        return self.model.single_frame_modules
 
     def _build_teacher(self) -> nn.Module | None:
         """The frozen single-frame distillation teacher (``--distill``), or None."""
@@ -439,8 +446,8 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _set_train_mode(self) -> None:
         self.net.train()
-        if self.temporal and self.config.frozen_mode == "eval":
-            for part in self.model.single_frame_modules:
+        if self.config.frozen_mode == "eval":
+            for part in self.frozen_parts:
                 part.eval()
 
     def _batches(self, epoch: int) -> DataLoader:
@@ -656,10 +663,9 @@ class Trainer:
             f"trainable parameters {trainable:,} of {total:,}; class weighting "
             f"{self.weighting_used}",
         ]
-        if self.temporal:
-            frozen = [name for name, part in self.model.named_children()
-                      if any(True for _ in part.parameters())
-                      and part in self.model.single_frame_modules]
+        frozen = [name for name, part in self.model.named_children()
+                  if part in self.frozen_parts and any(True for _ in part.parameters())]
+        if frozen:
             lines.append(f"{' and '.join(frozen)} frozen (frozen_mode {config.frozen_mode})")
         if self.auxiliary_weights:
             lines.append("auxiliary losses: " + ", ".join(

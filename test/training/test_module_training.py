@@ -140,8 +140,9 @@ def test_passthrough_start_of_tdnet_makes_values_identity_and_hops_small():
 # --------------------------------------------------------------------------- the trainer
 
 def test_tdnet_trains_from_single_frame_erfnet_with_its_recipe(data, erfnet_init, tmp_path):
-    """--init erfnet weights: ERFNet's encoder in every path, its decoder frozen; every path's
-    hops, norms and encodings train (rotation); the sub loss and distillation are on."""
+    """--init erfnet weights: ERFNet's encoder in every path; every path's hops, norms and
+    encodings train (rotation), and the decoder with them (the release trains its heads); the
+    sub loss and distillation are on."""
     settings = config(data, tmp_path / "td", init=erfnet_init, distill=erfnet_init,
                       max_images=4)
     trainer = training.Trainer(settings, training.RankContext(0, 1, 0))
@@ -160,7 +161,9 @@ def test_tdnet_trains_from_single_frame_erfnet_with_its_recipe(data, erfnet_init
         assert f"norms.{path}.weight" in trainable
         assert f"hops.{path}.0.weight" in trainable
         assert f"encodings.{path}.value.weight" in trainable
-    assert not any(name.startswith("decoder.") for name in trainable)
+    assert "decoder.output_conv.weight" in trainable and not trainer.frozen_parts
+    trainer._set_train_mode()
+    assert trainer.model.decoder.training
     assert "single-frame weights mapped" in trainer.init_report
     result = trainer.run()
     assert result.images_seen == 4 and trainer.state["steps"] == 2
