@@ -229,3 +229,5 @@ _demo("tmanet_erfnet", 2, "demo TMANet module on ERFNet: the demo ERFNet frozen,
                           "trained on 5,430 robot-v2 clips in 20 min (robot-v2 val mIoU 47.2)")
 _demo("stf_erfnet", 2, "demo STF on ERFNet (causal): the demo ERFNet frozen, STF trained on "
                        "3,415 robot-v2 clips in 20 min (robot-v2 val mIoU 46.6)")
+_demo("stf_mar_erfnet", 2, "demo STF + MAR on ERFNet (causal): the demo ERFNet frozen, STF and "
+                           "MAR trained on 3,775 robot-v2 clips in 20 min (robot-v2 val mIoU 46.7)")
