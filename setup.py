@@ -15,6 +15,7 @@ setup(
         "console_scripts": [
             "lmanet = lmanet_ros.tools.cli:main",
             "lmanet_node = lmanet_ros.node:main",
+            "lmanet_lifecycle_node = lmanet_ros.node:lifecycle_main",
         ],
     },
 )

@@ -48,12 +48,13 @@ SCENARIOS = ("latency", "latest", "all", "soak")
 
 # ------------------------------------------------------------------------------ environment
 def setup_environment(args: argparse.Namespace):
-    """Own domain, localhost only, optionally the SHM profile; before rclpy is imported.
+    """Own domain, localhost only, the launch file's DDS profile (or the loopback SHM one);
+    before rclpy is imported.
 
     Returns (domain id, the lock file that holds it: keep it open while the run lasts)."""
     lock = isolate()
-    if args.fastdds_shm:
-        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(ROOT / "config" / "fastdds_shm.xml")
+    from lmanet_ros.node.launch_args import dds_environment
+    os.environ.update(dds_environment("loopback_shm" if args.fastdds_shm else "auto"))
     return int(os.environ["ROS_DOMAIN_ID"]), lock
 
 

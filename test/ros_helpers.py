@@ -28,10 +28,11 @@ READY_TIMEOUT = float(os.environ.get("LMANET_TEST_READY_TIMEOUT", "90"))
 EXIT_TIMEOUT = 30.0
 
 
-def node_executable() -> str:
-    """The ``lmanet_node`` console script of this interpreter's environment."""
-    candidate = Path(sys.executable).parent / "lmanet_node"
-    return str(candidate) if candidate.exists() else "lmanet_node"
+def node_executable(name: str = "lmanet_node") -> str:
+    """The console script ``name`` (``lmanet_node``, ``lmanet_lifecycle_node``) of this
+    interpreter's environment."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -388,7 +389,7 @@ def start_node_process(directory: Path, launch_values: dict[str, str] | None = N
     if params:
         values["params_file"] = write_params_file(directory, params)
     launch = resolve(values)
-    command = launch.command(node_executable())
+    command = launch.command(node_executable(launch.executable))
     log_path = directory / f"node_{launch.namespace.strip('/').replace('/', '_')}.log"
     log_file = open(log_path, "wb")
     popen = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,

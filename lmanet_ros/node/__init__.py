@@ -3,6 +3,8 @@
 - :mod:`~lmanet_ros.node.node`: :class:`LmanetNode` (the wiring: topics, services, parameters,
   the worker thread) and :func:`main` (the ``lmanet_node`` entry point; ``python -m
   lmanet_ros.node`` runs it too);
+- :mod:`~lmanet_ros.node.lifecycle`: :class:`LmanetLifecycleNode`, the managed (lifecycle)
+  variant, and the ``lmanet_lifecycle_node`` entry point (:func:`lifecycle_main`);
 - :mod:`~lmanet_ros.node.process`: the process around it: SIGINT/SIGTERM handling, the spin
   thread, a shutdown bounded in time (no rclpy or torch at import);
 - :mod:`~lmanet_ros.node.loading`: start-up of the pipeline (checks, weights, classes, warm-up);
@@ -20,15 +22,25 @@ and torch; :func:`main` (the console script's entry point) imports the node when
 """
 from __future__ import annotations
 
-__all__ = ["main"]
+import importlib
+
+__all__ = ["lifecycle_main", "main"]
+
+
+def _run(module: str, args: list[str] | None) -> int:
+    """Route SIGINT and SIGTERM to a clean shutdown before rclpy and torch are imported
+    (:func:`lmanet_ros.node.process.install_signal_handlers`), then run ``module``'s ``main``."""
+    from lmanet_ros.node.process import install_signal_handlers
+    install_signal_handlers()
+    return importlib.import_module(module).main(args)
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run ``lmanet_node`` (:func:`lmanet_ros.node.node.main`); returns the exit code.
+    """Run ``lmanet_node`` (:func:`lmanet_ros.node.node.main`); returns the exit code."""
+    return _run("lmanet_ros.node.node", args)
 
-    SIGINT and SIGTERM are routed to a clean shutdown before rclpy and torch are imported
-    (:func:`lmanet_ros.node.process.install_signal_handlers`)."""
-    from lmanet_ros.node.process import install_signal_handlers
-    install_signal_handlers()
-    from lmanet_ros.node.node import main as run_node
-    return run_node(args)
+
+def lifecycle_main(args: list[str] | None = None) -> int:
+    """Run ``lmanet_lifecycle_node``, the managed variant
+    (:func:`lmanet_ros.node.lifecycle.main`); returns the exit code."""
+    return _run("lmanet_ros.node.lifecycle", args)

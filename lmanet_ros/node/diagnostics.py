@@ -4,7 +4,8 @@
 force, output delay in frames, read from the pipeline that holds them). :func:`camera_status`: one
 per camera from a :class:`~lmanet_ros.node.stats.CameraSnapshot` (latency counted from the
 arrival of the frame the labels belong to); its level is ERROR when frames failed in the
-period, WARN for bad inputs or no input for :data:`NO_INPUT_WARN_S`, else OK.
+period, WARN for bad inputs, for a matched publisher whose images do not arrive
+(:mod:`lmanet_ros.node.delivery`) or no input for :data:`NO_INPUT_WARN_S`, else OK.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
+from lmanet_ros.node.delivery import Delivery
 from lmanet_ros.node.stats import CameraSnapshot
 from lmanet_ros.sizes import format_size
 
@@ -99,7 +101,8 @@ def model_status(name: str, pipeline: Any, *, checkpoint: str, processing_mode: 
 
 
 def camera_status(name: str, camera: str, topic: str, snap: CameraSnapshot, *, queued: int,
-                  memory_length: int, period: float, waited_s: float) -> DiagnosticStatus:
+                  memory_length: int, period: float, waited_s: float,
+                  delivery: Delivery | None = None) -> DiagnosticStatus:
     """One camera's status ``'<name>: camera <camera>'``.
 
     Args:
@@ -111,6 +114,7 @@ def camera_status(name: str, camera: str, topic: str, snap: CameraSnapshot, *, q
         memory_length: the memory length T in force (the pipeline's).
         period: the diagnostics period in seconds (for the rates).
         waited_s: seconds since the last input (or since the node was ready).
+        delivery: whether a matched publisher's images arrive (None: not checked).
     """
     resets = snap.stream.resets
     values = {
@@ -137,6 +141,8 @@ def camera_status(name: str, camera: str, topic: str, snap: CameraSnapshot, *, q
         "resets": sum(resets.values()),
         **{f"resets.{reason}": count for reason, count in sorted(resets.items())},
         "incompatible_qos_events": snap.incompatible_qos,
+        "delivery": delivery.state if delivery is not None else "",
+        "delivery_lost": delivery.lost if delivery is not None else "",
     }
     status = DiagnosticStatus(name=f"{name}: camera {camera}", hardware_id=topic)
     status.values = _values(values)
@@ -146,6 +152,9 @@ def camera_status(name: str, camera: str, topic: str, snap: CameraSnapshot, *, q
     elif snap.period_bad:
         status.level = DiagnosticStatus.WARN
         status.message = f"{snap.period_bad} bad input(s): {snap.last_bad_input}"
+    elif delivery is not None and delivery.trouble:
+        status.level = DiagnosticStatus.WARN
+        status.message = f"{delivery.summary()} (DDS transport: see the log)"
     elif waited_s > NO_INPUT_WARN_S:
         status.level = DiagnosticStatus.WARN
         status.message = (f"no images on {topic} for {waited_s:.0f} s"

@@ -6,22 +6,45 @@ drift: the same executable, parameter file, overrides, remappings, node name and
 - :data:`ARGUMENTS`: the launch arguments (name, default, description).
 - :func:`resolve`: launch-argument strings -> a :class:`NodeLaunch` (what to start).
 - :meth:`NodeLaunch.command`: the equivalent ``lmanet_node --ros-args ...`` command line.
-- :meth:`NodeLaunch.node_kwargs`: keyword arguments for ``launch_ros.actions.Node``.
+- :meth:`NodeLaunch.node_kwargs`: keyword arguments for ``launch_ros.actions.Node`` (or
+  ``LifecycleNode`` for ``managed:=true``: ``lmanet_lifecycle_node``, configured and activated
+  by the launch file with ``autostart:=true``, else left unconfigured for a lifecycle manager).
+- :func:`dds_environment`: the ``dds_profile`` argument -> the Fast DDS environment of the node
+  (camera-sized images need a transport for large samples: see config/fastdds_shm_udp.xml).
 """
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["PACKAGE", "EXECUTABLE", "NODE_NAME", "LaunchArgument", "ARGUMENTS",
-           "NodeLaunch", "default_params_file", "resolve", "parse_cameras", "parse_bool"]
+__all__ = ["PACKAGE", "EXECUTABLE", "LIFECYCLE_EXECUTABLE", "NODE_NAME", "LaunchArgument",
+           "ARGUMENTS", "DDS_PROFILES", "DEFAULT_DDS_PROFILE", "FASTDDS_VARIABLES", "NodeLaunch",
+           "config_file", "default_params_file", "dds_environment", "dds_transport", "resolve",
+           "parse_cameras", "parse_bool"]
 
 PACKAGE = "lmanet_ros"
 EXECUTABLE = "lmanet_node"
+#: The managed (lifecycle) variant of the node (``managed:=true``).
+LIFECYCLE_EXECUTABLE = "lmanet_lifecycle_node"
 NODE_NAME = "lmanet"
+
+#: The Fast DDS environment variables that choose the transports of a process.
+FASTDDS_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS")
+#: Named values of the ``dds_profile`` launch argument: (variable, value) for the node, a value
+#: ending in .xml being a file of config/. ``default``: Fast DDS's own transports.
+DDS_PROFILES: dict[str, tuple[str, str] | None] = {
+    "shm_udp": ("FASTDDS_DEFAULT_PROFILES_FILE", "fastdds_shm_udp.xml"),
+    "large_data": ("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
+    "loopback_shm": ("FASTDDS_DEFAULT_PROFILES_FILE", "fastdds_shm.xml"),
+    "default": None,
+}
+#: ``auto``: the shell's Fast DDS variables where one is set, else this profile.
+DEFAULT_DDS_PROFILE = "shm_udp"
 
 
 @dataclass(frozen=True)
@@ -50,25 +73,94 @@ ARGUMENTS: tuple[LaunchArgument, ...] = (
                    "auto, cpu, cuda or cuda:N; empty: the parameter file's value."),
     LaunchArgument("use_sim_time", "false", "Use /clock (bag replay with --clock)."),
     LaunchArgument("log_level", "info", "Logging level of the node (debug, info, warn, error)."),
+    LaunchArgument("managed", "false",
+                   "Start the managed (lifecycle) node lmanet_lifecycle_node: configure loads "
+                   "the model, activate starts processing (its ~/change_state service, a "
+                   "lifecycle manager such as Nav2's)."),
+    LaunchArgument("autostart", "false",
+                   "With managed:=true: configure and activate the node once it is up (as "
+                   "Nav2's lifecycle manager with autostart); false: it waits unconfigured."),
+    LaunchArgument("dds_profile", "auto",
+                   "Fast DDS transports of the node: shm_udp (shared memory for large images "
+                   "beside UDPv4 on every interface), large_data, loopback_shm (this host "
+                   "only), default (Fast DDS's own: large raw images get lost), a profile XML "
+                   f"file, or auto: the shell's {' / '.join(FASTDDS_VARIABLES)} where set, "
+                   f"else {DEFAULT_DDS_PROFILE}. The camera driver needs the same."),
 )
 
 _ARGUMENT_NAMES = frozenset(arg.name for arg in ARGUMENTS)
 
 
-def default_params_file() -> str:
-    """config/lmanet.yaml: from the installed package share directory, else the source tree."""
+def config_file(name: str) -> str:
+    """config/<name>: from the installed package share directory, else the source tree."""
     try:
         from ament_index_python.packages import (PackageNotFoundError,
                                                  get_package_share_directory)
         try:
-            shared = Path(get_package_share_directory(PACKAGE)) / "config" / "lmanet.yaml"
+            shared = Path(get_package_share_directory(PACKAGE)) / "config" / name
             if shared.is_file():
                 return str(shared)
         except (PackageNotFoundError, OSError):  # not installed; no AMENT_PREFIX_PATH
             pass
     except ImportError:
         pass
-    return str(Path(__file__).resolve().parents[2] / "config" / "lmanet.yaml")
+    return str(Path(__file__).resolve().parents[2] / "config" / name)
+
+
+def default_params_file() -> str:
+    """config/lmanet.yaml: from the installed package share directory, else the source tree."""
+    return config_file("lmanet.yaml")
+
+
+def dds_environment(profile: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment variables that give a process the Fast DDS transports of ``profile``.
+
+    Args:
+        profile: a name of :data:`DDS_PROFILES`, ``auto`` or the path of a Fast DDS XML file.
+        environ: the environment ``auto`` looks at (default ``os.environ``).
+
+    Returns:
+        the variables to set ({} for ``default``, and for ``auto`` where the shell sets one of
+        :data:`FASTDDS_VARIABLES`: the process keeps the shell's).
+
+    Raises:
+        ValueError: an unknown name, or an XML file that does not exist.
+    """
+    profile = str(profile).strip() or "auto"
+    if profile == "auto":
+        environ = os.environ if environ is None else environ
+        if any(environ.get(name) for name in FASTDDS_VARIABLES):
+            return {}
+        profile = DEFAULT_DDS_PROFILE
+    if profile in DDS_PROFILES:
+        entry = DDS_PROFILES[profile]
+        if entry is None:
+            return {}
+        variable, value = entry
+        return {variable: config_file(value) if value.endswith(".xml") else value}
+    path = Path(os.path.expanduser(profile))
+    if path.suffix != ".xml" or not path.is_file():
+        raise ValueError(f"dds_profile '{profile}': expected auto, "
+                         f"{', '.join(DDS_PROFILES)} or an existing Fast DDS .xml file")
+    return {"FASTDDS_DEFAULT_PROFILES_FILE": str(path.resolve())}
+
+
+@contextmanager
+def dds_transport(profile: str = "auto") -> Iterator[dict[str, str]]:
+    """Set :func:`dds_environment` of ``profile`` in ``os.environ`` while the block runs (create
+    the rclpy context there: Fast DDS reads the variables when a process's first participant
+    starts); yields the variables set."""
+    variables = dds_environment(profile)
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield variables
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def parse_bool(text: str) -> bool:
@@ -111,6 +203,9 @@ class NodeLaunch:
         namespace: the node's namespace ('' = root).
         node_name: the node's name.
         log_level: the ROS log level.
+        environment: variables set for the node's process (its Fast DDS transports).
+        managed: start the lifecycle node (:data:`LIFECYCLE_EXECUTABLE`).
+        autostart: the launch file configures and activates the managed node.
     """
 
     params_file: str
@@ -119,6 +214,15 @@ class NodeLaunch:
     namespace: str = ""
     node_name: str = NODE_NAME
     log_level: str = "info"
+    environment: dict[str, str] = field(default_factory=dict)
+    managed: bool = False
+    autostart: bool = False
+
+    @property
+    def executable(self) -> str:
+        """The node's executable: :data:`LIFECYCLE_EXECUTABLE` when managed, else
+        :data:`EXECUTABLE`."""
+        return LIFECYCLE_EXECUTABLE if self.managed else EXECUTABLE
 
     @property
     def fully_qualified_name(self) -> str:
@@ -140,17 +244,24 @@ class NodeLaunch:
             args += ["--log-level", self.log_level]
         return args
 
-    def command(self, executable: str = EXECUTABLE) -> list[str]:
-        """``[executable, '--ros-args', ...]``: the command the launch file's Node action runs."""
-        return [executable, "--ros-args", *self.ros_arguments()]
+    def command(self, executable: str | None = None) -> list[str]:
+        """``[executable, '--ros-args', ...]``: the command the launch file's Node action runs
+        (``executable`` default: :attr:`executable`; a path to it, e.g.)."""
+        return [executable or self.executable, "--ros-args", *self.ros_arguments()]
+
+    def process_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of the node's process: ``base`` (default ``os.environ``) with
+        :attr:`environment` set on top."""
+        return {**(os.environ if base is None else base), **self.environment}
 
     def node_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``launch_ros.actions.Node`` for the same start."""
         kwargs: dict[str, Any] = {
-            "package": PACKAGE, "executable": EXECUTABLE, "name": self.node_name,
+            "package": PACKAGE, "executable": self.executable, "name": self.node_name,
             "namespace": self.namespace, "output": "screen", "emulate_tty": True,
             "parameters": [self.params_file] + ([dict(self.overrides)] if self.overrides else []),
             "remappings": list(self.remappings),
+            "additional_env": dict(self.environment),
         }
         if self.log_level and self.log_level != "info":
             kwargs["ros_arguments"] = ["--log-level", self.log_level]
@@ -194,4 +305,7 @@ def resolve(values: Mapping[str, str] | None = None) -> NodeLaunch:
                       overrides=overrides, remappings=tuple(remappings),
                       namespace=namespace.rstrip("/") if namespace != "/" else "",
                       node_name=merged["node_name"].strip() or NODE_NAME,
-                      log_level=merged["log_level"].strip().lower() or "info")
+                      log_level=merged["log_level"].strip().lower() or "info",
+                      environment=dds_environment(merged["dds_profile"]),
+                      managed=parse_bool(merged["managed"]),
+                      autostart=parse_bool(merged["autostart"]))

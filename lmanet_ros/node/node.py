@@ -44,8 +44,9 @@ from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
 from lmanet_ros.node import diagnostics, messages, process, qos
+from lmanet_ros.node.delivery import Delivery, DeliveryWatch, advice
 from lmanet_ros.node.intake import ALL_MODE_CAPACITY, FrameIntake
-from lmanet_ros.node.launch_args import NODE_NAME
+from lmanet_ros.node.launch_args import DDS_PROFILES, DEFAULT_DDS_PROFILE, NODE_NAME, config_file
 from lmanet_ros.node.loading import (StartupError, load_pipeline, memory_policy, one_line,
                                      resolve_classes, warm_up)
 from lmanet_ros.node.params import (INPUT_PARAMS, POLICY_PARAMS, SPEC_BY_NAME, SPECS, Settings,
@@ -93,19 +94,24 @@ class LmanetNode(Node):
         self._config_lock = threading.RLock()
         self._ports_lock = threading.RLock()
         self._ports: dict[str, CameraPort] = {}
+        self._delivery: dict[str, DeliveryWatch] = {}  # per camera, renewed with its subscription
         self._throttle = Throttle(LOG_THROTTLE_S)
         self._worker: threading.Thread | None = None
+        self._service_group = ReentrantCallbackGroup()
+        self._intake = FrameIntake()  # replaced by a fresh one each time processing starts
+        self._taking = False  # input subscriptions exist and the worker runs
         self._ready_time: float | None = None
         self._label_info_pub = None
         self._vision_label_info_pub = None
+        self._diagnostics_pub = None
         self._diagnostics_timer = None
+        self._reset_service = None
         self._threads_applied = 0
         self._default_threads: int | None = None
         self._inferring_since: float | None = None
         try:
             self._declare_parameters()
-            self._load_pipeline()
-            self._wire()
+            self._start()
         except StartupError as exc:
             self._stopping.set()
             self.get_logger().fatal(str(exc))
@@ -205,7 +211,8 @@ class LmanetNode(Node):
         if {f"publish.{output}" for output in OUTPUTS} & changed:
             with self._ports_lock:
                 for port in self._ports.values():
-                    port.ensure_publishers(self, new, self._on_incompatible_output_qos)
+                    port.ensure_publishers(self._create_output_publisher, new,
+                                           self._on_incompatible_output_qos)
         if "processing_mode" in changed:
             discarded = self._intake.set_mode(new.processing_mode)
             log.info(f"processing_mode now '{new.processing_mode}'"
@@ -239,28 +246,51 @@ class LmanetNode(Node):
         warm_up(pipeline, log)
 
     # ----------------------------------------------------------------------------------- wiring
-    def _wire(self) -> None:
-        """Publishers, cameras, services, diagnostics and the worker; label_info last."""
-        self._service_group = ReentrantCallbackGroup()
-        self._intake = FrameIntake(self._settings.processing_mode)
+    def _start(self) -> None:
+        """Load the model, open the outputs, start processing (the managed node,
+        :class:`~lmanet_ros.node.lifecycle.LmanetLifecycleNode`, does each on its transition)."""
+        self._load_pipeline()
+        self._open()
+        self._start_processing()
+
+    def _create_output_publisher(self, msg_type: Any, topic: str, qos_profile: Any,
+                                 **kwargs: Any) -> Any:
+        """A publisher of an output (``create_publisher``; the managed node's are managed)."""
+        return self.create_publisher(msg_type, topic, qos_profile, **kwargs)
+
+    def _open(self) -> None:
+        """Publishers, cameras (without input subscriptions), services, diagnostics."""
         if messages.LabelInfo is not None:
-            self._label_info_pub = self.create_publisher(messages.LabelInfo, "~/label_info",
-                                                         qos.LATCHED_QOS)
+            self._label_info_pub = self._create_output_publisher(
+                messages.LabelInfo, "~/label_info", qos.LATCHED_QOS)
         else:
             self.get_logger().warning("lmanet_ros messages are not built: ~/label_info is off")
         if messages.VisionLabelInfo is not None:
-            self._vision_label_info_pub = self.create_publisher(
+            self._vision_label_info_pub = self._create_output_publisher(
                 messages.VisionLabelInfo, "~/vision_label_info", qos.LATCHED_QOS)
-        self.create_service(Trigger, "~/reset_memory", self._on_reset_all,
-                            callback_group=self._service_group)
+        self._reset_service = self.create_service(Trigger, "~/reset_memory", self._on_reset_all,
+                                                  callback_group=self._service_group)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._start_diagnostics_timer()
-        self._worker = threading.Thread(target=self._run_worker, name="lmanet-worker",
-                                        daemon=True)
-        self._worker.start()
         self._rebuild_cameras()
-        self._ready_time = time.monotonic()
-        self._publish_label_info()
+
+    def _start_processing(self) -> None:
+        """Take frames: a fresh intake, the worker, the input subscriptions; label_info last."""
+        with self._config_lock:
+            self._join_worker()  # a frame that outlived the last stop
+            self._stopping = threading.Event()
+            intake = FrameIntake(self._settings.processing_mode)
+            with self._ports_lock:
+                for key in self._ports:
+                    intake.add(key)
+                self._intake = intake
+            self._worker = threading.Thread(target=self._run_worker, args=(self._stopping,),
+                                            name="lmanet-worker", daemon=True)
+            self._worker.start()
+            self._taking = True
+            self._rebuild_cameras()
+            self._ready_time = time.monotonic()
+            self._publish_label_info()
         settings = self._settings
         self._hint_replay_memory(settings)
         cameras = ", ".join(self._ports) if settings.cameras else "one camera"
@@ -306,29 +336,38 @@ class LmanetNode(Node):
                 if port is None:
                     port = self._ports[key] = CameraPort(name=name, key=key)
                     self._intake.add(key)
-                    port.ensure_publishers(self, settings, self._on_incompatible_output_qos)
+                    port.ensure_publishers(self._create_output_publisher, settings,
+                                           self._on_incompatible_output_qos)
                     if name:
                         port.reset_service = self.create_service(
                             Trigger, port.output_topic("reset_memory"),
                             functools.partial(self._on_reset_camera, port),
                             callback_group=self._service_group)
-                port.subscribe(self, settings,
-                               self._on_image_with_info if _HAS_MESSAGE_INFO else self._on_image,
-                               self._on_incompatible_input_qos)
+                if self._taking:
+                    self._delivery[key] = DeliveryWatch()
+                    port.subscribe(self, settings, self._on_image_with_info
+                                   if _HAS_MESSAGE_INFO else self._on_image,
+                                   self._on_incompatible_input_qos)
 
     def _remove_port(self, port: CameraPort) -> None:
         """Close a camera that is no longer wanted; its memory is reset (``parameter``)."""
         self._intake.remove(port.key)
+        self._delivery.pop(port.key, None)
         port.close(self)
         if self._pipeline is not None:
             self._pipeline.reset(port.key, reason="parameter")
         self.get_logger().info(f"camera '{port.key}' removed")
 
     # -------------------------------------------------------------------------------- callbacks
-    def _on_image(self, port: CameraPort, msg, input_delay_ms: float | None = None) -> None:
-        """Subscription callback: hand the message to the worker (may wait in ``all`` mode)."""
+    def _on_image(self, port: CameraPort, msg, input_delay_ms: float | None = None,
+                  sequence: int | None = None) -> None:
+        """Subscription callback: hand the message to the worker (may wait in ``all`` mode);
+        ``sequence``: its publication sequence number (for :class:`DeliveryWatch`)."""
         now = time.monotonic()
         port.stats.on_received(now, input_delay_ms)
+        watch = self._delivery.get(port.key)
+        if watch is not None:
+            watch.on_sample(sequence)
         dropped = self._intake.put(port.key, (msg, now))
         if dropped:
             port.stats.on_dropped(dropped)
@@ -336,10 +375,11 @@ class LmanetNode(Node):
     def _on_image_with_info(self, port: CameraPort, msg, info) -> None:
         """As :meth:`_on_image`, measuring the delay from the publisher's write to here."""
         delay = None
-        source = info.get("source_timestamp") if isinstance(info, dict) else None
+        info = info if isinstance(info, dict) else {}
+        source = info.get("source_timestamp")
         if source:
             delay = (time.time_ns() - source) * 1e-6
-        self._on_image(port, msg, delay)
+        self._on_image(port, msg, delay, info.get("publication_sequence_number") or None)
 
     def _on_incompatible_input_qos(self, port: CameraPort, event) -> None:
         """A publisher of our input topic offers QoS this subscription cannot match."""
@@ -376,16 +416,17 @@ class LmanetNode(Node):
         return response
 
     # ----------------------------------------------------------------------------------- worker
-    def _run_worker(self) -> None:
-        """Take ready frames (one per camera), segment them in one batch, publish."""
-        while not self._stopping.is_set():
+    def _run_worker(self, stopping: threading.Event) -> None:
+        """Take ready frames (one per camera), segment them in one batch, publish; until
+        ``stopping`` (this start's) is set."""
+        while not stopping.is_set():
             batch = self._intake.take(timeout=0.2)
-            if not batch or self._stopping.is_set():
+            if not batch or stopping.is_set():
                 continue
             try:
                 self._process_batch(batch)
             except Exception as exc:  # never let the worker die; say what happened
-                if self._stopping.is_set() or not rclpy.ok(context=self.context):
+                if stopping.is_set() or not rclpy.ok(context=self.context):
                     break
                 if self._throttle.allow(("worker", type(exc).__name__)) is not None:
                     self.get_logger().error(f"processing failed: {one_line(exc)}")
@@ -519,13 +560,9 @@ class LmanetNode(Node):
         name = self.get_fully_qualified_name()
         array_msg = DiagnosticArray()
         array_msg.header.stamp = self.get_clock().now().to_msg()
-        inferring = self._inferring_since
-        array_msg.status.append(diagnostics.model_status(
-            name, pipeline, checkpoint=settings.checkpoint,
-            processing_mode=settings.processing_mode,
-            inferring_for_s=None if inferring is None else time.monotonic() - inferring))
+        array_msg.status.append(self._model_status(pipeline))
         with self._ports_lock:
-            ports = list(self._ports.values())
+            ports = list(self._ports.values()) if self._taking else []
         now = time.monotonic()
         for port in ports:
             snap = port.stats.roll()
@@ -534,8 +571,28 @@ class LmanetNode(Node):
             array_msg.status.append(diagnostics.camera_status(
                 name, port.key, port.topic_name, snap, queued=self._intake.waiting(port.key),
                 memory_length=pipeline.memory_length, period=settings.diagnostics_period,
-                waited_s=waited))
+                waited_s=waited, delivery=self._check_delivery(port, now)))
         self._diagnostics_pub.publish(array_msg)
+
+    def _check_delivery(self, port: CameraPort, now: float) -> Delivery | None:
+        """Whether a matched publisher's images reach ``port``; warn when they do not
+        (:mod:`lmanet_ros.node.delivery`: once per episode, at most every minute)."""
+        watch, subscription = self._delivery.get(port.key), port.subscription
+        if watch is None or subscription is None:
+            return None
+        delivery = watch.update(now, subscription.get_publisher_count())
+        if delivery.warn:
+            profile_file = config_file(DDS_PROFILES[DEFAULT_DDS_PROFILE][1])
+            self.get_logger().warning(advice(subscription.topic_name, delivery, profile_file))
+        return delivery
+
+    def _model_status(self, pipeline: "SegmentationPipeline") -> Any:
+        """The model's DiagnosticStatus (:func:`~lmanet_ros.node.diagnostics.model_status`)."""
+        inferring = self._inferring_since
+        return diagnostics.model_status(
+            self.get_fully_qualified_name(), pipeline, checkpoint=self._settings.checkpoint,
+            processing_mode=self._settings.processing_mode,
+            inferring_for_s=None if inferring is None else time.monotonic() - inferring)
 
     # --------------------------------------------------------------------------------- shutdown
     def stop(self, timeout: float = 10.0) -> None:
@@ -547,6 +604,12 @@ class LmanetNode(Node):
         worker = self._worker
         if worker is not None and worker.is_alive() and worker is not threading.current_thread():
             worker.join(timeout)
+
+    def _join_worker(self) -> None:
+        """Wait, without a limit, for a worker that outlived :meth:`stop` to end."""
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join()
 
     def worker_alive(self) -> bool:
         """Whether the worker thread still runs (an inference outlived :meth:`stop`)."""

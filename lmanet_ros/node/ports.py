@@ -71,9 +71,7 @@ class CameraPort:
                   on_incompatible_qos: Callable) -> None:
         """(Re-)create the input subscription with the input parameters; ``callback(port, msg,
         ...)`` and ``on_incompatible_qos(port, event)`` get this port first."""
-        if self.subscription is not None:
-            node.destroy_subscription(self.subscription)
-            self.subscription = None
+        self.unsubscribe(node)
         compressed = settings.input_transport == "compressed"
         events = qos.SubscriptionEventCallbacks(
             incompatible_qos=functools.partial(on_incompatible_qos, self))
@@ -83,23 +81,28 @@ class CameraPort:
             functools.partial(callback, self), qos.input_qos(settings),
             callback_group=self.group, event_callbacks=events)
 
-    def ensure_publishers(self, node: Node, settings: Settings,
+    def unsubscribe(self, node: Node) -> None:
+        """Destroy the input subscription (if any): no more frames of this camera."""
+        if self.subscription is not None:
+            node.destroy_subscription(self.subscription)
+            self.subscription = None
+
+    def ensure_publishers(self, create: Callable[..., Any], settings: Settings,
                           on_incompatible_qos: Callable) -> None:
-        """Create the publishers of enabled outputs (kept once created);
-        ``on_incompatible_qos(output, event)``."""
+        """Create the publishers of enabled outputs (kept once created) with ``create``
+        (``Node.create_publisher``'s signature); ``on_incompatible_qos(output, event)``."""
         publishers = dict(self.publishers)
         for output in OUTPUTS:
             if output not in publishers and getattr(settings, f"publish_{output}"):
                 events = qos.PublisherEventCallbacks(
                     incompatible_qos=functools.partial(on_incompatible_qos, output))
-                publishers[output] = node.create_publisher(
+                publishers[output] = create(
                     Image, self.output_topic(output), qos.OUTPUT_QOS, event_callbacks=events)
         self.publishers = publishers
 
     def close(self, node: Node) -> None:
         """Destroy the subscription, publishers and reset service."""
-        if self.subscription is not None:
-            node.destroy_subscription(self.subscription)
+        self.unsubscribe(node)
         for publisher in self.publishers.values():
             node.destroy_publisher(publisher)
         if self.reset_service is not None:

@@ -41,7 +41,7 @@ from lmanet_ros.evaluation import (EvalError, EvalOptions, ModelSpec, ReplayErro
 from lmanet_ros.evaluation.video import COMPARISON_FILE
 from lmanet_ros.models.registry import model_entry
 from lmanet_ros.models.weights import DEMO, models_with_weights
-from lmanet_ros.node.launch_args import NODE_NAME, resolve
+from lmanet_ros.node.launch_args import NODE_NAME, dds_transport, resolve
 from lmanet_ros.pipeline import PipelineError
 from lmanet_ros.ros_env import isolate
 from lmanet_ros.synthetic import HELDOUT_SEEDS, generate
@@ -222,17 +222,18 @@ def run(args: argparse.Namespace) -> int:
                              "input.reliability": "reliable", "input.depth": 0})
     with open(out / "node.log", "wb") as log:
         node = subprocess.Popen(launch.command(_node_executable()), stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, env=launch.process_env())
     live = out / "live"
     try:
         print("[3/4] replaying the bag into the node in lock-step, scoring what it publishes",
               flush=True)
         try:
-            outcome = replay_bag(ReplayOptions(
-                bag=bag, topics=[IMAGE_TOPIC], rate=0.0, lockstep=True,
-                node_labels_topics=[launch.fully_qualified_name + "/labels"], depth=0,
-                startup_timeout=args.startup_timeout, score_out=live, label_topic=LABEL_TOPIC,
-                video=True))
+            with dds_transport():  # the node's transports (its launch's default)
+                outcome = replay_bag(ReplayOptions(
+                    bag=bag, topics=[IMAGE_TOPIC], rate=0.0, lockstep=True,
+                    node_labels_topics=[launch.fully_qualified_name + "/labels"], depth=0,
+                    startup_timeout=args.startup_timeout, score_out=live,
+                    label_topic=LABEL_TOPIC, video=True))
         except ReplayError as exc:
             print(f"lmanet demo: error: {exc}\n(the node's log: {out / 'node.log'})",
                   file=sys.stderr)

@@ -16,6 +16,7 @@ from pathlib import Path
 from lmanet_ros.bags import BagError
 from lmanet_ros.evaluation import (ReplayError, ReplayOptions, ReplayOutcome, parse_remaps,
                                    replay_bag)
+from lmanet_ros.node.launch_args import dds_transport
 from lmanet_ros.tools.common import add_node_labels_argument, add_scoring_arguments
 
 
@@ -105,7 +106,8 @@ def report_outcome(outcome: ReplayOutcome, options: ReplayOptions) -> int:
 def replay_and_report(options: ReplayOptions, command: str) -> int:
     """Run :func:`replay_bag`; errors are printed as ``lmanet COMMAND: error: ...`` (exit 2)."""
     try:
-        outcome = replay_bag(options)
+        with dds_transport():  # the launch file's transports: camera-sized images arrive
+            outcome = replay_bag(options)
     except (ReplayError, BagError) as exc:
         print(f"lmanet {command}: error: {exc}", file=sys.stderr)
         return 2
