@@ -41,7 +41,8 @@ class ModelEntry:
     ``single_frame_init`` is None when a single-frame checkpoint (``erfnet``) loads into the
     model under its own names (LMANet, TMANet, STF: encoder and decoder are shared); otherwise
     it maps such a state_dict onto the model's names (TDNet: the encoder into every path's
-    sub-network), for ``lmanet train --init``.
+    sub-network), for ``lmanet train --init``. ``output_delay_frames`` is the built model's
+    (1 for the delayed STF forms: labels of the previous frame), known without building it.
     """
 
     name: str
@@ -50,6 +51,7 @@ class ModelEntry:
     description: str
     default_memory_length: int = 4
     single_frame_init: SingleFrameInit | None = None
+    output_delay_frames: int = 0
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -57,8 +59,8 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 def register_model(name: str, *, temporal: bool, description: str = "",
                    default_memory_length: int = 4,
-                   single_frame_init: SingleFrameInit | None = None
-                   ) -> Callable[[Builder], Builder]:
+                   single_frame_init: SingleFrameInit | None = None,
+                   output_delay_frames: int = 0) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder(*, num_classes, memory_length)`` under ``name``.
 
     Raises:
@@ -73,7 +75,8 @@ def register_model(name: str, *, temporal: bool, description: str = "",
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is already registered")
         _REGISTRY[name] = ModelEntry(name, builder, temporal, description,
-                                     default_memory_length, single_frame_init)
+                                     default_memory_length, single_frame_init,
+                                     output_delay_frames)
         return builder
 
     return decorator

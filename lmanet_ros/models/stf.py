@@ -521,10 +521,12 @@ register_model("stf_mar_erfnet", temporal=True, default_memory_length=2,
                description="STF + MAR on ERFNet: STF's causal fusion, then per-pixel refinement "
                            "against a class memory (190 entries)")(partial(stf_erfnet, mar=True))
 register_model("stf_delayed_erfnet", temporal=True, default_memory_length=2,
+               output_delay_frames=1,
                description="STF on ERFNet, delayed (the release's slots): window t-2, t-1, t, "
                            "query t-1: the labels are for the PREVIOUS frame"
                )(partial(stf_erfnet, mar=False, delayed=True))
 register_model("stf_mar_delayed_erfnet", temporal=True, default_memory_length=2,
+               output_delay_frames=1,
                description="STF + MAR on ERFNet, delayed: query t-1 of window t-2, t-1, t, then "
                            "MAR: the labels are for the PREVIOUS frame"
                )(partial(stf_erfnet, mar=True, delayed=True))

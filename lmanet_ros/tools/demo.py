@@ -73,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="first sequence seed (default: %(default)s, the first of the "
                              "pre-registered held-out seeds of the robot-v2 benchmark, never used "
                              "in training or validation)")
-    parser.add_argument("--model", default="lmanet_erfnet", choices=models_with_weights(DEMO),
+    parser.add_argument("--model", default="lmanet_erfnet", choices=causal_demo_models(),
                         help="the node's network (default: %(default)s)")
     parser.add_argument("--checkpoint", default=DEMO,
                         help="the node's weights (default: the packaged demo weights)")
@@ -129,10 +129,18 @@ def _summary(metrics_path: Path) -> list[str]:
 
 
 def compared_models(node_model: str) -> list[str]:
-    """The models of the offline comparison: every model with demo weights, the single-frame
-    ones first (the first is the baseline), then ``node_model``, then the other temporal ones."""
-    names = models_with_weights(DEMO)
-    return sorted(names, key=lambda n: (model_entry(n).temporal, n != node_model, n))
+    """The models of the offline comparison: every causal model with demo weights, the
+    single-frame ones first (the first is the baseline), then ``node_model``, then the other
+    temporal ones. The delayed forms (labels one frame late) are left out: the comparison would
+    score every model only on the frames they all labelled."""
+    return sorted(causal_demo_models(),
+                  key=lambda n: (model_entry(n).temporal, n != node_model, n))
+
+
+def causal_demo_models() -> list[str]:
+    """The models with demo weights whose labels are the current frame's (the delayed forms
+    cannot run the lock-step replay and would cut the comparison's frames)."""
+    return [n for n in models_with_weights(DEMO) if not model_entry(n).output_delay_frames]
 
 
 def _points(value: float | None, digits: int = 1) -> str:

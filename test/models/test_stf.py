@@ -419,3 +419,9 @@ def test_pipeline_batches_streams_like_each_alone_across_a_reset(name):
             result = alone.process([frame])[0]
             assert result.labels.shape == (40, 72)
             assert np.array_equal(result.labels, rounds[index][column].labels)
+
+
+def test_registry_knows_the_delay_without_building():
+    from lmanet_ros.models import model_entry
+    for name in ("stf_erfnet", "stf_mar_erfnet", "stf_delayed_erfnet", "stf_mar_delayed_erfnet"):
+        assert model_entry(name).output_delay_frames == build_model(name).output_delay_frames
