@@ -32,8 +32,8 @@ def test_every_record_says_what_its_file_says(record: Weights):
 def test_demo_tag_names_the_packaged_files():
     assert DEMO in weights_tags()
     assert models_with_weights(DEMO) == ["erfnet", "lmanet_erfnet", "stf_delayed_erfnet",
-                                         "stf_erfnet", "stf_mar_erfnet", "tdnet_erfnet",
-                                         "tmanet_erfnet"]
+                                         "stf_erfnet", "stf_mar_delayed_erfnet",
+                                         "stf_mar_erfnet", "tdnet_erfnet", "tmanet_erfnet"]
     path, record = resolve_checkpoint("lmanet_erfnet", "demo")
     assert record is get_weights("lmanet_erfnet", DEMO) and path == record.path
     assert path.is_file() and path.parent.name == DEMO

@@ -33,7 +33,8 @@ def test_demo_weights_load_strictly_and_say_how_they_were_trained(model):
     assert meta["input_size"] == [128, 256] and "--hit-repeat 4" in meta["training_command"]
     assert meta["images_seen"] == {"erfnet": 4500, "lmanet_erfnet": 8955, "tmanet_erfnet": 5430,
                                    "tdnet_erfnet": 4950, "stf_erfnet": 3415,
-                                   "stf_mar_erfnet": 3775, "stf_delayed_erfnet": 1975}[model]
+                                   "stf_mar_erfnet": 3775, "stf_delayed_erfnet": 1975,
+                                   "stf_mar_delayed_erfnet": 1765}[model]
     assert (DEMO_DIR / f"{model}_robot.train_log.jsonl").is_file()
     if model in ("erfnet", "lmanet_erfnet"):  # round 1's logs
         assert (DEMO_DIR / path.name.replace(".safetensors", ".train_log.jsonl")).is_file()
