@@ -96,3 +96,11 @@ def read_log(out: Path) -> list[dict]:
 def checkpoint_state(out: Path) -> dict:
     """A training run's resumable checkpoint (model, optimizer, scheduler state, counters)."""
     return torch.load(out / training.CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+
+
+def train_config(data: Path, out: Path, **overrides) -> training.TrainConfig:
+    """A one-epoch, quiet, validation-free :class:`TrainConfig` (erfnet unless ``model=``)."""
+    settings = dict(model="erfnet", data=data, out=out, epochs=1, batch_size=2, workers=0,
+                    progress=False, val_split=None)
+    settings.update(overrides)
+    return training.TrainConfig(**settings)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from lmanet_ros import training
 from lmanet_ros.models import build_model, load_checkpoint, model_entry, save_checkpoint
-from lmanet_ros.training import TrainConfig, TrainingError, train
+from lmanet_ros.training import TrainingError, train
 from lmanet_ros.training.passthrough_init import passthrough_initialise, supports_passthrough
 import training_helpers
 from training_helpers import read_log
@@ -21,10 +21,8 @@ FAMILY = ("tmanet_erfnet", "tdnet_erfnet", "stf_erfnet", "stf_mar_erfnet")
 
 
 def config(data, out, **overrides):
-    settings = dict(model="tdnet_erfnet", data=data, out=out, epochs=1, batch_size=2, workers=0,
-                    progress=False, val_split=None)
-    settings.update(overrides)
-    return TrainConfig(**settings)
+    """The shared one-epoch config, TDNet unless ``model=``."""
+    return training_helpers.train_config(data, out, **{"model": "tdnet_erfnet", **overrides})
 
 
 # --------------------------------------------------------------------------- losses

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lmanet_ros import training
 from lmanet_ros.metrics import ConfusionMatrix
 from lmanet_ros.models import build_model, load_checkpoint, save_checkpoint
-from lmanet_ros.training import TrainConfig, TrainingError, build_clip_dataset, train
+from lmanet_ros.training import TrainingError, build_clip_dataset, train
 from lmanet_ros.training.launch import free_port
 import training_helpers
 from training_helpers import checkpoint_state, read_log
@@ -25,11 +25,7 @@ one_thread = training_helpers.one_thread  # autouse
 FROZEN = ("encoder.", "decoder.")
 
 
-def config(data, out, **overrides):
-    settings = dict(model="erfnet", data=data, out=out, epochs=1, batch_size=2, workers=0,
-                    progress=False, val_split=None)
-    settings.update(overrides)
-    return TrainConfig(**settings)
+config = training_helpers.train_config  # one epoch, erfnet unless model= is given
 
 
 # --------------------------------------------------------------------------- loss and metrics
