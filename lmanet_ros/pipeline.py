@@ -50,6 +50,7 @@ from lmanet_ros.models.checkpoint import LoadReport
 from lmanet_ros.models.weights import (Weights, memory_length_origin, resolve_checkpoint,
                                        resolve_memory_length, trained_input_size)
 from lmanet_ros.streams import MemoryPolicy, ResetReason, StreamState, StreamStats
+from lmanet_ros.threads import apply_cpu_threads
 
 PRECISIONS: dict[str, torch.dtype] = {
     "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -230,7 +231,9 @@ class SegmentationPipeline:
 
         ``checkpoint``: a file, a state_dict mapping, None (random weights) or a weights tag
         (``demo``: the packaged demo weights of the model, :mod:`lmanet_ros.models.weights`). It
-        is resolved, read and hashed once, here.
+        is resolved, read and hashed once, here. ``num_threads``: PyTorch's CPU threads, 0 for
+        the package default (:func:`~lmanet_ros.threads.default_cpu_threads`: the physical
+        cores this process may use, at most 4).
 
         What is not given comes from the checkpoint's metadata, then from the model: the memory
         length (:func:`~lmanet_ros.models.weights.resolve_memory_length`), the input size (the
@@ -242,8 +245,7 @@ class SegmentationPipeline:
             metadata; the checkpoint loader's errors for a missing or mismatched checkpoint.
         """
         target = _device(device)
-        if num_threads > 0:
-            torch.set_num_threads(num_threads)
+        apply_cpu_threads(num_threads)
         source, weights = resolve_checkpoint(model_name, checkpoint)
         model = build_model(model_name)
         report = load_checkpoint(model, source) if source is not None else None

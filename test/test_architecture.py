@@ -21,7 +21,7 @@ PACKAGE = ROOT / "lmanet_ros"
 LAYER_OF = {
     "classes": "core", "imaging": "core", "sizes": "core", "stamps": "core",
     "progress": "core", "metrics": "core", "ros_env": "core", "streams": "core",
-    "devices": "core",
+    "devices": "core", "threads": "core",
     "models": "models", "pipeline": "pipeline", "bags": "bags", "synthetic": "synthetic",
     "training": "training", "evaluation": "evaluation", "node": "node", "tools": "tools",
     "msg": "msg",  # generated from msg/ by colcon

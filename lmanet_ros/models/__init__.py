@@ -21,7 +21,7 @@ from .tdnet import PathMemory, TemporallyDistributed
 from .stf import STFSegmenter, SpatioTemporalFusion, stf_erfnet
 from .weights import (DEMO, Weights, get_weights, list_weights, memory_length_origin,
                       models_with_weights, resolve_checkpoint, resolve_memory_length,
-                      trained_input_size)
+                      trained_input_size, training_summary)
 
 __all__ = [
     "build_model", "list_models", "model_entry", "register_model", "load_checkpoint",
@@ -31,6 +31,6 @@ __all__ = [
     "TemporalSegmenter", "TemporalModule", "LocalMemoryModule", "local_memory_attention",
     "local_memory_attention_reference", "DEMO", "Weights", "get_weights", "list_weights",
     "models_with_weights", "resolve_checkpoint", "resolve_memory_length", "memory_length_origin",
-    "trained_input_size", "PathMemory", "TemporallyDistributed",
+    "trained_input_size", "training_summary", "PathMemory", "TemporallyDistributed",
     "STFSegmenter", "SpatioTemporalFusion", "stf_erfnet",
 ]

@@ -33,7 +33,7 @@ from .segmenter import ModelInfo
 
 __all__ = ["DEMO", "DATA_DIR", "Weights", "register_weights", "get_weights", "list_weights",
            "weights_tags", "models_with_weights", "resolve_checkpoint", "resolve_memory_length",
-           "memory_length_origin", "trained_input_size"]
+           "memory_length_origin", "trained_input_size", "training_summary"]
 
 #: The tag of the demo weights.
 DEMO = "demo"
@@ -204,6 +204,28 @@ def trained_input_size(metadata: Mapping[str, Any] | None) -> tuple[int, int] | 
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
         raise ValueError(f"checkpoint metadata input_size must be [height, width], got {value!r}")
     return int(value[0]), int(value[1])
+
+
+def training_summary(metadata: Mapping[str, Any] | None, record: Weights | None = None) -> str:
+    """What the weights were trained on, in words, for start-up logs and reports, e.g.
+    ``"dataset 'synth' at 128x256, val mIoU 46.6 %"``; ``"no training metadata"`` when the
+    checkpoint carries none (e.g. the published ``lmanet_erf_best.pth``).
+
+    Args:
+        metadata: the checkpoint's metadata (``dataset``, ``input_size``, ``val_miou`` as
+            ``lmanet train`` writes them), or None.
+        record: the packaged weights' record, whose trained size counts when the metadata has
+            none.
+    """
+    metadata = metadata or {}
+    size = trained_input_size(metadata) or (record.input_size if record is not None else None)
+    what = " ".join(part for part in (
+        f"dataset '{metadata['dataset']}'" if metadata.get("dataset") else "",
+        f"at {size[0]}x{size[1]}" if size is not None else "") if part)
+    miou = metadata.get("val_miou")
+    if isinstance(miou, (int, float)) and not isinstance(miou, bool):
+        what = ", ".join(part for part in (what, f"val mIoU {100 * float(miou):.1f} %") if part)
+    return what or "no training metadata"
 
 
 _DEMO_SOURCE = ("lmanet train on lmanet synth streets at 128x256: recipe standard-v1 (training "

@@ -116,7 +116,9 @@ def _log_loaded(pipeline: "SegmentationPipeline", settings: Settings, log: Any, 
         " (trained size, checkpoint metadata)" if pipeline.input_size[0] else "")
     log.info(f"loaded {info.name} on {device} ({settings.precision}) in {seconds:.1f} s: "
              f"{weights_text(pipeline)}, checkpoint id {pipeline.checkpoint_id}, "
-             f"{info.num_classes} outputs, network input {size}, {memory}")
+             f"{info.num_classes} outputs, network input {size}, {memory}, "
+             f"{torch_threads()} CPU thread(s)")
+    _log_training(pipeline, log)
     if pipeline.output_delay_frames:
         log.info(f"{info.name} labels each frame {pipeline.output_delay_frames} frame(s) late: "
                  "the labels are published with the header of the frame they belong to, "
@@ -133,6 +135,37 @@ def _log_loaded(pipeline: "SegmentationPipeline", settings: Settings, log: Any, 
             log.warning(f"checkpoint: {len(keys)} {what} "
                         f"{'part' if what == 'initialised' else 'key'}(s): "
                         f"{', '.join(list(keys)[:6])}{' ...' if len(keys) > 6 else ''}")
+
+
+def torch_threads() -> int:
+    """PyTorch's intra-op CPU threads now."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _log_training(pipeline: "SegmentationPipeline", log: Any) -> None:
+    """Say what the weights were trained on, and warn where the input size in force is not it."""
+    from lmanet_ros.models.weights import training_summary
+
+    if pipeline.load_report is None:
+        return
+    record = pipeline.weights
+    trained = pipeline.trained_size or (record.input_size if record is not None else None)
+    about = f"{record.description}; " if record is not None and record.description else ""
+    log.info(f"weights: {about}trained on {training_summary(pipeline.metadata, record)}")
+    if record is not None and record.tag == "demo":
+        log.info("demo weights know synthetic streets only: on a real camera expect road, sky "
+                 "and vegetation roughly right and little else; train on your own data for use")
+    if trained is None:
+        log.warning("the checkpoint does not say the input size it was trained at: each frame "
+                    "runs at its own size; set input_height/input_width to the training size "
+                    "(labels are often wrong at another scale)")
+    elif pipeline.input_size[0] and tuple(pipeline.input_size) != tuple(trained):
+        log.warning(f"network input {size_text(pipeline.input_size)} (input_height/"
+                    f"input_width) differs from the {size_text(trained)} the weights were "
+                    "trained at: labels are often wrong at another scale; set both to 0 to use "
+                    "the trained size")
 
 
 def resolve_classes(pipeline: "SegmentationPipeline", settings: Settings, log: Any) -> ClassSet:

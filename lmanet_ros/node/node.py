@@ -54,6 +54,7 @@ from lmanet_ros.node.params import (INPUT_PARAMS, POLICY_PARAMS, SPEC_BY_NAME, S
 from lmanet_ros.node.ports import OUTPUTS, CameraPort, subscribed
 from lmanet_ros.node.throttle import Throttle
 from lmanet_ros.stamps import stamp_ns
+from lmanet_ros.threads import apply_cpu_threads
 
 if TYPE_CHECKING:
     from lmanet_ros.pipeline import SegmentationPipeline
@@ -107,7 +108,6 @@ class LmanetNode(Node):
         self._diagnostics_timer = None
         self._reset_service = None
         self._threads_applied = 0
-        self._default_threads: int | None = None
         self._inferring_since: float | None = None
         try:
             self._declare_parameters()
@@ -500,12 +500,10 @@ class LmanetNode(Node):
         return results
 
     def _set_threads(self, count: int) -> None:
-        """Apply ``num_threads`` (0: PyTorch's default, as found before the first change)."""
-        import torch
-        if self._default_threads is None:
-            self._default_threads = torch.get_num_threads()
-        torch.set_num_threads(count if count > 0 else self._default_threads)
+        """Apply ``num_threads`` (0: :func:`~lmanet_ros.threads.default_cpu_threads`)."""
+        threads = apply_cpu_threads(count)
         self._threads_applied = count
+        self.get_logger().info(f"num_threads {count}: PyTorch uses {threads} CPU thread(s)")
 
     def _bad_input(self, port: CameraPort, reason: str) -> None:
         """Count an undecodable message and log it (throttled)."""

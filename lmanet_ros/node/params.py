@@ -91,7 +91,9 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("precision", "fp32", "Arithmetic precision of the network: fp32, fp16 or bf16.",
               read_only=True, choices=("fp32", "fp16", "bf16")),
     ParamSpec("num_threads", 0,
-              "CPU threads PyTorch uses for inference; 0 keeps PyTorch's default.",
+              "CPU threads PyTorch uses for inference; 0: the physical cores this process may "
+              "run on (its CPU affinity), at most 4, which keeps latency steady on a busy "
+              "machine (PyTorch's own default, every logical CPU, does not).",
               int_range=(0, 256)),
     ParamSpec("input_height", 0,
               "Height in pixels of the network input; frames are resized to it and the outputs "

@@ -24,7 +24,7 @@ from lmanet_ros.bags import STORAGES
 from lmanet_ros.evaluation import EvalError, EvalOptions, ReplayError, ReplayOptions, evaluate
 from lmanet_ros.evaluation import parse_compare, parse_remaps
 from lmanet_ros.evaluation.corruption import AUTO
-from lmanet_ros.models import list_models
+from lmanet_ros.models import DEMO, list_models, models_with_weights
 from lmanet_ros.pipeline import PipelineError
 from lmanet_ros.tools.common import (add_bag_command, add_scoring_arguments, int_at_least,
                                      parse_size)
@@ -54,15 +54,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       help="clean versions of the camera's frames, for the clean-version "
                       "reference; default: <camera>_clean when the bag has it; 'none': off")
     model.add_argument("--model", help=f"registered model name: {', '.join(list_models())}")
-    model.add_argument("--checkpoint", help="weights file or tag such as 'demo' (default: random "
-                       "weights, tests only)")
+    model.add_argument("--checkpoint", help="weights file (.pth, .pt, .safetensors) or tag: "
+                       "'demo' names the packaged demo weights of the model (" +
+                       ", ".join(models_with_weights(DEMO)) + "); required unless "
+                       "--random-weights")
+    model.add_argument("--random-weights", action="store_true",
+                       help="let models without a checkpoint (--model without --checkpoint, "
+                       "--compare MODEL without :CKPT) run on random weights: their scores are "
+                       "noise, for pipeline and speed tests only")
     model.add_argument("--compare", nargs="+", metavar="MODEL[:CKPT]",
                        help="more models to run on the same frames (one table, one plot)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     model.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                        help="arithmetic precision")
     model.add_argument("--num-threads", type=int, default=0,
-                       help="CPU threads for PyTorch (0 = its default)")
+                       help="CPU threads for PyTorch (0 = the physical cores this process "
+                       "may run on, at most 4, as the node's num_threads)")
     model.add_argument("--input-size", type=parse_size, metavar="HxW",
                        help="network input size (default: the size the weights were trained at, "
                        "from the checkpoint, else each frame's size), as the node's "
@@ -131,6 +138,23 @@ def _run_live(args: argparse.Namespace) -> int:
     return replay_and_report(options, "eval")
 
 
+def _random_weights_refusal(args: argparse.Namespace) -> str | None:
+    """Why the run is refused: a model without a checkpoint, unless ``--random-weights``."""
+    if args.random_weights:
+        return None
+    main = [args.model] if not args.checkpoint else []
+    compared = [item for item in args.compare or [] if not item.partition(":")[2]]
+    if not main and not compared:
+        return None
+    with_demo = set(models_with_weights(DEMO))
+    hints = (["--checkpoint demo"] if set(main) & with_demo else []) + [
+        f"--compare {name}:demo" for name in compared if name in with_demo]
+    return (f"no checkpoint for {', '.join(dict.fromkeys(main + compared))}: they would run on "
+            "random weights and score noise. Give --checkpoint FILE (MODEL:FILE in --compare)"
+            + (f"; the packaged demo weights: {', '.join(hints)}" if hints else "")
+            + "; --random-weights runs them anyway (pipeline tests)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``lmanet eval``."""
     if args.live:
@@ -138,6 +162,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.model:
         print("lmanet eval: error: --model is required (except with --live)", file=sys.stderr)
         return 2
+    refusal = _random_weights_refusal(args)
+    if refusal:
+        print(f"lmanet eval: error: {refusal}", file=sys.stderr)
+        return 2
+    if args.random_weights:
+        print("lmanet eval: WARNING: models without a checkpoint run on RANDOM WEIGHTS "
+              "(--random-weights): their scores are noise", file=sys.stderr)
     try:
         outcome = evaluate(options_from_args(args))
     except (EvalError, PipelineError, ValueError, FileNotFoundError) as exc:

@@ -14,7 +14,7 @@ from lmanet_ros.tools import replay as replay_tool
 
 def run_eval(bag, out, *extra):
     return cli.main(["eval", str(bag), "--out", str(out), "--model", "lmanet_erfnet",
-                     "--device", "cpu", "--no-video", "--no-plots", *extra])
+                     "--device", "cpu", "--no-video", "--no-plots", "--random-weights", *extra])
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -47,6 +47,30 @@ def test_ctrl_c_exits_130_with_a_partial_report(tmp_path, monkeypatch, capsys):
     assert run_eval(bag, tmp_path / "out", "--label-topic", LABELS) == 130
     assert load(tmp_path / "out")["partial"] is True
     assert "partial: interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, names, hint", [
+    (["--model", "erfnet"], "erfnet", "--checkpoint demo"),
+    (["--model", "pspnet50"], "pspnet50", None),
+    (["--model", "erfnet", "--checkpoint", "w.pth", "--compare", "lmanet_erfnet", "erfnet:x"],
+     "lmanet_erfnet", "--compare lmanet_erfnet:demo"),
+])
+def test_models_without_weights_are_refused_with_the_way_to_the_demo(
+        tmp_path, capsys, argv, names, hint):
+    bag = write_bag(tmp_path / "bag", n=2)
+    assert cli.main(["eval", str(bag), "--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"no checkpoint for {names}: they would run on random weights" in err
+    assert "--random-weights" in err
+    assert (hint in err) if hint else ("demo weights" not in err)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.usefixtures("identity")
+def test_random_weights_when_asked_are_warned_about(tmp_path, capsys):
+    bag = write_bag(tmp_path / "bag", n=2)
+    assert run_eval(bag, tmp_path / "out", "--image-topic", IMAGE, "--label-topic", LABELS) == 0
+    assert "RANDOM WEIGHTS" in capsys.readouterr().err
 
 
 def test_eval_flags_are_the_options():
