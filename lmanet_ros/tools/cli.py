@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 #: Subcommand modules under lmanet_ros.tools, in the order `lmanet --help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("demo", "train", "eval", "replay", "score", "synth")
+SUBCOMMANDS: tuple[str, ...] = ("demo", "train", "eval", "replay", "score", "synth", "bag")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,8 +14,9 @@ from lmanet_ros.sizes import size_type
 parse_size = size_type()
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``minimum``, refused with a message otherwise."""
+def int_at_least(minimum: int, *, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (and <= ``maximum`` when given), refused with
+    a message otherwise."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -23,6 +24,8 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer <= {maximum}, got {value}")
         return value
     return parse
 

@@ -47,8 +47,8 @@ def road_share(labels: np.ndarray) -> float:
 
 def lmanet(*args: str, timeout: float) -> str:
     """Run the ``lmanet`` command in a process of its own; its output (it must exit 0)."""
-    done = subprocess.run([str(Path(sys.executable).parent / "lmanet"), *args], env=child_env(FASTDDS_DEFAULT_PROFILES_FILE=
-                                                           config_file("fastdds_shm_udp.xml")),
+    env = child_env(FASTDDS_DEFAULT_PROFILES_FILE=config_file("fastdds_shm_udp.xml"))
+    done = subprocess.run([str(Path(sys.executable).parent / "lmanet"), *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"lmanet {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done.stderr
