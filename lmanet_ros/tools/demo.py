@@ -113,6 +113,16 @@ def _stop(node: subprocess.Popen) -> int:
     return node.returncode
 
 
+#: Why the node's latency and the offline one differ (printed under the two tables).
+LATENCY_NOTE = (
+    "latency: the node's runs from publishing a frame to receiving its labels in the replaying",
+    "  process (DDS both ways, decode, the network, colour and overlay, encode); the offline one",
+    "  is the pipeline alone in one process (resize, the network, argmax), so it is lower. Both",
+    "  use the same CPU threads (num_threads 0: the physical cores available, at most 4) and both",
+    "  rise when other work shares the CPU (load averages in each metrics.json).",
+)
+
+
 def _summary(metrics_path: Path) -> list[str]:
     """One line per model of a metrics.json: mIoU, flip rate, latency."""
     payload = json.loads(metrics_path.read_text())
@@ -278,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
             return 130
         done("offline comparison")
         lines += ["offline comparison:", *_summary(compare / "metrics.json"),
-                  *_corruption_summary(outcome.payload)]
+                  *_corruption_summary(outcome.payload), *LATENCY_NOTE]
     print("\n".join(
         ["", *lines, "",
          f"live report:  {live / 'report.md'}",
