@@ -100,7 +100,8 @@ class LoadReport:
         wrapper: the wrapper key the state_dict was found under (``state_dict``, ``model``).
         metadata: metadata stored with the checkpoint (safetensors metadata, JSON values
             decoded; or a ``meta``/``metadata`` dict), e.g. classes, palette, memory_length.
-        layout: ``"semseg"`` when the keys were renamed from semseg's PSPNet layout, else None.
+        layout: the released layout the keys were renamed from (``"semseg"``: semseg's PSPNet;
+            a model's own ``from_published_state_dict`` names its layouts), else None.
     """
 
     source: str
@@ -273,6 +274,16 @@ def _from_semseg(state: dict[str, torch.Tensor]
     return renamed, ignored
 
 
+def _from_published(model: nn.Module, state: dict[str, torch.Tensor]
+                    ) -> tuple[dict[str, torch.Tensor], tuple[str, ...], str] | None:
+    """A released checkpoint layout the model itself knows (TMANet's mmseg files, TDNet's
+    ``.pkl``, ST_Memory's): the model's ``from_published_state_dict(state)`` returns (state in
+    our names, keys ignored on purpose, the layout's name), or None when ``state`` is not in a
+    layout it knows; the result is then matched strictly like any other state_dict."""
+    adapter = getattr(model, "from_published_state_dict", None)
+    return adapter(state) if callable(adapter) else None
+
+
 def normalisation_metadata(model: nn.Module) -> dict[str, list[float]] | None:
     """The model's input normalisation as metadata (None: none, ERFNet).
 
@@ -320,9 +331,14 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
         raise CheckpointError(f"checkpoint {details['source']} was saved for input normalisation "
                               f"{stated} but model '{name}' applies "
                               f"{normalisation_metadata(model)}")
+    layout = None
     semseg = _from_semseg(state)
     if semseg is not None:
         state, semseg_ignored = semseg
+        layout = "semseg"
+    published = _from_published(model, state)
+    if published is not None:
+        state, published_ignored, layout = published
 
     parts = _temporal_parts(model)
     single_frame = bool(parts) and not any(k.split(".", 1)[0] in parts for k in state)
@@ -332,6 +348,8 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
                     and k.startswith(SINGLE_FRAME_ONLY_PREFIXES))
     if semseg is not None:
         ignored += semseg_ignored
+    if published is not None:
+        ignored += published_ignored
 
     missing = [k for k in expected if k not in state and k not in allowed_missing
                and not k.endswith(".num_batches_tracked")]
@@ -372,7 +390,7 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
         missing=tuple(k for k in not_loaded if k.split(".", 1)[0] not in initialised),
         unexpected=tuple(unexpected), ignored=ignored,
         stripped_prefixes=details["stripped_prefixes"], wrapper=details["wrapper"],
-        metadata=details["metadata"], layout="semseg" if semseg is not None else None)
+        metadata=details["metadata"], layout=layout)
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, *,
