@@ -153,6 +153,11 @@ def _device(spec: str) -> torch.device:
         raise PipelineError(str(exc)) from exc
 
 
+#: The checkpoint id of a pipeline without weights (random initialisation), in reports and
+#: ``LabelInfo``.
+RANDOM_WEIGHTS_ID = "random-init"
+
+
 class SegmentationPipeline:
     """Many streams through one model, each with its own memory and reset rules.
 
@@ -163,7 +168,7 @@ class SegmentationPipeline:
     def __init__(self, model: torch.nn.Module, *, device: torch.device | str = "cpu",
                  precision: str = "fp32", input_size: tuple[int, int] | None = None,
                  memory_length: int | None = None, policy: MemoryPolicy | None = None,
-                 classes: ClassSet | None = None, checkpoint_id: str = "random-init",
+                 classes: ClassSet | None = None, checkpoint_id: str = RANDOM_WEIGHTS_ID,
                  metadata: Mapping[str, Any] | None = None) -> None:
         """Wrap ``model`` (moved to ``device`` and ``precision``, put in eval mode).
 
@@ -253,7 +258,7 @@ class SegmentationPipeline:
         if classes is None and metadata.get("classes"):
             classes = ClassSet.from_metadata(metadata["classes"])
         if report is None:
-            checkpoint_id = "random-init"
+            checkpoint_id = RANDOM_WEIGHTS_ID
         else:
             checkpoint_id = report.sha256[:16] if report.sha256 else "state-dict"
         pipeline = cls(model, device=target, precision=precision, input_size=input_size,

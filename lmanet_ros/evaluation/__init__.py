@@ -7,8 +7,10 @@
 - :mod:`.corruption`: scores by corruption group (hit, clean, per kind) with the clean-version
   and last-clean-frame references and the memory check, when the bag has a corruption log;
 - :mod:`.outputs`: the output bag and the per-frame writer thread; :mod:`.report`:
-  ``metrics.json``, ``report.md`` and plots (:mod:`.corruption_report`: the corruption part;
-  :mod:`.render`: shared formatting); :mod:`.video`: overlay videos.
+  ``metrics.json`` and ``report.md`` (:mod:`.report_html`: ``report.html``; :mod:`.plots`: the
+  PNG plots; :mod:`.corruption_report`: the corruption part; :mod:`.render`: shared formatting;
+  :mod:`.host`: the machine's load); :mod:`.video`: overlay videos, H.264 through
+  :mod:`.h264`.
 
 rclpy is imported only when a replay or live scoring starts.
 """

@@ -15,10 +15,11 @@ processed; the last frame before each reset, and the bag's last, get no labels f
 ``frames`` count is lower). The corruption groups and the comparison video take the frames every
 model labelled.
 
-Writes to ``options.out``: ``metrics.json``, ``report.md``, the plots and ``overlay.mp4`` (input
-| overlay, first model; one video per camera topic); with several models also ``comparison.mp4``
-(input | each model's overlay, captioned, hit frames tagged with their corruption kinds when the
-bag has a corruption log; one per camera topic; ``EvalOptions.comparison_video``);
+Writes to ``options.out``: ``metrics.json``, ``report.md``, ``report.html``, the plots and
+``overlay.mp4`` (input | overlay, first model; one H.264 video per camera topic); with several
+models also ``comparison.mp4`` (input | each model's overlay, captioned, hit frames tagged with
+their corruption kinds when the bag has a corruption log; one per camera topic;
+``EvalOptions.comparison_video``);
 ``output_bag`` adds a rosbag2 with labels (mono8), colour and overlay (rgb8) topics per image
 topic and model, with the input's header stamps and recording times. Ctrl-C stops after the
 current frame and writes everything for the frames done, flagged ``"partial": true``.
@@ -29,9 +30,10 @@ import dataclasses
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +48,7 @@ from lmanet_ros.streams import MemoryPolicy
 from .alignment import LabelledFrame, ResultAligner
 from .corruption import (CorruptionScorer, baseline_index, camera_topics, read_clean_images,
                          read_corruption_log, resolve_topics)
+from .host import HostLoad
 from .options import EvalError, EvalOptions, ModelSpec
 from .outputs import OVERLAY_ALPHA, OutputBag, OutputWorker, safe_name
 from .report import METRICS_FILE, build_metrics, write_json, write_report
@@ -83,11 +86,28 @@ class EvalOutcome:
     interrupted: bool = False
 
 
+def sibling_label_topic(available: Mapping[str, Any], topics: list[str] | None) -> str | None:
+    """The label topic a bag of one camera implies: ``<ns>/labels`` beside its ``<ns>/image``
+    (what ``lmanet synth`` and ``lmanet bag`` write), when the camera is the only other image
+    topic or the one chosen; None otherwise."""
+    cameras = list(topics) if topics else camera_topics(available)
+    if not topics and len(cameras) != 2:
+        return None
+    siblings = {f"{topic.rsplit('/', 1)[0]}/labels" for topic in cameras}
+    found = {label for label in siblings if label in available and label not in (topics or [])
+             and any(camera != label and camera.rsplit('/', 1)[0] == label.rsplit('/', 1)[0]
+                     for camera in cameras)}
+    return found.pop() if len(found) == 1 else None
+
+
 def plan_bag(reader: BagReader, topics: list[str] | None, label_topic: str | None) -> BagPlan:
     """Check topics and types of an open bag; count frames; take each camera's recorded rate
-    from its first log times (no pixels decoded)."""
+    from its first log times (no pixels decoded). Without a label topic, the camera's sibling
+    ``<ns>/labels`` is taken when the bag has one (:func:`sibling_label_topic`)."""
     available = reader.image_topics()
     bag = reader.path
+    if label_topic is None:
+        label_topic = sibling_label_topic(available, topics)
     if label_topic is not None and label_topic not in available:
         raise EvalError(f"label topic '{label_topic}' is not an image topic of {bag} "
                         f"(image topics: {sorted(available)})")
@@ -187,18 +207,19 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
         checkpoints (ValueError, FileNotFoundError, PipelineError).
     """
     wall_start = time.perf_counter()
+    host = HostLoad()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
         with BagReader(options.bag) as reader:
             plan = plan_bag(reader, list(options.image_topics or []), options.label_topic)
-            return _evaluate(reader, plan, options, out, wall_start)
+            return _evaluate(reader, plan, options, out, wall_start, host)
     except BagError as exc:
         raise EvalError(str(exc)) from exc
 
 
 def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
-              wall_start: float) -> EvalOutcome:
+              wall_start: float, host: HostLoad) -> EvalOutcome:
     timing = {"setup_s": 0.0, "decode_s": 0.0, "model_s": 0.0, "metrics_s": 0.0,
               "output_bag_s": 0.0, "video_s": 0.0, "outputs_drain_s": 0.0, "report_s": 0.0,
               "corruption_s": 0.0, "comparison_video_s": 0.0}
@@ -207,8 +228,9 @@ def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
     scorer = _corruption_scorer(reader, plan, options, pipelines)
     palette = np.asarray(pipelines[0].classes.colors, dtype=np.uint8)
     runs = [RunScore(spec.label, list(p.classes.names)) for spec, p in zip(specs, pipelines)]
+    plotting = threading.Thread(target=_import_plotting, daemon=True)
     if options.plots:  # import matplotlib (about a second) while the network works
-        threading.Thread(target=_import_plotting, daemon=True).start()
+        plotting.start()
     bag_out = OutputBag(Path(options.output_bag), options.output_storage or plan.storage) \
         if options.output_bag else None
     worker = OutputWorker(bag_out, out, {t: f / options.stride for t, f in plan.fps.items()},
@@ -301,15 +323,18 @@ def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
     first = pipelines[0]
     parameters = {"device": str(first.device), "precision": options.precision,
                   "input_size": list(first.input_size), "memory_length": first.memory_length,
-                  "max_gap": options.max_gap, "memory_stride": options.memory_stride,
-                  "num_threads": _threads()}
+                  "memory_length_origin": first.memory_length_origin,
+                  "max_gap": options.max_gap, "memory_stride": options.memory_stride}
     models = [_model_entry(spec.label, spec.name, spec.checkpoint, pipeline)
               for spec, pipeline in zip(specs, pipelines)]
     timing["total_s"] = time.perf_counter() - wall_start
     payload = build_metrics(runs, models, source=source, parameters=parameters,
-                            partial=interrupted, timing=timing)
+                            partial=interrupted, timing=timing,
+                            host=host.section(torch_threads=_threads()))
     if scorer is not None:
         scorer.annotate(payload)
+    if plotting.is_alive():  # two threads importing matplotlib at once may see half a module
+        plotting.join()
     start = time.perf_counter()
     files = write_report(out, payload, runs, plots=options.plots)
     timing["report_s"] = time.perf_counter() - start  # metrics.json only (report.md has run)
@@ -339,6 +364,7 @@ def _model_entry(label: str, name: str, checkpoint: str | None,
     info = pipeline.info
     return {"label": label, "model": name, "checkpoint": checkpoint,
             "checkpoint_id": pipeline.checkpoint_id, "memory_length": pipeline.memory_length,
+            "memory_length_origin": pipeline.memory_length_origin,
             "input_size": list(pipeline.input_size),
             "output_delay_frames": pipeline.output_delay_frames,
             "info": {"num_classes": info.num_classes, "temporal": info.temporal,
@@ -351,6 +377,7 @@ def _import_plotting() -> None:
 
 
 def _threads() -> int:
+    """The CPU threads PyTorch uses (intra-op), now."""
     import torch
 
     return torch.get_num_threads()

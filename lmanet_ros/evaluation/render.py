@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["figure", "num", "pct", "table"]
+__all__ = ["ABSENT", "figure", "num", "pct", "table"]
+
+#: What the per-class tables and plot show for a class neither in the ground truth nor predicted.
+ABSENT = "absent"
 
 
 def pct(value: float | None, digits: int = 1) -> str:

@@ -17,6 +17,7 @@ from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES, LABEL_ID_TO_TRAIN_ID
 from lmanet_ros.metrics import RunScore
 from lmanet_ros.streams import MemoryPolicy, StreamState
 
+from .host import HostLoad
 from .report import build_metrics, write_report
 
 __all__ = ["SCENE_CUTS", "LiveScorer", "ScoringError"]
@@ -55,6 +56,7 @@ class LiveScorer:
         self.scored_stamps: Counter = Counter()
         self.unlabelled = 0
         self._started = time.perf_counter()
+        self._host = HostLoad()
 
     def set_model_info(self, model_name: str, checkpoint_id: str, memory_length: int) -> None:
         """Record what the node runs (from its latched ``label_info``: the T in force)."""
@@ -92,5 +94,6 @@ class LiveScorer:
         parameters = {"max_gap": self.policy.max_gap, **parameters}
         model = dict(self.model, memory_resets_inferred=True)
         payload = build_metrics([self.run], [model], source=source, parameters=parameters,
-                                partial=partial, mode="live")
+                                partial=partial, mode="live",
+                                host=self._host.section(torch_threads=None))
         return write_report(out_dir, payload, [self.run])

@@ -1,4 +1,5 @@
-"""Overlay videos: each input frame beside its segmentation overlay, as an MP4 (mp4v).
+"""Overlay videos: each input frame beside its segmentation overlay, as an H.264 MP4 that
+browsers play (:class:`~.h264.H264Writer`).
 
 :class:`OverlayVideo` writes frames as they come (the offline evaluation has both images at
 once); :class:`LiveVideo` pairs the frames a replay publishes with the overlays a running node
@@ -16,6 +17,8 @@ import cv2
 import numpy as np
 
 from lmanet_ros.stamps import NS_PER_S
+
+from .h264 import H264Writer
 
 __all__ = ["COMPARISON_FILE", "VIDEO_FILE", "ComparisonVideo", "LiveVideo", "OverlayVideo",
            "caption_height", "comparison_row", "recorded_fps"]
@@ -40,20 +43,17 @@ def recorded_fps(stamps_ns: list[int] | np.ndarray, default: float = 17.0) -> fl
 
 
 class OverlayVideo:
-    """An MP4 (mp4v) of input and overlay side by side, one row per frame written.
+    """An H.264 MP4 of input and overlay side by side, one row per frame written.
 
     The first frame fixes the size; later frames of another size are resized to it. Use as a
     context manager so the file is finalised (playable) even when the run is interrupted.
     """
 
     def __init__(self, path: str | Path, fps: float) -> None:
-        """Prepare ``path``; the writer opens on the first frame (its size is known then)."""
-        if not fps > 0:
-            raise ValueError(f"fps must be positive, got {fps}")
-        self.path = Path(path)
-        self.fps = float(fps)
-        self.frames = 0
-        self._writer: cv2.VideoWriter | None = None
+        """Prepare ``path``; the encoder starts on the first frame (its size is known then)."""
+        self._writer = H264Writer(path, fps)
+        self.path = self._writer.path
+        self.fps = self._writer.fps
         self._size: tuple[int, int] | None = None
 
     def write(self, rgb: np.ndarray, overlay: np.ndarray) -> None:
@@ -61,25 +61,25 @@ class OverlayVideo:
         self.write_row(np.concatenate([rgb, overlay], axis=1))
 
     def write_row(self, frame: np.ndarray) -> None:
-        """Append one video frame as it is: (H, W, 3) uint8 RGB (resized to the first's size)."""
-        if self._writer is None:
-            height, width = frame.shape[:2]
-            self._size = (width + width % 2, height + height % 2)
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
-                                           self.fps, self._size)
-            if not self._writer.isOpened():
-                self._writer = None
-                raise OSError(f"cannot open an mp4v video writer for {self.path}")
-        if (frame.shape[1], frame.shape[0]) != self._size:
+        """Append one video frame as it is: (H, W, 3) uint8 RGB (resized to the first's size).
+
+        Raises:
+            OSError: no H.264 encoder (imageio-ffmpeg missing), or the encoder failed.
+        """
+        if self._size is None:
+            self._size = (frame.shape[1], frame.shape[0])
+        elif (frame.shape[1], frame.shape[0]) != self._size:
             frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
-        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        self.frames += 1
+        self._writer.write(frame)
+
+    @property
+    def frames(self) -> int:
+        """Frames written."""
+        return self._writer.frames
 
     def close(self) -> None:
-        """Finalise the file."""
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        """Finalise the file (waits for the encoder)."""
+        self._writer.close()
 
     def __enter__(self) -> "OverlayVideo":
         """Return self."""

@@ -30,8 +30,8 @@ def test_eval_writes_every_output(tmp_path, storage):
     outcome = run_eval(bag, out, image_topics=[IMAGE], label_topic=LABELS, video=True,
                        plots=True, output_bag=tmp_path / "labelled")
     assert not outcome.interrupted
-    for name in ("metrics.json", "report.md", "class_iou.png", "latency_hist.png",
-                 "flip_rate.png", "overlay.mp4"):
+    for name in ("metrics.json", "report.md", "report.html", "class_iou.png",
+                 "latency_hist.png", "flip_rate.png", "overlay.mp4"):
         assert (out / name).stat().st_size > 0, name
     metrics = load(out)
     assert metrics["partial"] is False and metrics["source"]["storage"] == storage
@@ -75,7 +75,7 @@ def test_without_labels(tmp_path):
     model = load(out)["models"][0]
     assert model["accuracy"] is None and model["frames"] == 6
     assert model["temporal_consistency"]["flip_rate_gt_stable"] is None
-    assert "accuracy not measured" in (out / "report.md").read_text()
+    assert "**Accuracy not scored**: no label topic" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("label_first", [False, True])
@@ -195,13 +195,26 @@ def test_ctrl_c_leaves_a_valid_partial_report(tmp_path, monkeypatch):
     ({"label_topic": "/nope"}, "label topic '/nope'"),
     ({"image_topics": [IMAGE], "label_topic": IMAGE}, "both"),
     ({"stride": 0}, "--stride"),
-    ({}, "choose with --image-topic"),   # /camera/image and (unnamed) /camera/labels
 ])
 @pytest.mark.usefixtures("identity")
 def test_errors_are_reported(tmp_path, options, message):
     bag = write_bag(tmp_path / "bag", n=2)
     with pytest.raises(EvalError, match=message):
         run_eval(bag, tmp_path / "out", **options)
+
+
+@pytest.mark.usefixtures("identity")
+def test_the_cameras_sibling_labels_are_the_default_label_topic(tmp_path):
+    bag = write_bag(tmp_path / "bag", n=2)       # /camera/image and /camera/labels
+    run_eval(bag, tmp_path / "out")
+    metrics = load(tmp_path / "out")
+    assert metrics["source"]["label_topic"] == LABELS
+    assert metrics["models"][0]["accuracy"]["miou"] == 1.0
+    two = write_bag(tmp_path / "two", n=2, topics=(IMAGE, "/rear/image"))
+    with pytest.raises(EvalError, match="choose with --image-topic"):
+        run_eval(two, tmp_path / "out2")
+    run_eval(two, tmp_path / "out3", image_topics=["/rear/image"])
+    assert load(tmp_path / "out3")["source"]["label_topic"] is None  # no /rear/labels
 
 
 @pytest.mark.usefixtures("identity")

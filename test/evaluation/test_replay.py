@@ -5,7 +5,6 @@ inputs and overlays by stamp. The end-to-end run against lmanet_node through the
 """
 import time
 
-import cv2
 import numpy as np
 import pytest
 
@@ -18,6 +17,7 @@ from lmanet_ros.bags import decode_label, header_of, image_cdr, typestore
 from lmanet_ros.evaluation import (LiveVideo, ReplayError, ReplayOptions, parse_remaps,
                                    recorded_fps, replay_bag)
 from lmanet_ros.stamps import stamp_ns
+from video_helpers import read_video
 
 pytestmark = pytest.mark.ros
 
@@ -43,19 +43,12 @@ def test_live_video_pairs_equal_stamps_in_order_and_skips_missing_overlays(tmp_p
         video.add_overlay(stamp, 255 - image)
     video.close()
     assert video.frames == len(stamps) - 1 and video.missing == 1 and video.pending == 0
-    capture = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))
-    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(17.0, abs=0.1)
-    shown = []
-    while True:
-        ok, bgr = capture.read()
-        if not ok:
-            break
-        shown.append(bgr)
-    capture.release()
+    shown, fps = read_video(tmp_path / "overlay.mp4")
+    assert fps == pytest.approx(17.0, abs=0.1)
     assert len(shown) == len(stamps) - 1
-    for bgr, image in zip(shown, inputs):  # left: the input, right: its own overlay
-        assert abs(float(bgr[:, :32].mean()) - image.mean()) < 6
-        assert abs(float(bgr[:, 32:].mean()) - (255 - image.mean())) < 6
+    for rgb, image in zip(shown, inputs):  # left: the input, right: its own overlay
+        assert abs(float(rgb[:, :32].mean()) - image.mean()) < 6
+        assert abs(float(rgb[:, 32:].mean()) - (255 - image.mean())) < 6
 
 
 def test_replay_publishes_frames_and_clock(ros, tmp_path):

@@ -22,7 +22,6 @@ def run_eval(bag, out, *extra):
     (["--label-topic", "/nope"], "label topic '/nope'"),
     (["--image-topic", IMAGE, "--label-topic", IMAGE], "both"),
     (["--stride", "0"], "--stride"),
-    ([], "choose with --image-topic"),   # /camera/image and (unnamed) /camera/labels
 ])
 @pytest.mark.usefixtures("identity")
 def test_errors_are_reported(tmp_path, capsys, extra, message):

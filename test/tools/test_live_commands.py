@@ -20,6 +20,7 @@ from eval_helpers import IMAGE, LABELS, PERIOD, T0, N, frames
 from eval_helpers import write_frames_bag as write_bag
 from lmanet_ros.tools import cli
 from ros_helpers import child_env, wait_until
+from video_helpers import read_video
 
 pytestmark = pytest.mark.ros
 
@@ -117,17 +118,10 @@ def test_live_lockstep_scores_every_frame_like_offline(ros, node, labelled_bag, 
     assert live["source"]["video_frames"] == N
     assert live["source"]["video_frames_without_overlay"] == 0
     assert "overlay.mp4" in (live_out / "report.md").read_text()
-    video = cv2.VideoCapture(str(live_out / "overlay.mp4"))
-    decoded = []
-    while True:
-        ok, bgr = video.read()
-        if not ok:
-            break
-        decoded.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    video.release()
+    decoded, _ = read_video(live_out / "overlay.mp4")
     assert len(decoded) == N and decoded[0].shape == (H, 2 * W, 3)
 
-    def blocks(rgb):  # 8x8 block means: lossy mp4v keeps these, not the per-pixel noise
+    def blocks(rgb):  # 8x8 block means: lossy H.264 keeps these, not the per-pixel noise
         return cv2.resize(rgb.astype(np.float32), (W // 8, H // 8), interpolation=cv2.INTER_AREA)
 
     for image, shown in zip(frames(), decoded):
