@@ -19,6 +19,8 @@ from .temporal import FIFOModule, LocalMemoryModule, TemporalModule
 from .tmanet import TemporalMemoryAttention
 from .tdnet import PathMemory, TemporallyDistributed
 from .stf import STFSegmenter, SpatioTemporalFusion, stf_erfnet
+from .tmanet_r50 import ProjectAheadMemoryAttention, SlotMemory, TMANetSegmenter, build_tmanet_r50
+from .stf_psp import STFPSPNetSegmenter, stf_mar_delayed_pspnet50
 from .weights import (DEMO, Weights, get_weights, list_weights, memory_length_origin,
                       models_with_weights, resolve_checkpoint, resolve_memory_length,
                       trained_input_size, training_summary)
@@ -32,5 +34,7 @@ __all__ = [
     "local_memory_attention_reference", "DEMO", "Weights", "get_weights", "list_weights",
     "models_with_weights", "resolve_checkpoint", "resolve_memory_length", "memory_length_origin",
     "trained_input_size", "training_summary", "PathMemory", "TemporallyDistributed",
-    "STFSegmenter", "SpatioTemporalFusion", "stf_erfnet",
+    "STFSegmenter", "SpatioTemporalFusion", "stf_erfnet", "ProjectAheadMemoryAttention",
+    "SlotMemory", "TMANetSegmenter", "build_tmanet_r50", "STFPSPNetSegmenter",
+    "stf_mar_delayed_pspnet50",
 ]

@@ -14,8 +14,17 @@ The layout is the one of the semantic-segmentation ResNets that PSPNet's publish
   1x1 convolutions have stride 1.
 
 No convolution has a bias; batch norms use PyTorch's default eps (1e-5).
+
+Two options give mmseg's ``ResNetV1c`` dilated to output stride 8 (TMANet's and mmseg PSPNet's
+backbone, ``shared/docs/temporal-modules.md`` section 1.2) under the same names:
+``stem_channels=64`` (stem 3 -> 32 (stride 2) -> 32 -> 64, then the max-pool; ``layer1`` takes 64
+channels) and ``contract_dilation=True`` (the first block of a dilated stage uses half the
+stage's dilation: 1 in ``layer3``, 2 in ``layer4``). :mod:`lmanet_ros.models.mmseg_layout` builds
+it and renames mmseg's keys.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +81,9 @@ class Bottleneck(nn.Module):
 def deep_stem(out_channels: int = 128) -> nn.Sequential:
     """The deep stem ``layer0``: three 3x3 convs (the first stride 2), then a 3x3 max-pool.
 
-    (B, 3, H, W) -> (B, out_channels, ceil(ceil(H / 2) / 2), ...); for H = 8k + 1: 2k + 1.
+    Widths 3 -> out_channels / 2 -> out_channels / 2 -> out_channels (128: semseg's stem;
+    64: mmseg ResNetV1c's). (B, 3, H, W) -> (B, out_channels, ceil(ceil(H / 2) / 2), ...);
+    for H = 8k + 1: 2k + 1.
     """
     half = out_channels // 2
     return nn.Sequential(
@@ -94,29 +105,40 @@ class DilatedResNet(nn.Module):
 
     Args:
         depth: 50 or 101 (bottleneck blocks per stage from :data:`RESNET_BLOCKS`).
+        stem_channels: output channels of the deep stem (128: semseg's; 64: mmseg
+            ResNetV1c's), the input channels of ``layer1``.
+        contract_dilation: False: every block of ``layer3`` / ``layer4`` has dilation 2 / 4
+            (semseg's); True: their first block has half of it, 1 / 2 (mmseg's).
     """
 
     out_channels = 2048
     output_stride = 8
 
-    def __init__(self, depth: int = 101) -> None:
+    def __init__(self, depth: int = 101, *, stem_channels: int = 128,
+                 contract_dilation: bool = False) -> None:
         super().__init__()
         if depth not in RESNET_BLOCKS:
             raise ValueError(f"depth must be one of {sorted(RESNET_BLOCKS)}, got {depth!r}")
+        if stem_channels < 2 or stem_channels % 2:
+            raise ValueError(f"stem_channels must be even and >= 2, got {stem_channels!r}")
         blocks = RESNET_BLOCKS[depth]
-        self.layer0 = deep_stem(128)
-        self.layer1 = self._stage(128, 64, blocks[0], stride=1, dilation=1)
-        self.layer2 = self._stage(256, 128, blocks[1], stride=2, dilation=1)
-        self.layer3 = self._stage(512, 256, blocks[2], stride=1, dilation=2)
-        self.layer4 = self._stage(1024, 512, blocks[3], stride=1, dilation=4)
+        stage = partial(self._stage, contract_dilation=contract_dilation)
+        self.layer0 = deep_stem(stem_channels)
+        self.layer1 = stage(stem_channels, 64, blocks[0], stride=1, dilation=1)
+        self.layer2 = stage(256, 128, blocks[1], stride=2, dilation=1)
+        self.layer3 = stage(512, 256, blocks[2], stride=1, dilation=2)
+        self.layer4 = stage(1024, 512, blocks[3], stride=1, dilation=4)
 
     @staticmethod
-    def _stage(in_channels: int, width: int, count: int, *, stride: int,
-               dilation: int) -> nn.Sequential:
-        """``count`` bottlenecks; the first one strides and projects, all share the dilation."""
+    def _stage(in_channels: int, width: int, count: int, *, stride: int, dilation: int,
+               contract_dilation: bool) -> nn.Sequential:
+        """``count`` bottlenecks; the first one strides and projects (and, with
+        ``contract_dilation``, has half the dilation where it is above 1); the others have
+        ``dilation``."""
         out_channels = width * Bottleneck.expansion
+        first = dilation // 2 if contract_dilation and dilation > 1 else dilation
         return nn.Sequential(
-            Bottleneck(in_channels, width, stride=stride, dilation=dilation),
+            Bottleneck(in_channels, width, stride=stride, dilation=first),
             *(Bottleneck(out_channels, width, dilation=dilation) for _ in range(count - 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """STF (spatial-temporal fusion) and MAR (memory-augmented refinement) of ST_Memory as a streaming
-temporal module on ERFNet (``stf_erfnet``, ``stf_mar_erfnet``).
+temporal module on ERFNet (``stf_erfnet``, ``stf_mar_erfnet``). The released network itself
+(PSPNet-50, d = 512) is :mod:`lmanet_ros.models.stf_psp`, built from the same parts.
 
 What the release computes (``shared/docs/temporal-modules.md`` sections 2.2, 2.3), here on the
 128-channel ERFNet encoder features of a window of three frames, slot 0 the oldest:
@@ -13,7 +14,8 @@ What the release computes (``shared/docs/temporal-modules.md`` sections 2.2, 2.3
   the keys, attention dropout). Positional embeddings are added to queries and keys only.
 - **Positional embeddings**: learned, one per temporal slot: ``pe_enc`` (1, C, 3, Hp, Wp) for the
   window, ``pe_dec`` (1, C, 1, Hp, Wp) for the query; trilinearly resized to the feature size at
-  run time (identity at the stored size).
+  run time (i.e. bilinear per slot; identity at the stored size), cached per feature size when
+  inferring (:meth:`SpatioTemporalTransformer.embedding`).
 - **Encoder layer** (post-norm), over the three frames jointly:
   ``X <- LN1(X + Drop(ISA(X)))``; ``X <- LN2(X + Drop(W2 Drop(ReLU(W1 X))))`` -> memory M.
 - **Decoder layer**: target ``Y = F_q``, the RAW features of the query frame;
@@ -61,7 +63,9 @@ reusable and STF runs whole at every step.
   decoder: the single-frame network (in the delayed form too: the first step after a reset
   returns the single-frame logits of the CURRENT frame). If ERFNet's decoder is trained on STF's
   output (the release retrains its classifier), this first frame's logits come from a decoder
-  trained on other features: a trainer that unfreezes the decoder should know.
+  trained on other features: a trainer that unfreezes the decoder should know. A model whose
+  decoder knows STF's output only (the release's, :mod:`~lmanet_ros.models.stf_psp`) fills the
+  window with the current frame instead (``duplicate_cold_start``).
 - MAR is per pixel and applied to STF's output only (not on the single-frame path). Its class
   memory is randomly initialised here (keys and the 19 value prototypes N(0, 1), like the
   LayerNorm-ed features it is compared with); initialising it from training features (the 10
@@ -75,7 +79,8 @@ projections 0.81 G, attention 0.45 G, FFN 0.20 G), decoder 0.87 G, MAR 0.16 G; E
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -92,6 +97,8 @@ __all__ = ["LONG", "SHORT", "group_tokens", "ungroup_tokens", "InterlacedSparseA
            "SpatioTemporalTransformer", "ClassMemoryAttention", "MemoryAugmentedRefinement",
            "SpatioTemporalFusion", "STFSegmenter", "stf_erfnet"]
 
+#: Feature sizes whose resized positional embeddings an STF module keeps (inference only).
+EMBEDDING_CACHE_SIZES = 4
 #: Token groups of the LONG stage: permutation of the grid (N, T, nby, b, nbx, b, C) to
 #: (N, oy, ox | T, by, bx | C): one group per image and intra-block offset.
 LONG = (0, 3, 5, 1, 2, 4, 6)
@@ -268,6 +275,9 @@ class SpatioTemporalTransformer(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.block = block
+        #: (name, height, width) -> ((data_ptr, version) of the parameter, embedding).
+        self._embedding_cache: OrderedDict[tuple[str, int, int],
+                                           tuple[tuple[int, int], torch.Tensor]] = OrderedDict()
         self.pe_enc = nn.Parameter(torch.empty(1, channels, frames, *pe_size))
         self.pe_dec = nn.Parameter(torch.empty(1, channels, 1, *pe_size))
         layer = (channels, heads, ffn_channels, block, dropout)
@@ -284,12 +294,46 @@ class SpatioTemporalTransformer(nn.Module):
         """Window length T."""
         return self.pe_enc.shape[2]
 
-    def embedding(self, pe: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """A (1, C, S, Hp, Wp) embedding resized (trilinear) to (1, S, height, width, C)."""
+    def embedding(self, name: str, height: int, width: int) -> torch.Tensor:
+        """Embedding ``name`` (``"pe_enc"`` or ``"pe_dec"``, stored (1, C, S, Hp, Wp)) on a
+        (height, width) feature grid, channels last and zero-padded at the bottom and right
+        to multiples of the block: (1, S, H', W', C).
+
+        Resize: the release's trilinear resize to (S, height, width) (``align_corners=False``),
+        which keeps the slot axis as it is, i.e. bilinear on each slot's (Hp, Wp) grid; none at
+        the stored size (a view of the parameter: the identity). Without autograd (inference)
+        the result is cached per size (:data:`EMBEDDING_CACHE_SIZES` sizes, the least recently
+        used dropped); an entry is used only while the parameter keeps its storage and
+        version, so loading weights or an optimiser step invalidates it, and moving or casting
+        the module (``to``, ``double``) clears the cache.
+        """
+        pe = getattr(self, name)
+        key = (name, height, width)
+        stamp = (pe.data_ptr(), pe._version)
+        cacheable = not torch.is_grad_enabled()
+        entry = self._embedding_cache.get(key) if cacheable else None
+        if entry is not None and entry[0] == stamp:
+            self._embedding_cache.move_to_end(key)
+            return entry[1]
         if tuple(pe.shape[3:]) != (height, width):
             pe = F.interpolate(pe, size=(pe.shape[2], height, width), mode="trilinear",
                                align_corners=False)
-        return pe.permute(0, 2, 3, 4, 1)
+        value = pe.permute(0, 2, 3, 4, 1)
+        pad_h, pad_w = (-height) % self.block, (-width) % self.block
+        if pad_h or pad_w:
+            value = F.pad(value, (0, 0, 0, pad_w, 0, pad_h))
+        if cacheable:
+            self._embedding_cache[key] = (stamp, value)
+            while len(self._embedding_cache) > EMBEDDING_CACHE_SIZES:
+                self._embedding_cache.popitem(last=False)
+        return value
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor],
+               recurse: bool = True) -> "SpatioTemporalTransformer":
+        """Moving or casting the module (``to``, ``double``, ``cuda``: nn.Module's hook for
+        them) drops the cached embeddings."""
+        self._embedding_cache.clear()
+        return super()._apply(fn, recurse)
 
     def forward(self, window: Sequence[torch.Tensor], query_index: int) -> torch.Tensor:
         """Fuse T frames (B, C, h, w) each, oldest first; the decoder's target is
@@ -300,8 +344,8 @@ class SpatioTemporalTransformer(nn.Module):
         pad_h, pad_w = (-height) % self.block, (-width) % self.block
         pad = (0, 0, 0, pad_w, 0, pad_h)                      # C, W, H of (N, T, H, W, C)
         tokens = F.pad(torch.stack(list(window), dim=1).permute(0, 1, 3, 4, 2), pad)
-        pe_enc = F.pad(self.embedding(self.pe_enc, height, width), pad)
-        pe_dec = F.pad(self.embedding(self.pe_dec, height, width), pad)
+        pe_enc = self.embedding("pe_enc", height, width)
+        pe_dec = self.embedding("pe_dec", height, width)
         padding = None
         if pad_h or pad_w:
             padding = torch.ones(height + pad_h, width + pad_w, dtype=torch.bool,
@@ -365,37 +409,66 @@ class ClassMemoryLayer(_FeedForwardLayer):
 
 
 class MemoryAugmentedRefinement(nn.Module):
-    """MAR: per-pixel refinement against a fixed class memory (trainable parameters).
+    """MAR: per-pixel refinement against a class memory. (B, C, h, w) -> (B, C, h, w).
 
     ``memory_key`` (1, K, C) and ``memory_value`` (1, K, C), K = ``classes`` x
-    ``entries_per_class``, class-major; the values start as one random prototype per class
-    repeated ``entries_per_class`` times (as the release's ``value.npy`` rows are), the keys as
-    K random entries; all N(0, 1) (see the module docstring for the later initialisation from
-    training features). (B, C, h, w) -> (B, C, h, w).
+    ``entries_per_class``, class-major (entries ``c * entries_per_class ..`` belong to class
+    c); the values are one prototype per class repeated ``entries_per_class`` times (as the
+    release's ``value.npy`` rows are), the keys K entries of their own. Both start N(0, 1)
+    (random prototypes) until :meth:`set_memory` or a checkpoint sets them; trainable
+    parameters as in the release, or persistent buffers with ``fixed_memory`` (the same
+    state_dict names: one file carries the model, memory included).
 
     Args:
         channels: C.
         classes, entries_per_class: 19 and 10 (K = 190).
-        widths: the q/k/v stacks (first = channels).
-        ffn_channels: FFN width.
+        widths: the q/k/v stacks (first = channels); None: C -> C -> C/2 -> C/2 (the
+            release's 512 -> 512 -> 256 -> 256).
+        ffn_channels: FFN width; None: C/2 (the release's 256).
         dropout: residual and FFN dropout (training only).
+        fixed_memory: the memory as buffers (never trained) instead of parameters.
     """
 
     def __init__(self, channels: int = 128, *, classes: int = 19, entries_per_class: int = 10,
-                 widths: Sequence[int] = (128, 128, 64, 64), ffn_channels: int = 64,
-                 dropout: float = 0.1) -> None:
+                 widths: Sequence[int] | None = None, ffn_channels: int | None = None,
+                 dropout: float = 0.1, fixed_memory: bool = False) -> None:
         super().__init__()
+        half = channels // 2
+        widths = (channels, channels, half, half) if widths is None else tuple(widths)
+        ffn_channels = half if ffn_channels is None else ffn_channels
         if widths[0] != channels:
             raise ValueError(f"widths must start at channels ({channels}), got {widths}")
         if classes < 1 or entries_per_class < 1:
             raise ValueError(f"classes and entries_per_class must be >= 1, got {classes}, "
                              f"{entries_per_class}")
+        self.entries_per_class = entries_per_class
         entries = classes * entries_per_class
-        self.memory_key = nn.Parameter(torch.randn(1, entries, channels))
+        memory_key = torch.randn(1, entries, channels)
         prototypes = torch.randn(classes, 1, channels)
-        self.memory_value = nn.Parameter(
-            prototypes.expand(classes, entries_per_class, channels).reshape(1, entries, channels))
+        memory_value = prototypes.expand(classes, entries_per_class, channels).reshape(
+            1, entries, channels)
+        for name, tensor in (("memory_key", memory_key), ("memory_value", memory_value)):
+            if fixed_memory:
+                self.register_buffer(name, tensor)
+            else:
+                self.register_parameter(name, nn.Parameter(tensor))
         self.HEdecoder = ClassMemoryLayer(channels, widths, ffn_channels, dropout)
+
+    @torch.no_grad()
+    def set_memory(self, keys: torch.Tensor, prototypes: torch.Tensor) -> None:
+        """Set the memory: ``keys`` (K, C), class-major; ``prototypes`` (classes, C), each
+        repeated ``entries_per_class`` times into ``memory_value`` (the layout of the
+        release's ``key.npy`` (190, 512) and ``value.npy`` (19, 512))."""
+        _, entries, channels = self.memory_key.shape
+        classes = entries // self.entries_per_class
+        if tuple(keys.shape) != (entries, channels):
+            raise ValueError(f"keys must be ({entries}, {channels}), got {tuple(keys.shape)}")
+        if tuple(prototypes.shape) != (classes, channels):
+            raise ValueError(f"prototypes must be ({classes}, {channels}), got "
+                             f"{tuple(prototypes.shape)}")
+        self.memory_key.copy_(keys.unsqueeze(0))
+        self.memory_value.copy_(prototypes.repeat_interleave(self.entries_per_class, dim=0)
+                                .unsqueeze(0))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         tokens = features.flatten(2).transpose(1, 2)                         # (B, h*w, C)
@@ -415,28 +488,35 @@ class SpatioTemporalFusion(FIFOModule):
     with ``mar``, ``MAR`` (:class:`MemoryAugmentedRefinement`).
 
     Args:
-        channels: encoder feature channels (128 for ERFNet); also the fused width.
+        channels: encoder feature channels (128 for ERFNet, 512 for PSPNet-50's bottleneck);
+            also the fused width.
         past_frames: past frames in the window (2: window t-2, t-1, t).
-        mar: add MAR after STF.
+        mar: the MAR applied after STF (None: none).
         delayed: the decoder's query is slot ``past_frames - 1`` (frame t-1, the middle one
             of three) instead of the current frame: the step's output belongs to the previous
             frame (:attr:`output_delay_frames` 1).
+        duplicate_cold_start: with an empty memory, fuse the current frame's window filled
+            with that frame alone (every slot) instead of passing the features unchanged to
+            the decoder: for a decoder trained on STF's output only (the release's classifier),
+            which has no single-frame path.
         stf_options: further :class:`SpatioTemporalTransformer` arguments (heads,
             ffn_channels, block, pe_size, dropout, layer counts).
     """
 
     memory_type = FeatureMemory
 
-    def __init__(self, channels: int = 128, *, past_frames: int = 2, mar: bool = False,
-                 delayed: bool = False, **stf_options: object) -> None:
+    def __init__(self, channels: int = 128, *, past_frames: int = 2,
+                 mar: MemoryAugmentedRefinement | None = None, delayed: bool = False,
+                 duplicate_cold_start: bool = False, **stf_options: object) -> None:
         super().__init__()
         if isinstance(past_frames, bool) or not isinstance(past_frames, int) or past_frames < 1:
             raise ValueError(f"past_frames must be an int >= 1, got {past_frames!r}")
         self.STF = SpatioTemporalTransformer(channels, frames=past_frames + 1, **stf_options)
-        self.MAR = MemoryAugmentedRefinement(channels) if mar else None
+        self.MAR = mar
         self.out_channels = channels
         #: Frames by which a step's output lags the frame stepped (0 causal, 1 delayed).
         self.output_delay_frames = 1 if delayed else 0
+        self.duplicate_cold_start = duplicate_cold_start
 
     @property
     def past_frames(self) -> int:
@@ -453,10 +533,10 @@ class SpatioTemporalFusion(FIFOModule):
         return (features,)
 
     def window(self, frames: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """The window's frames for 2..T frames (past ones held, then the current one), oldest
+        """The window's frames for 1..T frames (past ones held, then the current one), oldest
         first: missing oldest slots hold the oldest frame given (cold start)."""
-        if not 2 <= len(frames) <= self.STF.frames:
-            raise ValueError(f"need 2 to {self.STF.frames} frames, got {len(frames)}")
+        if not 1 <= len(frames) <= self.STF.frames:
+            raise ValueError(f"need 1 to {self.STF.frames} frames, got {len(frames)}")
         return [frames[0]] * (self.STF.frames - len(frames)) + list(frames)
 
     @property
@@ -472,9 +552,22 @@ class SpatioTemporalFusion(FIFOModule):
     def read(self, features: torch.Tensor, memory: FeatureMemory) -> torch.Tensor:
         return self.fuse(self.window([*memory.features, features]))
 
+    def step(self, features: torch.Tensor, memory: FeatureMemory, *, memory_length: int,
+             update_memory: bool = True) -> tuple[torch.Tensor, FeatureMemory]:
+        """:meth:`FIFOModule.step`; with ``duplicate_cold_start`` an empty memory fuses the
+        current frame's window of that frame alone (its entry stored as usual)."""
+        if len(memory) or not self.duplicate_cold_start:
+            return super().step(features, memory, memory_length=memory_length,
+                                update_memory=update_memory)
+        fused = self.read(features, memory)
+        if not update_memory:
+            return fused, memory
+        return fused, memory.append(self.memory_entry(features), memory_length)
+
 
 class STFSegmenter(TemporalSegmenter):
-    """ERFNet with STF (+ MAR) in between; the delayed form reports its output delay.
+    """A network with STF (+ MAR) between encoder and decoder (ERFNet here, PSPNet-50 in
+    :mod:`~lmanet_ros.models.stf_psp`); the delayed form reports its output delay.
 
     Contract of :attr:`output_delay_frames` (0 on every other model; honoured by
     :class:`lmanet_ros.pipeline.SegmentationPipeline` and so by the node and the evaluation): with
@@ -485,10 +578,11 @@ class STFSegmenter(TemporalSegmenter):
     - keep, per stream, the header (stamp, frame_id) of the last frame stepped with
       ``update_memory=True``, publish the labels with THAT header and score them against that
       frame's labels, and report the added latency (one frame period + compute) as such;
-    - after a reset (memory None or empty) the step returns the single-frame logits of the
-      CURRENT frame: publish them with the current header (labels right away); the next step's
-      output is the same frame's fused result: publish it as a replacement or drop it (a
-      consumer that takes one message per stamp should get only one of them);
+    - after a reset (memory None or empty) the step returns the logits of the CURRENT frame
+      (single-frame, or with ``duplicate_cold_start`` its window filled with it): publish them
+      with the current header (labels right away); the next step's output is the same frame's
+      fused result: publish it as a replacement or drop it (a consumer that takes one message
+      per stamp should get only one of them);
     - with a stride policy (``update_memory=False`` on some frames) every step between two stored
       frames returns the newest stored frame's labels again: publish them once;
     - training on clips: ``model(frames)`` returns the logits of frame N-2 (the last frame is the
@@ -507,7 +601,9 @@ def stf_erfnet(*, num_classes: int = 20, memory_length: int = 2, mar: bool = Fal
     ``stf_delayed_erfnet``, ``stf_mar_delayed_erfnet`` (labels of the previous frame, see
     :class:`STFSegmenter`)."""
     name = "stf_" + ("mar_" if mar else "") + ("delayed_" if delayed else "") + "erfnet"
-    temporal = SpatioTemporalFusion(ERFNetEncoder.out_channels, past_frames=2, mar=mar,
+    channels = ERFNetEncoder.out_channels
+    temporal = SpatioTemporalFusion(channels, past_frames=2,
+                                    mar=MemoryAugmentedRefinement(channels) if mar else None,
                                     delayed=delayed, heads=2, ffn_channels=128, block=8,
                                     pe_size=(32, 64))
     return STFSegmenter(name, ERFNetEncoder(), temporal, ERFNetDecoder(num_classes),
