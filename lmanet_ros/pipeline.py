@@ -20,7 +20,8 @@ memory holds, so per stream the pipeline keeps the newest frame stored in the me
 
 - memory not empty: the labels belong to that stored frame (the previous frame at stride 1);
 - memory empty (a new stream, any reset): the labels are those of the frame processed (the
-  single-frame network), at once;
+  single-frame network; for ``stf_mar_delayed_pspnet50``, which has none, its window filled with
+  that frame), at once;
 - the labels of a frame are returned once: a step whose labels belong to the same frame as the
   stream's previous result (the one right after a cold start gives the fused labels of the frame
   just labelled single-frame; with a stride, the steps between two stored frames) is marked
