@@ -64,6 +64,11 @@ temporal model at its own T beside erfnet, one CPU thread; TDNet's ratio checked
     python benchmarks/model_latency.py --models none --attention-cases all --repeats 5
     python benchmarks/model_latency.py --models pspnet101,lmanet_pspnet101 --sizes 257x513 \\
         --memory-lengths 3 --attention compiled --attention-cases none
+
+Issue 15's released TDNets against their PSPNets (TD4-PSP18 checked against 0.35x PSPNet-101)::
+
+    python benchmarks/model_latency.py --models td4_psp18,td2_psp50 --sizes 512x1024 \\
+        --device cpu --threads 1 --repeats 3 --warmup 1 --attention-cases none
 """
 from __future__ import annotations
 
@@ -101,8 +106,12 @@ ATTENTION_CASES = {
 }
 #: The single-frame model whose family ``--models all`` is.
 FAMILY_BASE = "erfnet"
-#: Issue 11's bounds on a temporal model's step ratio over its base's (at most this many times).
-RATIO_LIMITS = {"tdnet_erfnet": 0.6}
+#: Issue 11's bounds on a temporal model's step ratio over its base's (at most this many times);
+#: issue 15's: TD4-PSP18 at most 0.35x PSPNet-101 (its multiply-adds are about 0.21x).
+RATIO_LIMITS = {"tdnet_erfnet": 0.6, "td4_psp18": 0.35}
+#: Bases that a temporal model's name does not end with: the released TDNets against the
+#: PSPNets they are compared with (TD4-PSP18's distillation teacher, and PSPNet-50).
+NAMED_BASES = {"td4_psp18": "pspnet101", "td2_psp50": "pspnet50"}
 
 
 parse_size = size_type(minimum=8)
@@ -317,9 +326,11 @@ def _median_ms(samples: list[float]) -> float:
 def base_of(name: str) -> str | None:
     """The registered single-frame base of a temporal model: the longest registered
     single-frame model its name ends with after a ``_`` (``lmanet_erfnet``, ``stf_mar_erfnet``
-    -> ``erfnet``; ``lmanet_pspnet101`` -> ``pspnet101``), or None."""
+    -> ``erfnet``; ``lmanet_pspnet101`` -> ``pspnet101``; :data:`NAMED_BASES` first), or None."""
     if not model_entry(name).temporal:
         return None
+    if name in NAMED_BASES:
+        return NAMED_BASES[name]
     parts = name.split("_")
     for start in range(1, len(parts)):
         candidate = "_".join(parts[start:])

@@ -21,6 +21,7 @@ from .tdnet import PathMemory, TemporallyDistributed
 from .stf import STFSegmenter, SpatioTemporalFusion, stf_erfnet
 from .tmanet_r50 import ProjectAheadMemoryAttention, SlotMemory, TMANetSegmenter, build_tmanet_r50
 from .stf_psp import STFPSPNetSegmenter, stf_mar_delayed_pspnet50
+from .tdnet_psp import TDNetSegmenter  # registers td4_psp18, td2_psp50
 from .weights import (DEMO, Weights, get_weights, list_weights, memory_length_origin,
                       models_with_weights, resolve_checkpoint, resolve_memory_length,
                       trained_input_size, training_summary)
@@ -36,5 +37,5 @@ __all__ = [
     "trained_input_size", "training_summary", "PathMemory", "TemporallyDistributed",
     "STFSegmenter", "SpatioTemporalFusion", "stf_erfnet", "ProjectAheadMemoryAttention",
     "SlotMemory", "TMANetSegmenter", "build_tmanet_r50", "STFPSPNetSegmenter",
-    "stf_mar_delayed_pspnet50",
+    "stf_mar_delayed_pspnet50", "TDNetSegmenter",
 ]

@@ -1,8 +1,9 @@
 """Loading and saving weights: published ``.pth`` files, wrappers, safetensors, strict reports.
 
-:func:`load_checkpoint` reads a path (``.pth``, ``.pth.tar``, ``.pt``: ``torch.load`` with
-``weights_only=True``, never unpickling code; ``.safetensors``) or a state_dict mapping, unwraps
-``{"state_dict": ...}`` / ``{"model": ...}``, strips the ``module.`` (DDP) and ``_orig_mod.``
+:func:`load_checkpoint` reads a path (``.pth``, ``.pth.tar``, ``.pt``, ``.pkl``: ``torch.load``
+with ``weights_only=True``, never unpickling code; ``.safetensors``) or a state_dict mapping,
+unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` / ``{"model_state": ...}`` (TDNet's
+training files), strips the ``module.`` (DDP) and ``_orig_mod.``
 (torch.compile) prefixes, and loads strictly: missing keys, unexpected keys and shape mismatches
 raise :class:`CheckpointError` naming them. One exception is allowed on purpose: a single-frame
 checkpoint (no key of the temporal parts) loads into a temporal model, which keeps its temporal
@@ -44,7 +45,7 @@ __all__ = ["CheckpointError", "UnsafeCheckpointError", "LoadReport", "load_check
 #: Key prefixes removed before matching: DistributedDataParallel, torch.compile.
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 #: Wrapper keys whose mapping value is the state_dict, in the order they are tried.
-WRAPPER_KEYS = ("state_dict", "model")
+WRAPPER_KEYS = ("state_dict", "model", "model_state")
 #: Keys of a torch checkpoint dict that may hold metadata.
 METADATA_KEYS = ("meta", "metadata")
 #: Keys of the single-frame network that a temporal model does not have and ignores.

@@ -15,7 +15,8 @@ What it computes (``shared/docs/temporal-modules.md`` section 3.1), for ``m`` pa
       P_t     = Att_{p,3}(K~_{t-1}, P_{t-1} + V~_{t-1}, q_t)      (q_t at full resolution)
 
   (TD2, m = 2: ``P_t = Att_p(K~_{t-1}, V~_{t-1}, q_t)``);
-- fusion ``y = Norm_p(P_t + v_t)``, then the decoder (here ERFNet's, shared by every path).
+- fusion ``y = Norm_p(P_t + v_t)``, then the decoder (here ERFNet's, shared by every path;
+  the released TD4-PSP18 / TD2-PSP50 have a head per path, :mod:`~lmanet_ros.models.tdnet_psp`).
 
 On ERFNet (``tdnet_erfnet``) a sub-network is ERFNet's encoder with fewer non-bottleneck blocks
 (:class:`SubNetwork`: no 64-channel block, two 128-channel blocks with dilations 2 and 8), and
@@ -24,14 +25,15 @@ as they are. Multiply-adds at 256x512: a sub-network 0.95 G (ERFNet's encoder 5.
 step 2.36 G (convolutions 2.31 G, attention 0.05 G) against ERFNet's 6.65 G; on one CPU thread
 a step takes about 0.5x ERFNet's time (its decoder is half of it).
 
-Deviations from the release, each for a reason:
+Deviations of ``tdnet_erfnet`` from the release, each for a reason:
 
 - Normalisation (:class:`SpatialNorm`): the release's ``LayerNorm([97, 193])`` normalises each
   channel over the spatial map with a per-PIXEL affine, which ties its weights to 769x1537
   inputs. Here the statistics are the same (per sample and channel, over ``h x w``, eps 1e-5)
-  and the affine is per CHANNEL, so any input size works. GroupNorm(1) (the TDNet author's
-  suggestion in feinanshan/TDNet#11) would also pool the statistics across channels, i.e.
-  compute something the released normalisation does not.
+  and the affine is per CHANNEL, so any input size works (the released models keep the
+  per-pixel affine, resized to other sizes: the other kind of :class:`SpatialNorm`).
+  GroupNorm(1) (the TDNet author's suggestion in feinanshan/TDNet#11) would also pool the
+  statistics across channels, i.e. compute something the released normalisation does not.
 - No dropout on the attention weights (the shared read-out,
   :func:`~lmanet_ros.models.tmanet.global_memory_attention`, has none); the release's dropout
   after ``fc`` (0.1) is kept, training only.
@@ -39,7 +41,7 @@ Deviations from the release, each for a reason:
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -213,18 +215,78 @@ class Encoding(nn.Module):
 
 class SpatialNorm(nn.Module):
     """Each channel of each sample normalised over its spatial map (mean and biased variance
-    over h x w, eps 1e-5: the statistics of the release's ``LayerNorm([h, w])``), then a
-    per-channel affine (weight 1, bias 0 at init). Any spatial size; (B, C, h, w) in and out."""
+    over h x w, eps 1e-5: the statistics of the release's ``LayerNorm([h, w])``), then an
+    affine, one of two kinds:
 
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+    - per channel, ``SpatialNorm(channels)``: ``weight`` and ``bias`` (C,) (1 and 0 at init);
+      any spatial size as it is (``tdnet_erfnet``);
+    - per pixel, ``SpatialNorm(size=(h0, w0))``: ``weight`` and ``bias`` (h0, w0), i.e. the
+      release's ``LayerNorm([h0, w0])`` itself on (h0, w0) maps. On maps of another size
+      (h, w) the affine is resized to (h, w) bilinearly with ``align_corners=True`` (corner
+      pixels keep their values: feature pixel i lies on input pixel 8i of an 8k + 1 input at
+      every size), the TDNet author's advice for other input sizes (feinanshan/TDNet#11,
+      #55). The resized affine is cached per size while the parameters stay as they are and
+      no gradient is needed (:meth:`affine`).
+
+    (B, C, h, w) in and out.
+    """
+
+    def __init__(self, channels: int | None = None, *, size: tuple[int, int] | None = None,
+                 eps: float = 1e-5) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
+        if (channels is None) == (size is None):
+            raise ValueError("give exactly one of channels (per-channel affine) and size "
+                             "(per-pixel affine)")
+        if size is None:
+            shape = (_check_positive_int("channels", channels),)
+        elif len(size) == 2:
+            shape = tuple(_check_positive_int("size", side) for side in size)
+        else:
+            raise ValueError(f"size must be (height, width), got {size!r}")
+        self.native_size = None if size is None else shape
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
         self.eps = eps
+        self._affine_cache: dict[tuple[int, int], tuple[tuple, torch.Tensor, torch.Tensor]] = {}
+
+    def affine(self, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-pixel (weight, bias), each (h, w), for maps of ``size`` = (h, w): the
+        parameters themselves at the native size, else their bilinear resize
+        (``align_corners=True``). A resize is cached per size and reused while the parameters
+        keep their storage, version (no in-place update since: loading, an optimiser step),
+        device and dtype and the grad mode stays; with a gradient to compute it is not cached."""
+        if self.native_size is None:
+            raise ValueError("a per-channel SpatialNorm has no per-pixel affine")
+        size = (int(size[0]), int(size[1]))
+        if size == self.native_size:
+            return self.weight, self.bias
+        params = (self.weight, self.bias)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self._resize(size)
+        stamp = (torch.is_inference_mode_enabled(),
+                 *((p.device, p.dtype, p.data_ptr(), p._version) for p in params))
+        cached = self._affine_cache.get(size)
+        if cached is None or cached[0] != stamp:
+            cached = self._affine_cache[size] = (stamp, *self._resize(size))
+        return cached[1], cached[2]
+
+    def _resize(self, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        stacked = torch.stack([self.weight, self.bias]).unsqueeze(0)        # (1, 2, h0, w0)
+        weight, bias = F.interpolate(stacked, size=size, mode="bilinear",
+                                     align_corners=True)[0]
+        return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.instance_norm(x, weight=self.weight, bias=self.bias, use_input_stats=True,
-                               eps=self.eps)
+        if self.native_size is None:
+            return F.instance_norm(x, weight=self.weight, bias=self.bias, use_input_stats=True,
+                                   eps=self.eps)
+        weight, bias = self.affine(tuple(x.shape[-2:]))
+        return F.layer_norm(x, tuple(weight.shape), weight, bias, self.eps)
+
+    def extra_repr(self) -> str:
+        kind = (f"channels={self.weight.shape[0]}" if self.native_size is None
+                else f"size={self.native_size}")
+        return f"{kind}, eps={self.eps}"
 
 
 class FrameInput(nn.Identity):
@@ -247,31 +309,42 @@ class TemporallyDistributed(TemporalModule):
     with d_k 32, d_v 128, 0.375 MiB in float32, 1.1 MiB per stream for TD4.
 
     Cold start (as in the release): while fewer than m-1 entries are held (after a reset, the
-    first m-1 frames) the output is the "sub" path ``Norm_p(v_t)`` -> decoder, without a
-    propagated term; from the m-th frame on, the full chain. A stride policy's frame
+    first m-1 frames) the output is the "sub" path ``Norm_p(v_t)`` (-> ``head_p``) -> decoder,
+    without a propagated term; from the m-th frame on, the full chain. A stride policy's frame
     (``update_memory=False``) runs path c on the memory as it is and leaves it, counter
     included, unchanged. Reset: the caller drops the memory (the counter restarts at 0).
 
     State_dict names (top-level children of the segmenter): ``subnets.{p}.*`` (ERFNet layout),
     ``encodings.{p}.{query,key}.{0,1,3}.*``, ``encodings.{p}.value.*``, ``hops.{p}.{j}.*`` (the
     fc of target path p, hop j = 0 .. m-2, whose keys come from a frame of path p+j+1),
-    ``norms.{p}.{weight,bias}``.
+    ``norms.{p}.{weight,bias}``, and with per-path heads ``heads.{p}.*``.
+
+    Per-path heads (the released TD4-PSP18 / TD2-PSP50, :mod:`lmanet_ros.models.tdnet_psp`):
+    ``head_p`` maps ``y`` (and the "sub" output) to what the decoder takes, e.g. logits that
+    the decoder only up-samples; without heads ``y`` goes to a decoder shared by the paths.
 
     Args:
         paths: m (>= 2; 4: TD4, 2: TD2).
-        subnet: builds one path's sub-network (its ``out_channels`` the features' width).
+        subnet: ``subnet(p)`` builds path p's sub-network (its ``out_channels`` the features'
+            width); None: :class:`SubNetwork` (ERFNet's) for every path.
         key_channels: d_k of queries and keys (the release: 64 on 512 channels).
-        value_channels: d_v (the decoder's input width).
+        value_channels: d_v (the width of y).
         subsample: s, keep every s-th pixel of an entry (4 as the release's testing code).
         dropout: dropout after each hop's fc (0.1), training only.
+        norm: builds one path's normalisation of y; None: ``SpatialNorm(value_channels)``
+            (per-channel affine).
+        head: builds one path's head (its ``out_channels`` the module's output width); None:
+            no heads, y is the output.
         max_affinity_elements: budget of one query chunk's affinity (elements).
     """
 
     memory_type = PathMemory
 
-    def __init__(self, paths: int = 4, subnet: type[nn.Module] = SubNetwork, *,
+    def __init__(self, paths: int = 4, subnet: Callable[[int], nn.Module] | None = None, *,
                  key_channels: int = 32, value_channels: int = 128, subsample: int = 4,
-                 dropout: float = 0.1, max_affinity_elements: int = MAX_AFFINITY_ELEMENTS) -> None:
+                 dropout: float = 0.1, norm: Callable[[], nn.Module] | None = None,
+                 head: Callable[[], nn.Module] | None = None,
+                 max_affinity_elements: int = MAX_AFFINITY_ELEMENTS) -> None:
         super().__init__()
         _check_positive_int("paths", paths, minimum=2)
         for name, value in (("key_channels", key_channels), ("value_channels", value_channels),
@@ -280,16 +353,19 @@ class TemporallyDistributed(TemporalModule):
             _check_positive_int(name, value)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.subnets = nn.ModuleList([subnet() for _ in range(paths)])
+        self.subnets = nn.ModuleList([SubNetwork() if subnet is None else subnet(path)
+                                      for path in range(paths)])
         width = self.subnets[0].out_channels
         self.encodings = nn.ModuleList([Encoding(width, key_channels, value_channels)
                                         for _ in range(paths)])
         self.hops = nn.ModuleList([
             nn.ModuleList([nn.Conv2d(value_channels, value_channels, 1)
                            for _ in range(paths - 1)]) for _ in range(paths)])
-        self.norms = nn.ModuleList([SpatialNorm(value_channels) for _ in range(paths)])
+        self.norms = nn.ModuleList([SpatialNorm(value_channels) if norm is None else norm()
+                                    for _ in range(paths)])
+        self.heads = None if head is None else nn.ModuleList([head() for _ in range(paths)])
         self.dropout = nn.Dropout(dropout)
-        self.out_channels = value_channels
+        self.out_channels = value_channels if head is None else self.heads[0].out_channels
         self.key_channels = key_channels
         self.subsample = subsample
         self.max_affinity_elements = max_affinity_elements
@@ -344,21 +420,25 @@ class TemporallyDistributed(TemporalModule):
         """One frame of B streams on path ``memory.counter``.
 
         Args:
-            features: the padded, normalised frames (B, 3, H, W), H and W divisible by 8.
+            features: the padded, normalised frames (B, 3, H, W) (of a size the segmenter
+                takes without padding: ERFNet's multiples of 8, PSPNet's 8k + 1).
             memory: their :class:`PathMemory` (entries produced by the paths before
                 ``counter``, as this module writes them).
             memory_length: m-1 (checked by the segmenter).
             update_memory: False: the memory stays as it is (counter included).
 
         Returns:
-            (y (B, d_v, H/8, W/8), the memory with this frame's entry, counter + 1 mod m).
+            (y (B, d_v, h, w) at the sub-networks' resolution, or ``head_p(y)`` (B,
+            out_channels, h, w) with per-path heads; the memory with this frame's entry,
+            counter + 1 mod m).
         """
         fused, _, successor = self._run(features, memory, update_memory=update_memory)
         return fused, successor
 
-    def _run(self, features: torch.Tensor, memory: PathMemory, *, update_memory: bool
-             ) -> tuple[torch.Tensor, torch.Tensor, PathMemory]:
-        """(full output, the "sub" output ``Norm_p(v_t)``, successor memory); see :meth:`step`."""
+    def _run(self, features: torch.Tensor, memory: PathMemory, *, update_memory: bool,
+             sub_output: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, PathMemory]:
+        """(full output, the "sub" output ``head_p(Norm_p(v_t))`` where ``sub_output`` (else
+        None), successor memory); see :meth:`step`."""
         path, held = memory.counter, len(memory)
         if path >= self.paths or held > self.paths - 1:
             raise ValueError(f"memory (counter {path}, {held} entries) is not one of a model "
@@ -369,12 +449,11 @@ class TemporallyDistributed(TemporalModule):
         z = self.subnets[path](features)
         encoding = self.encodings[path]
         value = encoding.value(z)
-        sub = self.norms[path](value)
-        if held < self.paths - 1:
-            fused = sub  # cold start: the "sub" output
-        else:
-            fused = self.norms[path](self.propagate(path, encoding.query(z), memory.entries)
-                                     + value)
+        cold = held < self.paths - 1  # cold start: the "sub" output
+        fused = self._head(path, self.norms[path](
+            value if cold else self.propagate(path, encoding.query(z), memory.entries) + value))
+        sub = fused if cold else (self._head(path, self.norms[path](value)) if sub_output
+                                  else None)
         if not update_memory:
             return fused, sub, memory
         entry = encoding(z[:, :, ::self.subsample, ::self.subsample])
@@ -382,6 +461,10 @@ class TemporallyDistributed(TemporalModule):
         return fused, sub, PathMemory(counter=(path + 1) % self.paths, entries=entries,
                                       paths=(memory.paths + (path,))[-(self.paths - 1):],
                                       input_size=tuple(features.shape[2:]))
+
+    def _head(self, path: int, y: torch.Tensor) -> torch.Tensor:
+        """``head_p(y)``, or y itself in a module without heads."""
+        return y if self.heads is None else self.heads[path](y)
 
     # ------------------------------------------------------------------ training (the release's)
     #: ``L = CE(out) + 0.5 CE(sub)`` (and the same weights on the distillation terms).
@@ -400,9 +483,10 @@ class TemporallyDistributed(TemporalModule):
 
     def training_outputs(self, features: torch.Tensor, memory: PathMemory, *,
                          memory_length: int) -> dict[str, torch.Tensor]:
-        """``{"out": Norm_p(P_t + v_t), "sub": Norm_p(v_t)}`` of the labelled frame."""
+        """``{"out": head_p(Norm_p(P_t + v_t)), "sub": head_p(Norm_p(v_t))}`` of the labelled
+        frame (``head_p`` the identity without per-path heads)."""
         del memory_length
-        fused, sub, _ = self._run(features, memory, update_memory=False)
+        fused, sub, _ = self._run(features, memory, update_memory=False, sub_output=True)
         return {"out": fused, "sub": sub}
 
 

@@ -40,21 +40,22 @@ def target_model():
 
 # ---------------------------------------------------------------------------- good sources
 @pytest.mark.parametrize("layout", ["plain", "ddp", "compiled", "compiled ddp", "state_dict",
-                                    "model"])
+                                    "model", "model_state"])
 def test_mapping_layouts(source_model, target_model, layout):
     state = source_model.state_dict()
     if "ddp" in layout:
         state = {f"module.{k}": v for k, v in state.items()}
     if "compiled" in layout:
         state = {f"_orig_mod.{k}": v for k, v in state.items()}
-    if layout in ("state_dict", "model"):
+    if layout in ("state_dict", "model", "model_state"):  # model_state: TDNet's training files
         state = {"epoch": 3, "arch": "lmanet", "best_acc": 0.7, layout: state}
     report = load_checkpoint(target_model, state)
     assert_same_weights(target_model, source_model.state_dict())
     assert report.format == "mapping" and report.sha256 is None
     assert len(report.loaded) == len(source_model.state_dict())
     assert not (report.missing or report.unexpected or report.initialised)
-    assert report.wrapper == (layout if layout in ("state_dict", "model") else None)
+    assert report.wrapper == (layout if layout in ("state_dict", "model", "model_state")
+                              else None)
     assert set(report.stripped_prefixes) == {
         "plain": set(), "ddp": {"module."}, "compiled": {"_orig_mod."},
         "compiled ddp": {"module.", "_orig_mod."}}.get(layout, set())
