@@ -25,12 +25,14 @@ LAYER_OF = {
     "models": "models", "pipeline": "pipeline", "bags": "bags", "synthetic": "synthetic",
     "training": "training", "evaluation": "evaluation", "node": "node", "tools": "tools",
     "msg": "msg",  # generated from msg/ by colcon
+    "runtime": "runtime",
 }
 #: Layer -> the layers it may import (besides itself).
 MAY_IMPORT = {
     "core": {"core"},
     "models": {"classes"},   # one core module: the class tables (pure data)
     "pipeline": {"core", "models"},
+    "runtime": {"core", "models"},
     "bags": {"core"},
     "synthetic": {"core"},
     "training": {"core", "models", "synthetic"},

@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 
 #: Subcommand modules under lmanet_ros.tools, in the order `lmanet --help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("demo", "train", "eval", "replay", "score", "synth", "bag")
+SUBCOMMANDS: tuple[str, ...] = ("demo", "train", "eval", "replay", "score", "synth", "bag",
+                                "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,63 @@
+"""Deployment runtimes: the network step exported to ONNX and run by onnxruntime or OpenVINO.
+
+Layers: :mod:`.graphs` (the step as a graph of one fill level, its inputs and outputs),
+:mod:`.export` (torch -> verified ONNX files with metadata; :func:`export_onnx`, ``lmanet
+export``), :mod:`.verify` (the check against PyTorch), :mod:`.metadata` (what a file says about
+itself), :mod:`.cache` (graphs on disk keyed by weights, model, input size and T),
+:mod:`.sessions` with :mod:`.ort_backend` and :mod:`.openvino_backend` (a compiled graph behind
+one interface), :mod:`.model` (:class:`RuntimeModel`, the pipeline's drop-in) and :mod:`.build`
+(:func:`load_model`: the model of a backend from a model name and a checkpoint).
+
+Design:
+
+- one graph per memory fill level k = 0..T, each exact for its k (LMANet's joint softmax over
+  the T * P * P logits depends on how many frames the memory holds; see :mod:`.export` for why
+  not one graph with a fill mask), batch 1, fixed input size, opset 18;
+- the memory stays the PyTorch model's immutable memory type holding tensors: the graphs take
+  the k frames as explicit inputs and return the new frame's entry, the FIFO bookkeeping is the
+  memory type's own (:mod:`.model`), so the pipeline batches, splits and resets it unchanged;
+- a backend takes any torch checkpoint (``demo`` included) and exports on a cache miss; a missing
+  package or an unknown input size is an error, never a fall-back.
+
+Measured (``benchmarks/backend_latency.py --threads 1 --repeats 20``, 256x512, demo weights,
+LMANet T = 4, a shared 2-core host): step ms and ratio to torch with the compiled attention
+kernel: erfnet torch 205, onnxruntime 129 (0.63x), openvino 141 (0.69x); lmanet_erfnet torch
+229 (plain attention 295), onnxruntime 220 (0.97x), openvino 208 (0.90x). The convolutions run
+faster in both runtimes; the attention subgraph does not: onnxruntime's profile of the fill-4
+graph spends about 75 ms in it (the compiled kernel about 11 ms), 44 ms of them in two 7-D
+Transposes that materialise the window regions (the tiled attention's unfold + permute, a
+strided-view copy in PyTorch). The graphs match PyTorch to about 2e-6 (relative to
+max(1, |output|)) at every fill level, checked to 1e-4 by the tests.
+
+TensorRT (a GPU machine; not run here): the files are plain static-shape ONNX graphs, one per
+fill level, so each becomes one engine::
+
+    lmanet export lmanet_erfnet --checkpoint demo --format onnx --out lmanet.onnx \\
+        --input-size 256x512 --memory-length 4            # lmanet.fill0.onnx .. fill4.onnx
+    for k in 0 1 2 3 4; do
+        trtexec --onnx=lmanet.fill$k.onnx --saveEngine=lmanet.fill$k.plan \\
+            --memPoolSize=workspace:2048              # add --fp16 for half precision
+    done
+    polygraphy run lmanet.fill4.onnx --trt --onnxrt --atol 1e-4 --rtol 1e-4   # check
+
+The inputs and outputs (names, shapes, the memory's order) are in each file's metadata
+(``lmanet.memory_inputs``, ``lmanet.memory_outputs``; :func:`read_metadata`); a TensorRT runner
+keeps the newest T entries per stream and feeds them to the engine of their count. With
+``--fp16``, keep the attention's softmax in float32 (``--precisionConstraints=obey
+--layerPrecisions=...``) or compare the labels before trusting it.
+"""
+from .build import build_backend_model, check_backend, load_model
+from .cache import CACHE_ENV, CachedGraphs, GraphCache, default_cache_dir
+from .errors import BackendError, BackendUnavailable, ExportError
+from .export import OPSET, export_graphs, export_onnx, graph_paths
+from .loading import LoadedModel, load_torch_model
+from .metadata import read_metadata
+from .model import RuntimeModel
+from .sessions import BACKENDS, GRAPH_BACKENDS, GraphSession, open_session
+
+__all__ = [
+    "BACKENDS", "GRAPH_BACKENDS", "OPSET", "CACHE_ENV", "BackendError", "BackendUnavailable",
+    "ExportError", "CachedGraphs", "GraphCache", "GraphSession", "LoadedModel", "RuntimeModel",
+    "build_backend_model", "check_backend", "default_cache_dir", "export_graphs", "export_onnx",
+    "graph_paths", "load_model", "load_torch_model", "open_session", "read_metadata",
+]
