@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmanet_ros.stamps import seconds_to_ns
+from lmanet_ros.stamps import ns_to_seconds, seconds_to_ns
 
 
 class ResetReason(str, enum.Enum):
@@ -63,18 +63,23 @@ class MemoryPolicy:
 
 @dataclass
 class StreamStats:
-    """Counters of one stream since start (what /diagnostics and eval reports show)."""
+    """Counters of one stream since start (what /diagnostics and eval reports show).
+
+    ``last_gap_s``: seconds from the previous processed frame's stamp to the last one's
+    (negative after a jump back; None before the second frame), the gap a ``gap`` reset saw.
+    """
 
     processed: int = 0
     duplicates: int = 0
     stored: int = 0
     memory_fill: int = 0
     resets: dict[str, int] = field(default_factory=dict)
+    last_gap_s: float | None = None
 
     def copy(self) -> "StreamStats":
         """Return an independent snapshot."""
         return StreamStats(self.processed, self.duplicates, self.stored, self.memory_fill,
-                           dict(self.resets))
+                           dict(self.resets), self.last_gap_s)
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ class StreamState:
         duplicate = False
         if self._last_stamp is not None:
             duplicate = stamp_ns == self._last_stamp
+            self.stats.last_gap_s = ns_to_seconds(stamp_ns - self._last_stamp)
             if reason is not None:
                 pass
             elif stamp_ns < self._last_stamp:

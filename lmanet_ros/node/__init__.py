@@ -14,22 +14,32 @@
   :mod:`~lmanet_ros.node.qos`: the messages and QoS the node publishes with;
 - :mod:`~lmanet_ros.node.throttle`: log-line throttling (no ROS);
 - :mod:`~lmanet_ros.node.params`: the parameter table, validation and :class:`Settings`;
+- :mod:`~lmanet_ros.node.param_types`: values of the wrong type or out of range: an integer
+  for a double converted, the rest refused in words;
+- :mod:`~lmanet_ros.node.usage`: ``--help`` (no rclpy initialisation, no torch);
 - :mod:`~lmanet_ros.node.launch_args`: the launch arguments (no rclpy, no launch), shared by
   ``launch/lmanet.launch.py`` and the process-level tests.
 
 Nothing is imported here at import time, so ``lmanet_ros.node.launch_args`` stays free of rclpy
-and torch; :func:`main` (the console script's entry point) imports the node when called.
+and torch; :func:`main` (the console script's entry point) imports the node when called, after
+answering ``-h``/``--help`` (:mod:`~lmanet_ros.node.usage`) without it.
 """
 from __future__ import annotations
 
 import importlib
+import sys
 
 __all__ = ["lifecycle_main", "main"]
 
 
-def _run(module: str, args: list[str] | None) -> int:
-    """Route SIGINT and SIGTERM to a clean shutdown before rclpy and torch are imported
-    (:func:`lmanet_ros.node.process.install_signal_handlers`), then run ``module``'s ``main``."""
+def _run(module: str, executable: str, args: list[str] | None) -> int:
+    """Print the help of ``executable`` if ``args`` (default: the command line) ask for it;
+    else route SIGINT and SIGTERM to a clean shutdown before rclpy and torch are imported
+    (:func:`lmanet_ros.node.process.install_signal_handlers`) and run ``module``'s ``main``."""
+    from lmanet_ros.node import usage
+    if usage.asked(sys.argv[1:] if args is None else args):
+        print(usage.text(executable), end="")
+        return 0
     from lmanet_ros.node.process import install_signal_handlers
     install_signal_handlers()
     return importlib.import_module(module).main(args)
@@ -37,10 +47,12 @@ def _run(module: str, args: list[str] | None) -> int:
 
 def main(args: list[str] | None = None) -> int:
     """Run ``lmanet_node`` (:func:`lmanet_ros.node.node.main`); returns the exit code."""
-    return _run("lmanet_ros.node.node", args)
+    from lmanet_ros.node.launch_args import EXECUTABLE
+    return _run("lmanet_ros.node.node", EXECUTABLE, args)
 
 
 def lifecycle_main(args: list[str] | None = None) -> int:
     """Run ``lmanet_lifecycle_node``, the managed variant
     (:func:`lmanet_ros.node.lifecycle.main`); returns the exit code."""
-    return _run("lmanet_ros.node.lifecycle", args)
+    from lmanet_ros.node.launch_args import LIFECYCLE_EXECUTABLE
+    return _run("lmanet_ros.node.lifecycle", LIFECYCLE_EXECUTABLE, args)

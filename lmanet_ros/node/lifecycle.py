@@ -99,8 +99,9 @@ class LmanetLifecycleNode(LifecycleNodeMixin, LmanetNode):
         return publisher
 
     def destroy_publisher(self, publisher: Any) -> bool:
-        """Destroy a publisher; a lifecycle one leaves the managed entities too."""
-        self._managed_entities.discard(publisher)
+        """Destroy a publisher; a lifecycle one leaves the managed entities too (there are none
+        yet when the node failed to start: its parameters were refused)."""
+        getattr(self, "_managed_entities", set()).discard(publisher)
         return super().destroy_publisher(publisher)
 
     # ------------------------------------------------------------------------------ transitions

@@ -49,11 +49,13 @@ from lmanet_ros.node.intake import ALL_MODE_CAPACITY, FrameIntake
 from lmanet_ros.node.launch_args import DDS_PROFILES, DEFAULT_DDS_PROFILE, NODE_NAME, config_file
 from lmanet_ros.node.loading import (StartupError, load_pipeline, memory_policy, one_line,
                                      resolve_classes, warm_up)
+from lmanet_ros.node.param_types import TypedParameters
 from lmanet_ros.node.params import (INPUT_PARAMS, POLICY_PARAMS, SPEC_BY_NAME, SPECS, Settings,
                                     descriptor, validate)
 from lmanet_ros.node.ports import OUTPUTS, CameraPort, subscribed
 from lmanet_ros.node.throttle import Throttle
 from lmanet_ros.stamps import stamp_ns
+from lmanet_ros.streams import ResetReason
 from lmanet_ros.threads import apply_cpu_threads
 
 if TYPE_CHECKING:
@@ -73,7 +75,7 @@ LOG_THROTTLE_S = 2.0
 STOP_TIMEOUT_S = 4.0
 
 
-class LmanetNode(Node):
+class LmanetNode(TypedParameters, Node):
     """Semantic segmentation of one or more camera streams with LMANet (see module docstring)."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
@@ -124,7 +126,8 @@ class LmanetNode(Node):
 
     # ------------------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
-        """Declare every parameter of :data:`SPECS`; validate the whole set once declared."""
+        """Declare every parameter of :data:`SPECS` (an integer given for a double converted,
+        :mod:`~lmanet_ros.node.param_types`); validate the whole set once declared."""
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._apply_in_on_set = not hasattr(self, "add_post_set_parameters_callback")
         if not self._apply_in_on_set:  # Iron and later; Humble applies in the on-set callback
@@ -132,12 +135,11 @@ class LmanetNode(Node):
         values = {}
         for spec in SPECS:
             try:
-                param = self.declare_parameter(spec.name, spec.default, descriptor(spec))
-            except Exception as exc:  # InvalidParameterTypeException, ...ValueException
+                param = self.declare_spec(spec, descriptor(spec))
+            except StartupError:
+                raise
+            except Exception as exc:  # InvalidParameterValueException, ...
                 raise StartupError(f"parameter {spec.name}: {one_line(exc)}") from None
-            if param.type_ == Parameter.Type.NOT_SET:  # typed but unset (an empty list)
-                self.set_parameters([Parameter(spec.name, spec.default, [])])
-                param = self.get_parameter(spec.name)
             values[spec.name] = param.value
         reason = validate(values, {})
         if reason:
@@ -156,7 +158,8 @@ class LmanetNode(Node):
                                           f"has no such parameter (a typo?); it is ignored")
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        """Validate a change (rclpy has already checked type, range and read-only)."""
+        """Validate a change (type and range are checked: :class:`TypedParameters`; read-only:
+        rclpy)."""
         changes = {p.name: p.value for p in params if p.name in SPEC_BY_NAME}
         if not changes or self._declaring:
             return SetParametersResult(successful=True)
@@ -164,8 +167,7 @@ class LmanetNode(Node):
             num_classes = self._pipeline.info.num_classes if self._pipeline else None
             reason = validate(changes, self._settings.as_dict(), num_classes=num_classes)
             if reason:
-                self.get_logger().warning(f"parameter change refused: {reason}")
-                return SetParametersResult(successful=False, reason=reason)
+                return self.refuse(reason)
             if self._apply_in_on_set:
                 self._apply(changes)
         return SetParametersResult(successful=True)
@@ -219,6 +221,7 @@ class LmanetNode(Node):
                      + (f" ({discarded} queued frames dropped)" if discarded else ""))
         if changed & INPUT_PARAMS:
             self._rebuild_cameras()
+            self._log_inputs()
         if {"processing_mode", "input.depth"} & changed:
             self._hint_replay_memory(new)
         if "diagnostics_period" in changed:
@@ -349,6 +352,13 @@ class LmanetNode(Node):
                                    if _HAS_MESSAGE_INFO else self._on_image,
                                    self._on_incompatible_input_qos)
 
+    def _log_inputs(self) -> None:
+        """Log what the input subscriptions are now (after a change of the input parameters)."""
+        with self._ports_lock:
+            inputs = "; ".join(f"camera '{key}': {port.input_text()}"
+                               for key, port in self._ports.items())
+        self.get_logger().info(f"input now: {inputs}")
+
     def _remove_port(self, port: CameraPort) -> None:
         """Close a camera that is no longer wanted; its memory is reset (``parameter``)."""
         self._intake.remove(port.key)
@@ -406,6 +416,7 @@ class LmanetNode(Node):
         response.success = True
         response.message = f"memory reset requested for {len(keys)} camera(s): " + \
             ", ".join(sorted(keys))
+        self._log_reset_request("~/reset_memory", response.message)
         return response
 
     def _on_reset_camera(self, port: CameraPort, request, response):
@@ -413,7 +424,12 @@ class LmanetNode(Node):
         self._pipeline.reset(port.key, reason="request")
         response.success = True
         response.message = f"memory reset requested for camera '{port.key}'"
+        self._log_reset_request(port.output_topic("reset_memory"), response.message)
         return response
+
+    def _log_reset_request(self, service: str, message: str) -> None:
+        """Log a reset request when it arrives (the reset itself is logged at the next frame)."""
+        self.get_logger().info(f"{service}: {message}; applied before the next frame")
 
     # ----------------------------------------------------------------------------------- worker
     def _run_worker(self, stopping: threading.Event) -> None:
@@ -474,11 +490,11 @@ class LmanetNode(Node):
                         port.publish(msg.header, result.source.image, result, settings,
                                      self._pipeline.classes.colors)
                 latency_ms = (time.monotonic() - received) * 1e3
+            stream = self._pipeline.stats(port.key)
             port.stats.on_processed(result.batch_size, result.timings.inference_ms,
-                                    (time.perf_counter() - start) * 1e3, latency_ms,
-                                    self._pipeline.stats(port.key))
+                                    (time.perf_counter() - start) * 1e3, latency_ms, stream)
             if result.reset_reason:
-                self._log_reset(port, result.reset_reason)
+                self._log_reset(port, result.reset_reason, stream.last_gap_s, settings)
 
     def _segment(self, frames: list, ports: list[CameraPort], want_confidence: bool) -> list:
         """The pipeline's results of ``frames``; a failing batch is retried frame by frame, a
@@ -526,13 +542,17 @@ class LmanetNode(Node):
                 f"could not be processed: {reason}"
                 + (f" ({held} more since the last message)" if held else ""))
 
-    def _log_reset(self, port: CameraPort, reason: str) -> None:
-        """Log a memory reset of ``port`` and its reason (throttled per reason)."""
+    def _log_reset(self, port: CameraPort, reason: str, gap_s: float | None,
+                   settings: Settings) -> None:
+        """Log a memory reset of ``port`` and its reason (throttled per reason); a ``gap`` reset
+        says the gap ``gap_s`` and ``memory.max_gap`` (seconds)."""
         held = self._throttle.allow((port.key, "reset", reason))
-        if held is not None:
-            self.get_logger().info(
-                f"camera '{port.key}': memory reset ({reason})"
-                + (f", {held} more since the last message" if held else ""))
+        if held is None:
+            return
+        if reason == ResetReason.GAP.value and gap_s is not None:
+            reason = f"gap {gap_s:.2f} s > memory.max_gap {settings.memory_max_gap} s"
+        self.get_logger().info(f"camera '{port.key}': memory reset ({reason})"
+                               + (f", {held} more since the last message" if held else ""))
 
     # ------------------------------------------------------------------------- label info, diag
     def _publish_label_info(self) -> None:

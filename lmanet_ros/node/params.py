@@ -3,25 +3,24 @@
 One table (:data:`SPECS`) defines every parameter of ``lmanet_node``: its default, its
 description, its range or choices and whether it is read-only. The node declares them from this
 table, ``config/lmanet.yaml`` lists the same names and defaults (a test keeps them equal), and
-:func:`validate` gives the reason a change is refused. rclpy itself enforces the type, the
-numeric ranges and read-only; :func:`validate` checks what descriptors cannot express (choices,
-array contents, parameters that only make sense together, the model's class count).
+``lmanet_node --help`` prints it (:mod:`~lmanet_ros.node.usage`). Types and numeric ranges are
+checked, with the reason in words, by :mod:`~lmanet_ros.node.param_types` (rclpy enforces them
+and read-only too); :func:`validate` checks what descriptors cannot express (choices, array
+contents, parameters that only make sense together, the model's class count).
 
-Nothing here loads a model. The rclpy imports are message and parameter types only.
+Nothing here loads a model or imports torch (the model names, which need the model registry, are
+looked up when a descriptor is made). The rclpy imports are message and parameter types only.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
 from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES, CITYSCAPES_COLORS, MAX_CLASSES
-from lmanet_ros.models.registry import list_models
-from lmanet_ros.models.weights import DEMO, models_with_weights
 
 __all__ = [
     "ParamSpec",
@@ -30,6 +29,7 @@ __all__ = [
     "Settings",
     "CITYSCAPES_PALETTE",
     "descriptor",
+    "full_description",
     "validate",
     "is_default_classes",
     "POLICY_PARAMS",
@@ -58,6 +58,8 @@ class ParamSpec:
         float_range: (from, to) for doubles, inclusive.
         choices: allowed strings (checked by :func:`validate`).
         constraints: extra constraints in words (``additional_constraints``).
+        listing: gives a sentence that ends the description and needs the model registry
+            (hence torch), e.g. the model names: added by :func:`full_description`.
     """
 
     name: str
@@ -68,22 +70,34 @@ class ParamSpec:
     float_range: tuple[float, float] | None = None
     choices: tuple[str, ...] | None = None
     constraints: str = ""
+    listing: Callable[[], str] | None = None
+
+
+def _model_names() -> str:
+    """The registered models, as a sentence (imports the model registry, hence torch)."""
+    from lmanet_ros.models.registry import list_models
+    return "Known models: " + ", ".join(list_models()) + "."
+
+
+def _demo_models() -> str:
+    """The models with packaged demo weights, as a sentence (imports torch)."""
+    from lmanet_ros.models.weights import DEMO, models_with_weights
+    return "Demo weights exist for: " + ", ".join(models_with_weights(DEMO)) + "."
 
 
 SPECS: tuple[ParamSpec, ...] = (
     # -- the model (read-only: changing them means loading another network) ------------------
     ParamSpec("model", "lmanet_erfnet",
-              "Network to run, one of: " + ", ".join(list_models()) + ". erfnet and pspnet* "
-              "are single frame; lmanet_* (LMANet), tmanet_erfnet, tdnet_erfnet and stf_* use "
-              "a memory of past frames; the *_delayed_* forms publish each frame's labels one "
-              "frame late, with that frame's header.", read_only=True,
-              constraints="a name known to lmanet_ros.models"),
+              "Network to run. erfnet and pspnet* are single frame; lmanet_* (LMANet), "
+              "tmanet_erfnet, tdnet_erfnet and stf_* use a memory of past frames; the "
+              "*_delayed_* forms publish each frame's labels one frame late, with that frame's "
+              "header.", read_only=True,
+              constraints="a name known to lmanet_ros.models", listing=_model_names),
     ParamSpec("checkpoint", "",
               "Path of the weights (.pth, .pt or .safetensors); 'demo': the packaged demo weights "
-              "of the model (" + ", ".join(models_with_weights(DEMO)) + "; trained on synthetic "
-              "streets). Empty: random "
-              "weights, for tests only (a loud warning is logged and diagnostics report it).",
-              read_only=True),
+              "of the model (trained on synthetic streets). Empty: random weights, for tests "
+              "only (a loud warning is logged and diagnostics report it).",
+              read_only=True, listing=_demo_models),
     ParamSpec("device", "auto",
               "Where to run the network: auto (CUDA when available, else CPU), cpu, cuda or "
               "cuda:N. Asking for CUDA where there is none is a startup error.", read_only=True,
@@ -177,9 +191,14 @@ POLICY_PARAMS = frozenset({"memory.max_gap", "memory.stride"})
 INPUT_PARAMS = frozenset({"input.transport", "input.reliability", "input.depth", "cameras"})
 
 
+def full_description(spec: ParamSpec) -> str:
+    """The description of ``spec`` with its listing, if any (which may import torch)."""
+    return f"{spec.description} {spec.listing()}" if spec.listing else spec.description
+
+
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    """The ParameterDescriptor of ``spec`` (description, range, read_only, constraints)."""
-    desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    """The ParameterDescriptor of ``spec`` (full description, range, read_only, constraints)."""
+    desc = ParameterDescriptor(description=full_description(spec), read_only=spec.read_only)
     constraints = spec.constraints
     if spec.choices:
         constraints = "one of: " + ", ".join(spec.choices)
@@ -234,6 +253,9 @@ def validate(changes: Mapping[str, Any], current: Mapping[str, Any], *,
              num_classes: int | None = None) -> str | None:
     """Check a set of parameter changes; return None if acceptable, else the reason in words.
 
+    The values are of the right type and within their numeric ranges
+    (:func:`lmanet_ros.node.param_types.coerce` has checked them).
+
     Args:
         changes: name -> new value, for the parameters of this table being set together
             (names not in :data:`SPECS` are ignored: they belong to someone else).
@@ -244,18 +266,8 @@ def validate(changes: Mapping[str, Any], current: Mapping[str, Any], *,
               **{k: _plain(v) for k, v in changes.items()}}
     for name, value in changes.items():
         spec = SPEC_BY_NAME.get(name)
-        if spec is None:
-            continue
-        value = _plain(value)
-        if spec.choices and value not in spec.choices:
+        if spec is not None and spec.choices and _plain(value) not in spec.choices:
             return f"{name} must be one of {', '.join(spec.choices)}, got '{value}'"
-        if spec.float_range is not None and isinstance(value, float):
-            if math.isnan(value) or not spec.float_range[0] <= value <= spec.float_range[1]:
-                return (f"{name} must be in [{spec.float_range[0]}, {spec.float_range[1]}], "
-                        f"got {value}")
-        if spec.int_range is not None and isinstance(value, int):
-            if not spec.int_range[0] <= value <= spec.int_range[1]:
-                return f"{name} must be in [{spec.int_range[0]}, {spec.int_range[1]}], got {value}"
     if "device" in changes and not _DEVICE_RE.match(str(values["device"]).strip().lower()):
         return f"device must be auto, cpu, cuda or cuda:N, got '{values['device']}'"
     if "model" in changes and not str(values["model"]).strip():

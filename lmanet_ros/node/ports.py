@@ -63,6 +63,16 @@ class CameraPort:
         """The resolved input topic while subscribed, else the relative one."""
         return self.subscription.topic_name if self.subscription is not None else self.input_topic
 
+    def input_text(self) -> str:
+        """The input subscription in words: '/ns/image (sensor_msgs/Image, best_effort, depth
+        1)'; the relative topic when there is no subscription (a managed node not active)."""
+        subscription = self.subscription
+        if subscription is None:
+            return f"{self.input_topic} (no subscription while not active)"
+        kind = subscription.msg_type
+        return (f"{subscription.topic_name} ({kind.__module__.split('.')[0]}/{kind.__name__}, "
+                f"{qos.qos_text(subscription.qos_profile)})")
+
     def output_topic(self, output: str) -> str:
         """Private output topic, e.g. ``~/front/labels``."""
         return f"~/{self.name}/{output}" if self.name else f"~/{output}"

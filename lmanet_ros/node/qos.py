@@ -17,7 +17,7 @@ except ImportError:  # Humble
     from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 
 __all__ = ["LATCHED_QOS", "OUTPUT_QOS", "PublisherEventCallbacks", "SubscriptionEventCallbacks",
-           "incompatible_input_hint", "input_qos", "policy_name"]
+           "incompatible_input_hint", "input_qos", "policy_name", "qos_text"]
 
 #: Output QoS: reliable, a few messages of history for late or slow readers.
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
@@ -38,6 +38,13 @@ def input_qos(settings: Settings) -> QoSProfile:
         reliability=(ReliabilityPolicy.RELIABLE if settings.input_reliability == "reliable"
                      else ReliabilityPolicy.BEST_EFFORT),
         durability=DurabilityPolicy.VOLATILE)
+
+
+def qos_text(profile: QoSProfile) -> str:
+    """A profile's reliability and history in words: 'best_effort, depth 1', 'reliable, keep
+    all'."""
+    history = "keep all" if profile.history == HistoryPolicy.KEEP_ALL else f"depth {profile.depth}"
+    return f"{profile.reliability.name.lower()}, {history}"
 
 
 def policy_name(kind: Any) -> str:

@@ -89,6 +89,8 @@ def test_camera_reset_service_resets_only_that_camera(rigs):
     response, seconds = rigs["front"].ros.call(Trigger, rigs["front"].node.topic(
         "front/reset_memory"))
     assert response.success and "front" in response.message
+    rigs["front"].node.wait_log("~/front/reset_memory: memory reset requested for camera "
+                                "'front'; applied before the next frame")  # before any frame
     _fill(rigs, 2)
     front_after = rigs["front"].status(
         lambda v: resets(v, "request") > resets(front_before, "request"))[1]

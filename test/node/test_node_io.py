@@ -1,5 +1,6 @@
 """lmanet_node over real DDS: every encoding in, any size, headers copied, outputs aligned with the
-input, label_info, runtime parameters, bad inputs followed by good frames, compressed input.
+input, label_info, runtime parameters, bad inputs followed by good frames, compressed input, the
+input subscriptions logged when their parameters change.
 
 One node (random weights, lmanet_erfnet) serves the whole module, in the replay configuration
 (processing_mode all, reliable keep-all input) so every frame published is processed in order.
@@ -210,10 +211,17 @@ def send_compressed(rig, msg, outputs):
             for name in outputs}
 
 
+def input_line(rig, topic: str, described: str) -> str:
+    """The node's log line that says what its input subscription is now."""
+    return f"input now: camera 'image': {rig.node.input_topic(topic)} ({described})"
+
+
 def test_compressed_input_after_switching_transport(rig):
     results = rig.ros.set_parameters(rig.node.fqn, {"input.transport": "compressed"})
     assert results[0].successful, results[0].reason
     try:
+        rig.node.wait_log(input_line(rig, "image/compressed",
+                                     "sensor_msgs/CompressedImage, reliable, keep all"))
         rig.compressed_pub = rig.ros.publisher(
             CompressedImage, rig.node.input_topic("image/compressed"), RELIABLE_ALL)
         for fmt in ("jpeg", "png"):
@@ -238,3 +246,18 @@ def test_compressed_input_after_switching_transport(rig):
     finally:
         results = rig.ros.set_parameters(rig.node.fqn, {"input.transport": "raw"})
         assert results[0].successful
+
+
+def test_input_qos_changes_are_logged(rig):
+    try:
+        assert rig.ros.set_parameters(rig.node.fqn, {"input.depth": 5})[0].successful
+        rig.node.wait_log(input_line(rig, "image", "sensor_msgs/Image, reliable, depth 5"))
+        assert rig.ros.set_parameters(rig.node.fqn, {"input.reliability": "best_effort"})[0] \
+            .successful
+        rig.node.wait_log(input_line(rig, "image", "sensor_msgs/Image, best_effort, depth 5"))
+    finally:
+        results = rig.ros.set_parameters(rig.node.fqn, {"input.reliability": "reliable",
+                                                        "input.depth": 0}, atomic=True)
+        assert results[0].successful, results[0].reason
+    rig.node.wait_log(input_line(rig, "image", "sensor_msgs/Image, reliable, keep all"))
+    rig.send(make_image(random_image(64, 128), stamp=next_stamp()), ("labels",))

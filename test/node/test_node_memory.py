@@ -1,6 +1,7 @@
 """lmanet_node over real DDS: memory resets (time jump back, gap, frame_id, size, service,
-parameter) visible in /diagnostics and the log, and parameters accepted and refused through the
-SetParameters services.
+parameter) visible in /diagnostics and the log (a gap reset says the gap, a reset request is
+logged when it arrives), and parameters accepted (an integer for a double too) and refused, with
+reasons that name parameter, type and value, through the SetParameters services.
 
 One node with the live defaults (processing_mode latest, best-effort input); the test sends one
 frame at a time and waits for its labels, so every frame is processed.
@@ -8,6 +9,7 @@ frame at a time and waits for its labels, so every frame is processed.
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
 
 from ros_helpers import Rig, make_image, pixels_of, resets, wait_until
+from lmanet_ros.node.node import LOG_THROTTLE_S
 from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES
 from lmanet_ros.node.params import CITYSCAPES_PALETTE
 
@@ -78,7 +81,8 @@ def test_memory_reset_rules(rig, cam, reason):
         send(rig, cam.tick(), image=IMAGE[:40, :88])
     values = wait_resets(rig, reason, resets(before, reason) + 1)
     assert int(values["memory_fill"]) >= 1
-    assert f"memory reset ({reason})" in rig.node.log() or "more since the last" in rig.node.log()
+    said = {"gap": "gap 1.50 s > memory.max_gap 1.0 s"}.get(reason, reason)  # the gap, in s
+    assert f"memory reset ({said})" in rig.node.log() or "more since the last" in rig.node.log()
 
 
 def test_memory_fills_up_to_its_length_and_counts_duplicates(rig, cam):
@@ -150,10 +154,13 @@ def test_colour_and_overlay_are_not_rendered_without_subscribers(rig, cam):
 
 # ------------------------------------------------------------------------------------ parameters
 REFUSED = [
-    ({"overlay_alpha": 1.5}, None),                      # range (rclpy)
-    ({"overlay_alpha": "half"}, None),                    # type (rclpy)
-    ({"memory.length": 33}, None),                        # range (rclpy)
-    ({"input.depth": -1}, None),
+    ({"overlay_alpha": 1.5}, "overlay_alpha must be a double in [0.0, 1.0] (got 1.5)"),
+    ({"overlay_alpha": "half"}, "overlay_alpha must be a double (got the string 'half')"),
+    ({"memory.length": 33}, "memory.length must be an integer in [0, 32] (got 33)"),
+    ({"memory.stride": "abc"}, "memory.stride must be an integer (got the string 'abc')"),
+    ({"memory.stride": 2.0}, "memory.stride must be an integer (got the double 2.0)"),
+    ({"publish.color": 1}, "publish.color must be a boolean, true or false (got the integer 1)"),
+    ({"input.depth": -1}, "input.depth must be an integer in [0, 1000] (got -1)"),
     ({"model": "erfnet"}, "read-only"),
     ({"checkpoint": "/tmp/x.pth"}, "read-only"),
     ({"device": "cpu"}, "read-only"),
@@ -193,6 +200,47 @@ def test_run_time_parameters_are_accepted(rig, cam, values):
         send(rig, cam.tick())  # still segmenting
     finally:
         assert rig.ros.set_parameters(rig.node.fqn, {name: before})[0].successful
+
+
+def test_an_integer_for_a_double_is_accepted_as_that_double_and_takes_effect(rig, cam):
+    from rcl_interfaces.msg import ParameterType
+    from rcl_interfaces.srv import GetParameters
+    result = rig.ros.set_parameters(rig.node.fqn, {"memory.max_gap": 2})[0]  # an INTEGER
+    assert result.successful, result.reason
+    try:
+        response, _ = rig.ros.call(GetParameters, f"{rig.node.fqn}/get_parameters",
+                                   GetParameters.Request(names=["memory.max_gap"]))
+        value = response.values[0]
+        assert (value.type, value.double_value) == (ParameterType.PARAMETER_DOUBLE, 2.0)
+        before = settle(rig, cam)
+        send(rig, cam.tick(1.5))  # above the old 1.0 s, within the new 2.0 s: the memory stays
+        values = rig.status(lambda v: int(v["frames_processed"])
+                            > int(before["frames_processed"]))[1]
+        assert resets(values, "gap") == resets(before, "gap")
+        time.sleep(LOG_THROTTLE_S)  # the gap reset's line is not held back by an earlier one
+        send(rig, cam.tick(2.5))
+        wait_resets(rig, "gap", resets(before, "gap") + 1)
+        rig.node.wait_log("camera 'image': memory reset (gap 2.50 s > memory.max_gap 2.0 s)")
+    finally:
+        assert rig.ros.set_parameters(rig.node.fqn, {"memory.max_gap": 1.0})[0].successful
+
+
+def test_a_reset_request_is_logged_when_it_arrives(rig, cam):
+    requested = ("~/reset_memory: memory reset requested for 1 camera(s): image; applied "
+                 "before the next frame")
+    applied = "camera 'image': memory reset (request)"
+    settle(rig, cam)
+    time.sleep(LOG_THROTTLE_S)  # the reset's line at the next frame is not held back
+    count = rig.node.log().count(requested)
+    response, _ = rig.ros.call(Trigger, rig.node.topic("reset_memory"))
+    assert response.success
+    wait_until(lambda: rig.node.log().count(requested) == count + 1, 10.0,
+               what="the request in the log before any frame is sent")
+    log = rig.node.log()
+    assert log.rfind(applied) < log.rfind(requested)  # the reset itself waits for a frame
+    send(rig, cam.tick())
+    wait_until(lambda: rig.node.log().rfind(applied) > rig.node.log().rfind(requested), 10.0,
+               what="the reset applied at the next frame")
 
 
 def test_parameters_describe_ranges_and_read_only(rig):

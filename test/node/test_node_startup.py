@@ -1,7 +1,8 @@
 """lmanet_node start-up failures: a non-zero exit with one clear line, never a traceback.
 
-Each case starts the node the way the launch file does (launch arguments -> command line); the
-processes run concurrently to keep the module short.
+Each case starts the node the way the launch file does (launch arguments -> command line), or
+with the ROS arguments of :data:`COMMAND_LINE` alone; the processes run concurrently to keep the
+module short.
 """
 from __future__ import annotations
 
@@ -38,9 +39,25 @@ def _cases(directory):
         "no_demo_weights": ({"checkpoint": "demo"}, {"model": "pspnet50"},
                             ["no demo weights for model 'pspnet50'", "lmanet_erfnet"], True),
         "palette_length": ({}, {"palette": [1, 2, 3]}, ["palette must hold 3 values"], True),
-        "wrong_type": ({}, {"memory.max_gap": "long"}, ["memory.max_gap"], True),
-        "out_of_range": ({}, {"overlay_alpha": 2.0}, ["overlay_alpha"], True),
+        "wrong_type": ({}, {"memory.max_gap": "long"},
+                       ["memory.max_gap must be a double (got the string 'long')"], True),
+        "float_for_int": ({}, {"memory.stride": 2.5},
+                          ["memory.stride must be an integer (got the double 2.5)"], True),
+        "string_for_int_on_command_line": (
+            {}, None, ["memory.stride must be an integer (got the string 'abc')"], True),
+        "empty_palette": ({}, None, ["palette must hold 3 values", "got 0"], True),
+        "lifecycle_wrong_type": ({"managed": "true"}, {"memory.stride": "abc"},
+                                 ["memory.stride must be an integer (got the string 'abc')"],
+                                 True),
+        "out_of_range": ({}, {"overlay_alpha": 2.0},
+                         ["overlay_alpha must be a double in [0.0, 1.0] (got 2.0)"], True),
     }
+
+
+#: Case -> its ROS arguments, without a parameter file: rcl merges a ``-p`` value of another
+#: type than the file's badly (the file's integer 1 hides ``-p memory.stride:=abc``).
+COMMAND_LINE = {"string_for_int_on_command_line": ["-p", "memory.stride:=abc"],
+                "empty_palette": ["-p", "palette:=[]"]}
 
 
 WITHOUT_MESSAGES = ("import sys; sys.modules['lmanet_ros.msg'] = None; "
@@ -73,7 +90,11 @@ def outcomes(tmp_path_factory, without_messages):
         values = dict(launch_values, namespace=f"/startup_{name}")
         if params:
             values["params_file"] = write_params_file(directory, params)
-        command = resolve(values).command(node_executable())
+        launch = resolve(values)
+        command = launch.command(node_executable(launch.executable))
+        if name in COMMAND_LINE:
+            command = [command[0], "--ros-args", *COMMAND_LINE[name],
+                       "-r", f"__ns:={values['namespace']}"]
         running[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          env=child_env(), text=True, cwd=str(directory))
     results = {}
@@ -89,7 +110,8 @@ def outcomes(tmp_path_factory, without_messages):
 
 CASES = ("missing_checkpoint", "cuda_absent", "cuda_index", "unknown_model", "corrupt_checkpoint",
          "mismatched_checkpoint", "no_demo_weights", "palette_length", "wrong_type",
-         "out_of_range")
+         "float_for_int", "string_for_int_on_command_line", "empty_palette",
+         "lifecycle_wrong_type", "out_of_range")
 
 
 @pytest.mark.parametrize("case", CASES)
