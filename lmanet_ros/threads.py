@@ -1,12 +1,12 @@
 """CPU threads for inference: one rule for the node, ``lmanet eval`` and the benchmarks.
 
 PyTorch's own default is every logical CPU of the machine, which on a busy robot or a shared
-host makes latency swing with the load (measured: p50 862 ms with PyTorch's default, 124 ms with
-one thread, same bag, other jobs running). The default here is the number of *physical* cores
-this process may run on (``os.sched_getaffinity``, so ``taskset``, cgroups' cpusets and
-container limits count), at most :data:`MAX_DEFAULT_THREADS`: hyper-threads add little to
-convolutions and more threads than cores only add contention. ``0`` in every ``num_threads``
-setting means this default.
+host makes latency swing with the load (reported in issue 14: p50 862 ms with PyTorch's
+default, 124 ms with one thread, same bag, other jobs running). The default here is the
+number of *physical* cores this process may run on (``os.sched_getaffinity``, so ``taskset``,
+cgroups' cpusets and container limits count), at most :data:`MAX_DEFAULT_THREADS`:
+hyper-threads add little to convolutions and more threads than cores only add contention.
+``0`` in every ``num_threads`` setting means this default.
 
 No torch import at module level: the node's parameter table reads :data:`MAX_DEFAULT_THREADS`.
 """
