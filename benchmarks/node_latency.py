@@ -16,9 +16,14 @@ domain of its own kept on this host):
 - ``soak`` (``--soak``): ``--soak-frames`` (2000) frames at ``--soak-size`` (128x256), one at a
   time: the node's resident memory growth after the first 10 % of the frames (target <= 20 MB).
 
+``--backend onnxruntime|openvino`` runs the node and the bare step on the graphs exported from
+``--checkpoint`` (required then: random weights differ per process, and each process would export
+its own) at the frame size, from one graph cache; ``--backend torch`` (the default) runs PyTorch.
+
 Example::
 
     python benchmarks/node_latency.py --json /tmp/node_latency.json
+    python benchmarks/node_latency.py --scenarios latency --backend onnxruntime --checkpoint demo
     python benchmarks/node_latency.py --scenarios latency --height 512 --width 1024 --fastdds-shm
     python benchmarks/node_latency.py --scenarios soak --soak
 """
@@ -85,18 +90,22 @@ class BareStep:
     ``main_thread=True`` measures on the calling thread instead.
     """
 
-    def __init__(self, model_name: str, height: int, width: int, threads: int,
-                 main_thread: bool = False) -> None:
+    def __init__(self, args: argparse.Namespace, main_thread: bool = False) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         import torch
 
-        from lmanet_ros.models import build_model
+        from lmanet_ros.runtime import load_model
+        height, width, threads = args.height, args.width, args.num_threads
         if threads > 0:
             torch.set_num_threads(threads)
         self.torch = torch
         self.threads = threads
-        self.model = build_model(model_name).eval()
+        # the node's model: its backend, weights and memory length rule (metadata, own T)
+        loaded = load_model(args.model, args.checkpoint or None, backend=args.backend,
+                            input_size=(height, width), num_threads=threads)
+        loaded.apply_memory_length(None)
+        self.model = loaded.model.eval()
         self.x = torch.rand(1, 3, height, width)
         self.memory = None
         self.pool = None
@@ -143,10 +152,8 @@ class Client:
         self.thread.start()
 
     def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:
-            pass
+        from lmanet_ros.ros_env import spin
+        spin(self.executor)
 
     def close(self) -> None:
         teardown([self.node], executor=self.executor, context=self.context)
@@ -344,10 +351,19 @@ def key_of(msg) -> int:
 
 
 # ------------------------------------------------------------------------------- scenarios
+def model_params(args: argparse.Namespace, size: tuple[int, int] | None = None) -> dict:
+    """The node's parameters of the model: backend, checkpoint, threads and the network input
+    size: the frame size ``size`` (default ``--height`` x ``--width``; no resize, as the bare
+    step; a graph backend's fixed size)."""
+    height, width = size or (args.height, args.width)
+    return {"backend": args.backend, "checkpoint": args.checkpoint,
+            "num_threads": args.num_threads, "input_height": height, "input_width": width}
+
+
 def run_latency(client, args, workdir, bare: BareStep) -> dict:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    node = NodeUnderTest(client, "latency", {"publish.confidence": True,
-                                             "num_threads": args.num_threads}, workdir)
+    node = NodeUnderTest(client, "latency", {"publish.confidence": True, **model_params(args)},
+                         workdir)
     try:
         node.wait_ready()
         node.subscribe(("labels", "color", "overlay", "confidence"))
@@ -389,7 +405,7 @@ def run_latency(client, args, workdir, bare: BareStep) -> dict:
 
 def run_burst(client, args, workdir, mode: str) -> dict:
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-    params = {"num_threads": args.num_threads, "processing_mode": mode}
+    params = {**model_params(args), "processing_mode": mode}
     if mode == "all":
         params.update({"input.reliability": "reliable", "input.depth": 0})
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_ALL,
@@ -480,7 +496,7 @@ def run_burst(client, args, workdir, mode: str) -> dict:
 def run_soak(client, args, workdir) -> dict:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     height, width = parse_size(args.soak_size)
-    node = NodeUnderTest(client, "soak", {"num_threads": args.num_threads}, workdir)
+    node = NodeUnderTest(client, "soak", model_params(args, (height, width)), workdir)
     try:
         node.wait_ready()
         node.subscribe(("labels", "color", "overlay"))
@@ -518,7 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="lmanet_node latency over DDS versus the bare model.step (CPU by default).")
     parser.add_argument("--scenarios", default="latency,latest,all",
                         help="comma-separated subset of: " + ", ".join(SCENARIOS))
-    parser.add_argument("--model", default="lmanet_erfnet", help="network (random weights)")
+    parser.add_argument("--model", default="lmanet_erfnet", help="network")
+    parser.add_argument("--checkpoint", default="",
+                        help="weights file or tag (demo) of the node and the bare step; "
+                        "default: random weights (torch backend only)")
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "openvino"),
+                        help="what runs the network in the node and the bare step "
+                        "(default: %(default)s)")
     parser.add_argument("--height", type=int, default=256, help="frame height in pixels")
     parser.add_argument("--width", type=int, default=512, help="frame width in pixels")
     parser.add_argument("--latency-frames", type=int, default=30,
@@ -573,19 +595,23 @@ def main(argv=None) -> int:
     if unknown:
         print(f"unknown scenarios: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    if args.backend != "torch" and not args.checkpoint:
+        print(f"--backend {args.backend} needs --checkpoint (e.g. demo): random weights differ "
+              f"per process, so the node's graphs would not be the bare step's", file=sys.stderr)
+        return 2
     domain, _lock = setup_environment(args)
     import torch
     results: dict = {"setup": {
         "model": args.model, "size": f"{args.height}x{args.width}",
+        "backend": args.backend, "checkpoint": args.checkpoint or "random",
         "torch_threads": args.num_threads or torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "fastdds_shm": args.fastdds_shm, "reader_limit": args.reader_limit,
         "ros_domain_id": domain,
         "load_average_start": os.getloadavg()[0]}}
-    bare = BareStep(args.model, args.height, args.width, args.num_threads)
+    bare = BareStep(args)
     step_before = bare.times(args.step_repeats)
-    main_thread_steps = BareStep(args.model, args.height, args.width, args.num_threads,
-                                 main_thread=True).times(max(args.step_repeats // 2, 3))
+    main_thread_steps = BareStep(args, main_thread=True).times(max(args.step_repeats // 2, 3))
     client = Client()
     workdir = Path(tempfile.mkdtemp(prefix="lmanet_bench_"))
     try:

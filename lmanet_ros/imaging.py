@@ -8,7 +8,10 @@ numpy ``uint8`` array (rosbags).
 
 Every decoder returns RGB ``(H, W, 3)`` ``uint8`` C-contiguous arrays. Sizes are validated before
 anything is allocated, so a message that claims more pixels than it carries, or an absurd size, is
-refused cheaply with an :class:`ImageError`.
+refused cheaply with an :class:`ImageError`. A caller's pixel budget (``max_pixels``: the node's
+``max_frame_pixels``) is checked against the raw header or the compressed header (PNG IHDR, JPEG
+SOF) before decoding, so decoding never allocates more than the budget allows
+(:class:`ImageTooLarge`); a compressed image whose decoded size is not its header's is refused.
 
 Encodings and what they become:
 
@@ -38,6 +41,7 @@ __all__ = [
     "SUPPORTED_ENCODINGS",
     "SUPPORTED_COMPRESSED_FORMATS",
     "ImageError",
+    "ImageTooLarge",
     "decode_image",
     "decode_compressed",
     "encode_image",
@@ -45,6 +49,8 @@ __all__ = [
     "compressed_image_size",
     "colorize",
     "overlay",
+    "palette_lut",
+    "check_alpha",
     "confidence_to_mono8",
 ]
 
@@ -56,6 +62,20 @@ MAX_PIXELS = 1 << 26
 
 class ImageError(ValueError):
     """An image message that cannot be decoded; the message is one line, fit for a log."""
+
+
+class ImageTooLarge(ImageError):
+    """An image whose header states more pixels than a limit allows, refused before decoding.
+
+    Attributes ``width``, ``height`` (the header's, pixels) and ``limit`` (the pixel count or
+    per-side length it exceeds) let a caller say which of its settings refused it.
+    """
+
+    def __init__(self, message: str, *, width: int, height: int, limit: int) -> None:
+        super().__init__(message)
+        self.width = width
+        self.height = height
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -139,15 +159,21 @@ def _as_size(name: str, value) -> int:
     return number
 
 
-def _check_dimensions(height: int, width: int, what: str = "image") -> None:
+def _check_dimensions(height: int, width: int, what: str = "image",
+                      max_pixels: int = MAX_PIXELS) -> None:
+    """ImageError for a zero size, ImageTooLarge above :data:`MAX_DIMENSION` per side or above
+    ``min(max_pixels, MAX_PIXELS)`` pixels (``width * height``)."""
     if height == 0 or width == 0:
         raise ImageError(f"{what} has zero size (height={height}, width={width})")
     if height > MAX_DIMENSION or width > MAX_DIMENSION:
-        raise ImageError(
-            f"{what} too large: {width}x{height} exceeds {MAX_DIMENSION} pixels per side")
-    if height * width > MAX_PIXELS:
-        raise ImageError(
-            f"{what} too large: {width}x{height} = {height * width} pixels exceeds {MAX_PIXELS}")
+        raise ImageTooLarge(
+            f"{what} too large: {width}x{height} exceeds {MAX_DIMENSION} pixels per side",
+            width=width, height=height, limit=MAX_DIMENSION)
+    limit = min(max_pixels, MAX_PIXELS)
+    if height * width > limit:
+        raise ImageTooLarge(
+            f"{what} too large: {width}x{height} = {height * width} pixels exceeds {limit}",
+            width=width, height=height, limit=limit)
 
 
 def _byte_length(data) -> int:
@@ -195,7 +221,7 @@ def _strided(buf: np.ndarray, height: int, width: int, step: int, channels: int,
 # ---------------------------------------------------------------------------------------------
 
 def decode_image(encoding: str, height: int, width: int, step: int, data,
-                 is_bigendian: bool = False) -> np.ndarray:
+                 is_bigendian: bool = False, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode the fields of a ``sensor_msgs/Image`` into RGB ``(H, W, 3)`` uint8.
 
     Row padding (``step`` larger than ``width * bytes_per_pixel``) is honoured through a strided
@@ -205,7 +231,10 @@ def decode_image(encoding: str, height: int, width: int, step: int, data,
     marked read-only (copy it before writing into it); every other case returns a new, writable
     array. All results are C-contiguous.
 
+    ``max_pixels``: the largest ``width * height`` accepted (at most :data:`MAX_PIXELS`).
+
     Raises:
+        ImageTooLarge: more than ``max_pixels`` pixels or :data:`MAX_DIMENSION` per side.
         ImageError: empty or unsupported encoding, zero or oversized dimensions, a ``step``
             shorter than a row, ``data`` shorter than ``step * height``, or a size the encoding
             does not allow (odd width for yuv422, less than 2x2 for Bayer).
@@ -215,7 +244,7 @@ def decode_image(encoding: str, height: int, width: int, step: int, data,
     height = _as_size("height", height)
     width = _as_size("width", width)
     step = _as_size("step", step)
-    _check_dimensions(height, width)
+    _check_dimensions(height, width, max_pixels=max_pixels)
     row_bytes = width * layout.bytes_per_pixel
     if step < row_bytes:
         raise ImageError(
@@ -468,26 +497,35 @@ def compressed_image_size(data) -> tuple[str, int, int]:
     raise ImageError(f"compressed data is neither JPEG nor PNG (starts with {bytes(view[:8])!r})")
 
 
-def decode_compressed(format: str, data) -> np.ndarray:  # noqa: A002 - message field name
+def decode_compressed(format: str, data, *,  # noqa: A002 - message field name
+                      max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode the fields of a ``sensor_msgs/CompressedImage`` into RGB ``(H, W, 3)`` uint8.
 
     ``format`` is checked for codecs that are not supported (``compressedDepth``, ``tiff``...);
     the codec itself is recognised from the data, which is therefore decoded even when the format
     string misnames it. The header's width and height are checked against :data:`MAX_DIMENSION`
-    and :data:`MAX_PIXELS` before decoding (decompression bombs). EXIF orientation is ignored so
-    that pixels stay aligned with the camera. Alpha is dropped, 16-bit PNGs are reduced to 8 bits,
-    grey images are replicated to three channels.
+    and ``max_pixels`` (at most :data:`MAX_PIXELS`) before decoding (decompression bombs: a 63 KB
+    PNG may hold 8192x8192 zeros), so what decoding allocates is bounded by the budget whatever
+    the data; the decoded size must be the header's. EXIF orientation is ignored so that pixels
+    stay aligned with the camera. Alpha is dropped, 16-bit PNGs are reduced to 8 bits, grey images
+    are replicated to three channels.
 
     Raises:
-        ImageError: unsupported format, empty, corrupt or truncated data, oversized image.
+        ImageTooLarge: the header states more than ``max_pixels`` pixels or more than
+            :data:`MAX_DIMENSION` per side.
+        ImageError: unsupported format, empty, corrupt or truncated data, a decoded size that is
+            not the header's.
     """
     _codec_of_format(format)
     view = _byte_view(data)
     codec, width, height = compressed_image_size(view)
-    _check_dimensions(height, width, what=f"{codec} image")
+    _check_dimensions(height, width, what=f"{codec} image", max_pixels=max_pixels)
     decoded = cv2.imdecode(np.frombuffer(view, dtype=np.uint8), _IMREAD_FLAGS)
     if decoded is None:
         raise ImageError(f"corrupt {codec} data: decoding failed ({len(view)} bytes)")
+    if decoded.shape[:2] != (height, width):
+        raise ImageError(f"corrupt {codec} data: decoded {decoded.shape[1]}x{decoded.shape[0]}, "
+                         f"the header says {width}x{height}")
     if decoded.ndim == 2:
         return cv2.cvtColor(decoded, cv2.COLOR_GRAY2RGB)
     if not _IMREAD_GIVES_RGB:
@@ -520,7 +558,9 @@ def encode_compressed(rgb: np.ndarray, fmt: str, *, jpeg_quality: int = 90) -> b
 # Rendering
 # ---------------------------------------------------------------------------------------------
 
-def _palette_lut(palette) -> np.ndarray:
+def palette_lut(palette) -> np.ndarray:
+    """The (256, 1, 3) uint8 lookup table of a (K, 3) palette of integers in 0..255 (K <= 256):
+    row i is the colour of class id i, black for ids >= K."""
     colors = np.asarray(palette)
     if colors.ndim != 2 or colors.shape[1] != 3 or not 0 < colors.shape[0] <= 256:
         raise ValueError(f"palette must have shape (K, 3) with 1 <= K <= 256, got {colors.shape}")
@@ -542,7 +582,7 @@ def colorize(labels: np.ndarray, palette) -> np.ndarray:
         raise ValueError(f"labels must be a (H, W) uint8 array, got "
                          f"{getattr(labels, 'dtype', type(labels).__name__)} "
                          f"{getattr(labels, 'shape', '')}")
-    lut = _palette_lut(palette)
+    lut = palette_lut(palette)
     return cv2.LUT(cv2.cvtColor(labels, cv2.COLOR_GRAY2RGB), lut)
 
 
@@ -555,10 +595,16 @@ def overlay(rgb: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
     color = _check_rgb(color, "color")
     if rgb.shape != color.shape:
         raise ValueError(f"rgb and color shapes differ: {rgb.shape} vs {color.shape}")
+    alpha = check_alpha(alpha)
+    return cv2.addWeighted(rgb, 1.0 - alpha, color, alpha, 0.0)
+
+
+def check_alpha(alpha: float) -> float:
+    """``alpha`` as a float in [0, 1] (the overlay's colour weight); ValueError otherwise."""
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:  # also rejects NaN
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    return cv2.addWeighted(rgb, 1.0 - alpha, color, alpha, 0.0)
+    return alpha
 
 
 def confidence_to_mono8(conf: np.ndarray) -> np.ndarray:

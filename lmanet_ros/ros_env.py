@@ -1,4 +1,5 @@
-"""The ROS side of running things on one host: a domain of one's own, DDS kept local, teardown.
+"""The ROS side of running things on one host: a domain of one's own, DDS kept local, an
+executor spun through rclpy's stale-handle race, teardown.
 
 Parallel runs on one machine (test sessions, benchmarks, CI, demos) must not see each other's
 nodes: each claims a ROS_DOMAIN_ID in 1..101 by holding an exclusive lock file for as long as it
@@ -12,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterable, MutableMapping
 from pathlib import Path
+import time
 from typing import IO, Any
 
 __all__ = ["LOCK_DIR", "claim_domain_id", "isolate", "teardown"]
@@ -63,6 +65,40 @@ def isolate(env: MutableMapping[str, str] | None = None, *, domain_id: int | Non
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(domain_id)
     return lock
+
+
+#: More stale-handle retries than this within one second are a fault, not the race: re-raised.
+STALE_HANDLE_RETRIES_PER_S = 100
+
+
+def spin(executor: Any) -> int:
+    """``executor.spin()`` until it or its context shuts down, through rclpy's stale-handle race.
+
+    rclpy raises ``InvalidHandle`` ("cannot use Destroyable because destruction was requested")
+    out of ``spin()`` when an entity with event handlers (a subscription or publisher with QoS
+    event callbacks) is destroyed in one thread while the spinning thread builds its wait set
+    (ros2/rclpy#1142, #1206, open). Uncaught, the executor stops and the node lives on deaf.
+    That wait set is abandoned and rebuilt from the entities that remain, so spinning again is
+    safe.
+
+    Returns:
+        the number of stale-handle retries.
+
+    Raises:
+        InvalidHandle: more than :data:`STALE_HANDLE_RETRIES_PER_S` retries within one second.
+    """
+    from rclpy.exceptions import InvalidHandle
+    retries, recent = 0, []
+    while True:
+        try:
+            executor.spin()
+            return retries
+        except InvalidHandle:
+            now = time.monotonic()
+            recent = [t for t in recent if now - t < 1.0] + [now]
+            if len(recent) > STALE_HANDLE_RETRIES_PER_S:
+                raise
+            retries += 1
 
 
 def teardown(nodes: Iterable[Any] = (), *, executor: Any = None, context: Any = None) -> None:

@@ -6,7 +6,10 @@ default, 124 ms with one thread, same bag, other jobs running). The default here
 number of *physical* cores this process may run on (``os.sched_getaffinity``, so ``taskset``,
 cgroups' cpusets and container limits count), at most :data:`MAX_DEFAULT_THREADS`:
 hyper-threads add little to convolutions and more threads than cores only add contention.
-``0`` in every ``num_threads`` setting means this default.
+``0`` in every ``num_threads`` setting means this default. An explicit count is bounded by the
+logical CPUs this process may run on (:func:`max_cpu_threads`): more threads than CPUs only
+contend (issue 17: 256 asked for gave 535 threads and p50 latency 228 -> 1436 ms), so a larger
+count is clamped, and :func:`cpu_threads_warning` says so for the log.
 
 No torch import at module level: the node's parameter table reads :data:`MAX_DEFAULT_THREADS`.
 """
@@ -16,7 +19,7 @@ import os
 from pathlib import Path
 
 __all__ = ["MAX_DEFAULT_THREADS", "available_cpus", "physical_cores", "default_cpu_threads",
-           "resolve_cpu_threads", "apply_cpu_threads"]
+           "max_cpu_threads", "resolve_cpu_threads", "cpu_threads_warning", "apply_cpu_threads"]
 
 #: The most threads the default gives (more rarely pays off for one camera's network step).
 MAX_DEFAULT_THREADS = 4
@@ -57,16 +60,31 @@ def default_cpu_threads() -> int:
     return max(1, min(MAX_DEFAULT_THREADS, physical_cores()))
 
 
+def max_cpu_threads() -> int:
+    """The most threads an explicit setting gets: the logical CPUs this process may run on."""
+    return max(1, len(available_cpus()))
+
+
 def resolve_cpu_threads(requested: int) -> int:
-    """The thread count in force for a ``num_threads`` setting: ``requested`` when > 0, else
-    :func:`default_cpu_threads`.
+    """The thread count in force for a ``num_threads`` setting: ``requested`` when > 0, at most
+    :func:`max_cpu_threads`; else :func:`default_cpu_threads`.
 
     Raises:
         ValueError: a negative count.
     """
     if requested < 0:
         raise ValueError(f"num_threads must be >= 0 (0: the default), got {requested}")
-    return requested if requested > 0 else default_cpu_threads()
+    return min(requested, max_cpu_threads()) if requested > 0 else default_cpu_threads()
+
+
+def cpu_threads_warning(requested: int) -> str | None:
+    """A log line when ``requested`` threads are more than :func:`max_cpu_threads` (the count is
+    clamped: :func:`resolve_cpu_threads`), else None."""
+    limit = max_cpu_threads()
+    if requested <= limit:
+        return None
+    return (f"num_threads {requested} is more than the {limit} CPU(s) this process may run on "
+            f"(its CPU affinity): PyTorch uses {limit} thread(s)")
 
 
 def apply_cpu_threads(requested: int) -> int:

@@ -41,6 +41,36 @@ PREFIX_MISSING = ("the lmanet_ros ament prefix is not on AMENT_PREFIX_PATH: run 
                   "scripts/test.sh, or `. scripts/ros_env.sh` first (after scripts/setup_venv.sh)")
 
 
+def run_all(commands: dict[str, list[str]], directory: Path,
+            timeout: float = 120.0) -> dict[str, tuple[int, str, str]]:
+    """Run every command at once (in ``directory``, the tests' environment); name ->
+    (exit code, stdout, stderr). A command still running after ``timeout`` s is killed."""
+    running = {name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      env=child_env(), text=True, cwd=str(directory))
+               for name, command in commands.items()}
+    results = {}
+    for name, proc in running.items():
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        results[name] = (proc.returncode, out, err)
+    return results
+
+
+class LineLog:
+    """A logger with ``info`` and ``warning`` that keeps the lines (the node's is rclpy's)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, text: str) -> None:
+        self.lines.append(text)
+
+    warning = info
+
+
 def failure_marks(output: str) -> list[str]:
     """The FAILURE_MARKS found in a process's output."""
     return [mark for mark in FAILURE_MARKS if mark in output]

@@ -112,11 +112,10 @@ class RosClient:
         self._thread.start()
 
     def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-        try:
-            self.executor.spin()
-        except (ExternalShutdownException, Exception):
-            pass
+        """Spin until closed (an error ends the thread with its traceback: ending silently, as
+        this did, left every later wait of the module timing out with no cause given)."""
+        from lmanet_ros.ros_env import spin
+        spin(self.executor)
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=2.0)
@@ -152,9 +151,11 @@ class RosClient:
                    what=f"{count} publisher(s) on {sub.topic_name}")
 
     # services
-    def client(self, srv_type, name: str, timeout: float = 10.0):
-        """A service client, once the service is available (destroy it with the node)."""
-        client = self.node.create_client(srv_type, name)
+    def client(self, srv_type, name: str, timeout: float = 10.0, qos=None):
+        """A service client, once the service is available (destroy it with the node);
+        ``qos``: its QoS (None: the ROS default for services)."""
+        client = (self.node.create_client(srv_type, name) if qos is None else
+                  self.node.create_client(srv_type, name, qos_profile=qos))
         if not client.wait_for_service(timeout_sec=timeout):
             self.node.destroy_client(client)
             raise AssertionError(f"service {name} not available after {timeout} s")
@@ -291,13 +292,38 @@ class Rig:
                                  prefix + ("image/compressed" if compressed else "image"))
         self.pub = ros.publisher(CompressedImage if compressed else Image, topic, input_qos)
 
-    def send(self, msg, outputs=None, timeout: float = 30.0) -> dict:
-        """Publish ``msg``; return the outputs that carry its stamp (waits for each)."""
+    def send(self, msg, outputs=None, timeout: float = 30.0,
+             resend_every: float | None = None) -> dict:
+        """Publish ``msg``; return the outputs that carry its stamp (waits for each).
+
+        ``resend_every``: publish the same message again every this many seconds until the
+        first output arrives (for the first frame to a node that has just started: a best-effort
+        sample written before the node's reader matched this writer is dropped by DDS; a resent
+        frame reaches the node as a duplicate stamp, processed without a reset).
+        """
         stamp = stamp_of(msg)
+        names = list(outputs or self.outputs)
+        deadline = time.monotonic() + timeout
+
+        def match(m, s=stamp) -> bool:
+            return stamp_of(m) == s
         self.pub.publish(msg)
-        return {name: self.outputs[name].wait_for(
-            1, timeout, lambda m, s=stamp: stamp_of(m) == s)[0]
-            for name in (outputs or self.outputs)}
+        try:
+            while resend_every is not None:
+                try:
+                    self.outputs[names[0]].wait_for(
+                        1, min(resend_every, max(deadline - time.monotonic(), 0.0)), match)
+                    break
+                except AssertionError:
+                    if time.monotonic() >= deadline:
+                        raise AssertionError(f"no {names[0]} output within {timeout:.1f} s, the "
+                                             f"frame sent every {resend_every:.1f} s") from None
+                    self.pub.publish(msg)
+            return {name: self.outputs[name].wait_for(
+                1, max(deadline - time.monotonic(), 0.0), match)[0] for name in names}
+        except AssertionError as error:
+            raise AssertionError(f"{error} (frame stamped {stamp}); the node's log ends:\n"
+                                 f"{self.node.log()[-3000:]}") from None
 
     def status(self, predicate=lambda values: True, timeout: float = 10.0):
         """(status, values) of the newest diagnostics of this camera satisfying ``predicate``."""
@@ -390,7 +416,9 @@ def start_node_process(directory: Path, launch_values: dict[str, str] | None = N
         values["params_file"] = write_params_file(directory, params)
     launch = resolve(values)
     command = launch.command(node_executable(launch.executable))
-    log_path = directory / f"node_{launch.namespace.strip('/').replace('/', '_')}.log"
+    # a file per process: two nodes of one namespace (a name clash test) wrote into one file
+    log_path = (directory / f"node_{launch.namespace.strip('/').replace('/', '_')}_"
+                            f"{next(_namespace_counter)}.log")
     log_file = open(log_path, "wb")
     popen = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
                              env=child_env(), cwd=str(directory))

@@ -21,8 +21,9 @@ PACKAGE = ROOT / "lmanet_ros"
 LAYER_OF = {
     "classes": "core", "imaging": "core", "sizes": "core", "stamps": "core",
     "progress": "core", "metrics": "core", "ros_env": "core", "streams": "core",
-    "devices": "core", "threads": "core",
-    "models": "models", "pipeline": "pipeline", "bags": "bags", "synthetic": "synthetic",
+    "devices": "core", "threads": "core", "device_imaging": "core",
+    "models": "models", "pipeline": "pipeline", "pipeline_device": "pipeline", "bags": "bags",
+    "synthetic": "synthetic",
     "training": "training", "evaluation": "evaluation", "node": "node", "tools": "tools",
     "msg": "msg",  # generated from msg/ by colcon
     "runtime": "runtime",
@@ -31,7 +32,7 @@ LAYER_OF = {
 MAY_IMPORT = {
     "core": {"core"},
     "models": {"classes"},   # one core module: the class tables (pure data)
-    "pipeline": {"core", "models"},
+    "pipeline": {"core", "models", "runtime"},
     "runtime": {"core", "models"},
     "bags": {"core"},
     "synthetic": {"core"},

@@ -6,7 +6,8 @@ chosen topics goes, in recorded order, through :class:`lmanet_ros.pipeline.Segme
 with the node's memory rules (one memory per camera topic, reset on time going back, gaps, size
 or frame_id changes). Each image is decoded once and shared by every model of the comparison.
 The memory length and input size in force are the pipeline's (given, else from the checkpoint's
-metadata, else the model's own) and are reported as such.
+metadata, else the model's own) and are reported as such, as is the backend that ran the networks
+(``EvalOptions.backend``: ``parameters.backend`` and each model's ``backend`` in metrics.json).
 
 Everything per frame (scores, corruption groups, output bag, videos) goes by the frame the labels
 belong to (:mod:`.alignment`): a delayed model (``output_delay_frames`` 1 in metrics.json) is
@@ -163,7 +164,8 @@ def _pipeline(options: EvalOptions, spec: ModelSpec) -> SegmentationPipeline:
         spec.name, spec.checkpoint, device=options.device, precision=options.precision,
         num_threads=options.num_threads, input_size=options.input_size,
         memory_length=options.memory_length,
-        policy=MemoryPolicy(max_gap=options.max_gap, stride=options.memory_stride))
+        policy=MemoryPolicy(max_gap=options.max_gap, stride=options.memory_stride),
+        backend=options.backend)
 
 
 def _corruption_scorer(reader: BagReader, plan: BagPlan, options: EvalOptions,
@@ -322,6 +324,7 @@ def _evaluate(reader: BagReader, plan: BagPlan, options: EvalOptions, out: Path,
               "output_bag": str(options.output_bag) if options.output_bag else None}
     first = pipelines[0]
     parameters = {"device": str(first.device), "precision": options.precision,
+                  "backend": f"{first.backend} {first.backend_version}",
                   "input_size": list(first.input_size), "memory_length": first.memory_length,
                   "memory_length_origin": first.memory_length_origin,
                   "max_gap": options.max_gap, "memory_stride": options.memory_stride}
@@ -367,6 +370,7 @@ def _model_entry(label: str, name: str, checkpoint: str | None,
             "memory_length_origin": pipeline.memory_length_origin,
             "input_size": list(pipeline.input_size),
             "output_delay_frames": pipeline.output_delay_frames,
+            "backend": pipeline.backend, "backend_version": pipeline.backend_version,
             "info": {"num_classes": info.num_classes, "temporal": info.temporal,
                      "memory_length": info.memory_length, "output_stride": info.output_stride}}
 

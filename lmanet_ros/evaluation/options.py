@@ -41,6 +41,10 @@ class EvalOptions:
         stride: use every ``stride``-th frame of each camera.
         max_frames: stop after this many frames (0 = all).
         device, precision, num_threads: where and how the networks run.
+        backend: what runs them: ``torch``, or ``onnxruntime`` / ``openvino`` (graphs exported
+            from each checkpoint and cached; CPU, fp32, a fixed input size: ``input_size``,
+            else the trained size; see :meth:`~lmanet_ros.pipeline.SegmentationPipeline.
+            from_pretrained`).
         input_size: network input (height, width) in pixels; None = the weights' trained size
             (checkpoint metadata), else each frame's own.
         memory_length: frames T in the memory; None = the checkpoint's, else the model's own.
@@ -76,6 +80,7 @@ class EvalOptions:
     device: str = "auto"
     precision: str = "fp32"
     num_threads: int = 0
+    backend: str = "torch"
     input_size: tuple[int, int] | None = None
     memory_length: int | None = None
     max_gap: float = 1.0

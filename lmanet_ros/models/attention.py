@@ -11,7 +11,7 @@ itself in every memory frame:
 - ONE softmax per pixel jointly over all T * P * P logits;
 - read-out ``out[c, y, x] = sum_{t, dy, dx} p[t, dy, dx] * v_t[c, y + dy, x + dx]``.
 
-:func:`local_memory_attention` computes this exactly, with one of two implementations (its
+:func:`local_memory_attention` computes this exactly, with one of three implementations (its
 ``backend`` argument, by default the environment variable ``LMANET_ATTENTION``, default ``auto``):
 
 - ``torch``: large batched matrix products over tiles (see :func:`_tiled_attention`); any device
@@ -20,10 +20,16 @@ itself in every memory frame:
   ``scripts/setup_venv.sh``; see :mod:`._attention_ext`) for float32 CPU inputs without
   autograd: logits, softmax and read-out per tile of 8 pixels, without materialising the
   window or the probabilities.
-- ``auto``: ``compiled`` where it applies and is available, else ``torch``. When the kernel is
-  unavailable (not built, or failing to load) one warning says why, then ``torch`` is used.
+- ``triton``: a fused Triton kernel (:mod:`.attention_triton`) for CUDA tensors (float32,
+  float16, bfloat16) without autograd, likewise without materialising the window or the
+  probabilities (online softmax); CPU tensors only under triton's interpreter
+  (``TRITON_INTERPRET=1``, for tests).
+- ``auto``: ``triton`` for CUDA inputs and ``compiled`` for CPU inputs where they apply and are
+  available, else ``torch``. When a kernel is unavailable (not built, failing to load, triton
+  not installed) one warning says why, then ``torch`` is used; CUDA inputs that the Triton
+  kernel does not take are logged once per reason (level INFO).
 
-:func:`attention_backend` says which one float32 CPU inference uses, and why.
+:func:`attention_backend` says which one inference on a device and dtype uses, and why.
 :func:`local_memory_attention_reference` is the direct loop over offsets that the tests compare
 with (in float64).
 """
@@ -32,10 +38,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from . import attention_triton
 
 __all__ = ["DEFAULT_RADIUS", "BACKENDS", "BACKEND_ENV", "local_memory_attention",
            "local_memory_attention_reference", "attention_backend"]
@@ -43,7 +51,7 @@ __all__ = ["DEFAULT_RADIUS", "BACKENDS", "BACKEND_ENV", "local_memory_attention"
 #: Window radius of the published LMANet (P = 21).
 DEFAULT_RADIUS = 10
 #: Values of ``backend`` and of the environment variable :data:`BACKEND_ENV`.
-BACKENDS = ("auto", "compiled", "torch")
+BACKENDS = ("auto", "compiled", "torch", "triton")
 #: Environment variable choosing the backend when the call does not.
 BACKEND_ENV = "LMANET_ATTENTION"
 
@@ -142,6 +150,57 @@ def _stack_padded(maps: Sequence[torch.Tensor], radius: int, extra_h: int, extra
     return out
 
 
+def _tracing() -> bool:
+    """Whether a tracer records this call (torch.compile, torch.export, the TorchScript
+    tracer): constants must then be built inside the trace, not taken from a cache."""
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting()
+            or torch.jit.is_tracing())
+
+
+def _window_index(batch: int, frames: int, tiles: tuple[int, int], tile: tuple[int, int],
+                  radius: int, device: torch.device) -> torch.Tensor:
+    """:func:`_build_window_index`, cached per shape and device (a stream's shape repeats every
+    frame) except while traced."""
+    if _tracing():
+        return _build_window_index(batch, frames, tiles, tile, radius, device)
+    return _cached_window_index(batch, frames, tiles, tile, radius, device)
+
+
+def _build_window_index(batch: int, frames: int, tiles: tuple[int, int], tile: tuple[int, int],
+                        radius: int, device: torch.device) -> torch.Tensor:
+    """Rows of the window regions of every tile, in the flattened stack of padded maps.
+
+    For the stack (B, T, Hp, Wp, C) of :func:`_stack_padded` viewed as (B * T * Hp * Wp, C)
+    rows, with Hp = tiles_y * th + 2r and Wp = tiles_x * tw + 2r: entry (ty, b, tx, t, wy, wx)
+    of the result, (tiles_y, B * tiles_x * T * (th + 2r) * (tw + 2r)) int64, is the row of
+    position (wy, wx) of tile (ty, tx)'s (th + 2r) x (tw + 2r) region in frame t of batch item
+    b. ``index_select`` of a slice of tile rows thus yields the regions already in the order the
+    matrix products take, with no transpose (which ONNX runtimes run slowly in 7-D).
+    """
+    (tiles_y, tiles_x), (tile_h, tile_w) = tiles, tile
+    span = 2 * radius
+    padded_h, padded_w = tiles_y * tile_h + span, tiles_x * tile_w + span
+
+    def axis(size: int, position: int, step: int = 1) -> torch.Tensor:
+        shape = [1] * 6
+        shape[position] = size
+        return (torch.arange(size, device=device) * step).view(shape)
+
+    plane = (axis(batch, 1) * frames + axis(frames, 3)) * padded_h
+    rows = (plane + axis(tiles_y, 0, tile_h) + axis(tile_h + span, 4)) * padded_w
+    index = rows + axis(tiles_x, 2, tile_w) + axis(tile_w + span, 5)
+    return index.reshape(tiles_y, -1)
+
+
+@functools.lru_cache(maxsize=16)  # a few shapes (fill levels, cameras) at a time; read-only
+def _cached_window_index(batch: int, frames: int, tiles: tuple[int, int], tile: tuple[int, int],
+                         radius: int, device: torch.device) -> torch.Tensor:
+    """:func:`_build_window_index` made outside inference mode, so that autograd may use it
+    too (an inference tensor cannot be saved for backward)."""
+    with torch.inference_mode(False):
+        return _build_window_index(batch, frames, tiles, tile, radius, device)
+
+
 def _tiled_attention(query_key: torch.Tensor, memory_keys: Sequence[torch.Tensor],
                      memory_values: Sequence[torch.Tensor], radius: int, tile: tuple[int, int],
                      chunk_elements: int | None) -> torch.Tensor:
@@ -149,7 +208,8 @@ def _tiled_attention(query_key: torch.Tensor, memory_keys: Sequence[torch.Tensor
 
     The map is split into tiles of ``tile`` = (th, tw) pixels. For each tile the
     (th + 2r) x (tw + 2r) region of the zero-padded memory keys and values that covers the
-    windows of all its pixels is gathered (about 12x the map for 8x8 tiles, never P*P copies);
+    windows of all its pixels is gathered (about 12x the map for 8x8 tiles, never P*P copies;
+    one ``index_select`` of channels-last rows, see :func:`_window_index`);
     the logits of the tile's queries against all T regions are one matrix product; a fixed
     additive mask (0 inside each pixel's own P x P window, -inf outside, the same for every
     tile) makes the softmax over the T regions exactly the joint softmax over the pixel's
@@ -169,12 +229,14 @@ def _tiled_attention(query_key: torch.Tensor, memory_keys: Sequence[torch.Tensor
     span = 2 * radius
     tiles_y, tiles_x = -(-height // tile_h), -(-width // tile_w)
     extra_h, extra_w = tiles_y * tile_h - height, tiles_x * tile_w - width
-    region_h, region_w = tile_h + span, tile_w + span
-    region = region_h * region_w
+    region = (tile_h + span) * (tile_w + span)
     queries_per_tile = tile_h * tile_w
 
-    keys = _stack_padded(memory_keys, radius, extra_h, extra_w)
-    values = _stack_padded(memory_values, radius, extra_h, extra_w)
+    # Padded maps as rows (B * T * Hp * Wp, C) and the rows of every tile's window regions.
+    keys = _stack_padded(memory_keys, radius, extra_h, extra_w).view(-1, key_channels)
+    values = _stack_padded(memory_values, radius, extra_h, extra_w).view(-1, value_channels)
+    window_rows = _window_index(batch, frames, (tiles_y, tiles_x), (tile_h, tile_w), radius,
+                                device)
     # Queries grouped by tile, tile rows outermost: (tiles_y, B, tiles_x, th*tw, Ck), so that
     # a chunk of tile rows is a contiguous slice (and so is its part of the output buffer).
     query = F.pad(query_key, (0, extra_w, 0, extra_h))
@@ -199,15 +261,12 @@ def _tiled_attention(query_key: torch.Tensor, memory_keys: Sequence[torch.Tensor
     for row0 in range(0, tiles_y, rows_per_chunk):
         rows = min(rows_per_chunk, tiles_y - row0)
         tiles = rows * batch * tiles_x
-        top, bottom = row0 * tile_h, (row0 + rows) * tile_h + span
-        # Window regions (B, T, rows, tiles_x, C, region_h, region_w), a strided view, copied
-        # once into (tiles, T * region, C) rows for the matrix products.
-        key_windows = keys[:, :, top:bottom].unfold(2, region_h, tile_h).unfold(
-            3, region_w, tile_w).permute(2, 0, 3, 1, 5, 6, 4).reshape(
-            tiles, frames * region, key_channels)
-        value_windows = values[:, :, top:bottom].unfold(2, region_h, tile_h).unfold(
-            3, region_w, tile_w).permute(2, 0, 3, 1, 5, 6, 4).reshape(
-            tiles, frames * region, value_channels)
+        # Window regions of the chunk's tiles, gathered as (tiles, T * region, C).
+        rows_index = window_rows[row0:row0 + rows].reshape(-1)
+        key_windows = keys.index_select(0, rows_index).view(tiles, frames * region,
+                                                            key_channels)
+        value_windows = values.index_select(0, rows_index).view(tiles, frames * region,
+                                                                value_channels)
         queries = query[row0:row0 + rows].reshape(tiles, queries_per_tile, key_channels)
 
         logits = torch.baddbmm(mask, queries, key_windows.transpose(1, 2))
@@ -236,50 +295,113 @@ def _requested_backend(backend: str | None) -> tuple[str, str]:
     return backend, source
 
 
+def _loaded(name: str, load: Callable[[], tuple[bool, str]]) -> tuple[bool, str]:
+    """``load()`` of the kernel called ``name``: (available, detail or reason); warns when
+    unavailable (the callers are cached: once per process)."""
+    available, detail = load()
+    if not available:
+        _LOG.warning("local memory attention: %s unavailable, using the PyTorch path: %s",
+                     name, detail)
+    return available, detail
+
+
 @functools.cache
 def _compiled_kernel() -> tuple[bool, str]:
-    """(available, instruction set or reason); warns once per process when unavailable."""
+    """(available, instruction set or reason) of the compiled CPU kernel."""
     # Imported on first use, so that ``python -m lmanet_ros.models._attention_ext build`` runs
     # a module that importing the models has not loaded yet.
     from . import _attention_ext
 
-    available, detail = _attention_ext.load()
-    if not available:
-        _LOG.warning("local memory attention: compiled CPU kernel unavailable, using the "
-                     "PyTorch path: %s", detail)
-    return available, detail
+    return _loaded("compiled CPU kernel", _attention_ext.load)
+
+
+@functools.cache
+def _triton_kernel() -> tuple[bool, str]:
+    """(available, triton version or reason) of the Triton kernel."""
+    return _loaded("Triton kernel", attention_triton.load)
+
+
+def _kernel_status(kind: str) -> tuple[bool, str]:
+    """(available, detail) of the ``"compiled"`` or the ``"triton"`` kernel."""
+    return _triton_kernel() if kind == "triton" else _compiled_kernel()
+
+
+@functools.cache
+def _note_triton_unsuitable(reason: str) -> None:
+    """Log, once per reason, why ``auto`` sends CUDA inputs to the PyTorch path."""
+    _LOG.info("local memory attention: the Triton kernel does not take these CUDA inputs, "
+              "using the PyTorch path: %s", reason)
+
+
+def _compiled_setting_unsuitable(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the compiled kernel cannot take inputs of this device and dtype, or None."""
+    if torch.compiler.is_compiling():
+        return "traced by torch.compile"
+    if device.type != "cpu":
+        return "inputs are not on the CPU"
+    if dtype != torch.float32:
+        return f"dtype {dtype} (the kernel takes float32)"
+    return None
 
 
 def _compiled_unsuitable(tensors: Sequence[torch.Tensor]) -> str | None:
     """Why the compiled kernel cannot take these inputs, or None when it can."""
-    if torch.compiler.is_compiling():
-        return "traced by torch.compile"
-    if any(t.device.type != "cpu" for t in tensors):
-        return "inputs are not on the CPU"
-    if any(t.dtype != torch.float32 for t in tensors):
-        return f"dtype {tensors[0].dtype} (the kernel takes float32)"
+    for device, dtype in dict.fromkeys((t.device, t.dtype) for t in tensors):
+        reason = _compiled_setting_unsuitable(device, dtype)
+        if reason is not None:
+            return reason
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return "autograd needs the PyTorch path"
     return None
 
 
-def attention_backend() -> str:
-    """The backend that float32 CPU inference takes under the current $LMANET_ATTENTION.
+def _takes(kind: str, unsuitable: str | None, requested: str, source: str) -> bool:
+    """Whether the ``kind`` kernel runs inputs it finds ``unsuitable`` (None: it takes them).
+
+    Raises:
+        ValueError: ``kind`` was requested and does not take the inputs.
+        RuntimeError: ``kind`` was requested, takes them and is unavailable.
+    """
+    if unsuitable is not None:
+        if requested == kind:
+            raise ValueError(f"{source}={kind!r} cannot take these inputs: {unsuitable}")
+        return False
+    available, detail = _kernel_status(kind)
+    if not available and requested == kind:
+        raise RuntimeError(f"{source}={kind!r}: {detail}")
+    return available
+
+
+def attention_backend(device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> str:
+    """The backend that inference (no autograd) on ``device`` in ``dtype`` takes under the
+    current $LMANET_ATTENTION; by default float32 on the CPU.
 
     Returns:
-        ``"compiled (<instruction set>)"``, e.g. ``"compiled (avx2+fma)"``;
-        ``"torch (LMANET_ATTENTION=torch)"``; ``"torch (compiled kernel unavailable: <why>)"``;
-        or, with ``LMANET_ATTENTION=compiled`` and no kernel, ``"unavailable (<why>)"``
-        (calls then raise).
+        ``"compiled (<instruction set>)"``, e.g. ``"compiled (avx2+fma)"``, or
+        ``"triton (triton <version>)"``; ``"torch (LMANET_ATTENTION=torch)"``;
+        ``"torch (<kernel> kernel unavailable: <why>)"``; ``"torch (<kernel> kernel does not
+        apply: <why>)"`` (e.g. float16 on the CPU); or, with $LMANET_ATTENTION naming a kernel
+        that cannot run, ``"unavailable (<why>)"`` (calls then raise).
     """
-    backend, _ = _requested_backend(None)
-    if backend == "torch":
+    requested, _ = _requested_backend(None)
+    if requested == "torch":
         return f"torch ({BACKEND_ENV}=torch)"
-    available, detail = _compiled_kernel()
+    device = torch.device(device)
+    kind = requested if requested != "auto" else "compiled" if device.type == "cpu" else "triton"
+    if kind == "triton":
+        unsuitable = attention_triton.setting_unsuitable(device, dtype,
+                                                         allow_cpu=requested == "triton")
+    else:
+        unsuitable = _compiled_setting_unsuitable(device, dtype)
+    if unsuitable is not None:
+        return (f"unavailable ({unsuitable})" if requested == kind
+                else f"torch ({kind} kernel does not apply: {unsuitable})")
+    available, detail = _kernel_status(kind)
     if available:
-        return f"compiled ({detail})"
-    return f"unavailable ({detail})" if backend == "compiled" else (
-        f"torch (compiled kernel unavailable: {detail})")
+        return f"{kind} ({detail})"
+    return f"unavailable ({detail})" if requested == kind else (
+        f"torch ({kind} kernel unavailable: {detail})")
 
 
 def local_memory_attention(query_key: torch.Tensor, memory_keys: Sequence[torch.Tensor],
@@ -297,30 +419,35 @@ def local_memory_attention(query_key: torch.Tensor, memory_keys: Sequence[torch.
         tile: tile size (th, tw) in feature pixels of the ``torch`` backend (a speed knob).
         chunk_elements: logits per chunk of the ``torch`` backend; default 2**23 on CPU, 2**26
             on CUDA.
-        backend: ``"auto"``, ``"compiled"`` or ``"torch"`` (see the module docstring); None
-            reads $LMANET_ATTENTION (default ``"auto"``). ``auto`` takes the compiled kernel for
-            float32 CPU inputs when no gradient is needed (not under ``torch.compile``) and the
-            kernel is available.
+        backend: ``"auto"``, ``"compiled"``, ``"torch"`` or ``"triton"`` (see the module
+            docstring); None reads $LMANET_ATTENTION (default ``"auto"``). When no gradient is
+            needed (and not under ``torch.compile``), ``auto`` takes the Triton kernel for
+            CUDA inputs (float32, float16, bfloat16; at most 256 key channels) and the compiled
+            kernel for float32 CPU inputs, where the kernel is available.
 
     Returns:
         (B, Cv, H, W) read-out, in the dtype of ``query_key``.
 
     Raises:
-        ValueError: bad shapes, radius or backend name, or ``"compiled"`` for inputs it cannot
-            take (not float32, not on the CPU, or needing autograd).
-        RuntimeError: ``"compiled"`` requested and the kernel is not available.
+        ValueError: bad shapes, radius or backend name, or ``"compiled"`` / ``"triton"`` for
+            inputs it cannot take (``compiled``: not float32, not on the CPU; ``triton``: not on
+            a CUDA device (CPU only under triton's interpreter), another dtype, more than 256
+            key channels; either: needing autograd).
+        RuntimeError: ``"compiled"`` or ``"triton"`` requested and the kernel (or triton) is
+            not available.
     """
     _check_inputs(query_key, memory_keys, memory_values, radius)
     requested, source = _requested_backend(backend)
-    if requested != "torch":
-        unsuitable = _compiled_unsuitable((query_key, *memory_keys, *memory_values))
-        if unsuitable is None:
-            available, detail = _compiled_kernel()
-            if available:
-                return torch.ops.lmanet_ros.local_memory_attention(
-                    query_key, list(memory_keys), list(memory_values), radius)
-            if requested == "compiled":
-                raise RuntimeError(f"{source}='compiled': {detail}")
-        elif requested == "compiled":
-            raise ValueError(f"{source}='compiled' cannot take these inputs: {unsuitable}")
+    tensors = (query_key, *memory_keys, *memory_values)
+    if requested in ("auto", "triton"):
+        unsuitable = attention_triton.unsuitable(tensors, allow_cpu=requested == "triton")
+        if _takes("triton", unsuitable, requested, source):
+            return attention_triton.local_memory_attention_triton(query_key, memory_keys,
+                                                                  memory_values, radius)
+        if unsuitable is not None and query_key.is_cuda:
+            _note_triton_unsuitable(unsuitable)
+    if requested in ("auto", "compiled") and _takes("compiled", _compiled_unsuitable(tensors),
+                                                    requested, source):
+        return torch.ops.lmanet_ros.local_memory_attention(
+            query_key, list(memory_keys), list(memory_values), radius)
     return _tiled_attention(query_key, memory_keys, memory_values, radius, tile, chunk_elements)

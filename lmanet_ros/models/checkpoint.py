@@ -20,6 +20,10 @@ ours: the void channel is appended by the model, not learnt), and the auxiliary 
 A checkpoint whose metadata states a ``normalisation`` other than the model's is refused: the
 weights would silently see differently scaled inputs.
 
+A path is examined before it is read (:func:`checkpoint_file`): a directory, a device such as
+``/dev/zero``, a FIFO, a socket, an empty or unreadable file is refused at once with what it is,
+never read (``/dev/zero`` would be read forever).
+
 :func:`save_checkpoint` writes safetensors (optionally fp16/bf16) with JSON metadata, including
 the model's input normalisation.
 """
@@ -30,6 +34,7 @@ import json
 import os
 import pickle
 import re
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,7 +45,8 @@ import torch
 from torch import nn
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "LoadReport", "load_checkpoint",
-           "save_checkpoint", "read_state_dict", "file_sha256", "normalisation_metadata"]
+           "save_checkpoint", "read_state_dict", "checkpoint_file", "file_sha256",
+           "normalisation_metadata"]
 
 #: Key prefixes removed before matching: DistributedDataParallel, torch.compile.
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
@@ -136,6 +142,46 @@ def _short_list(names: tuple[str, ...] | list[str]) -> str:
     return shown + (f" (+{len(names) - _LIST_LIMIT} more)" if len(names) > _LIST_LIMIT else "")
 
 
+#: What a path that is not a regular file is, by its ``st_mode`` test.
+_FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """``path`` (``~`` expanded) once it is known to be a non-empty regular file this process can
+    read; examined with ``stat`` and opened, never read, so a device or FIFO fails at once.
+
+    Raises:
+        FileNotFoundError: nothing is at ``path`` (or a symbolic link there points nowhere).
+        CheckpointError: a directory, not a regular file (device, FIFO, socket), empty, not
+            readable, or a path that cannot be examined; the message says which.
+    """
+    path = Path(path).expanduser()
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        dangling = " (a symbolic link to a missing file)" if os.path.islink(path) else ""
+        raise FileNotFoundError(f"checkpoint file not found: {path}{dangling}") from None
+    except OSError as error:  # EACCES on a parent, ENOTDIR, ELOOP, ...
+        raise CheckpointError(f"checkpoint {path} cannot be examined: "
+                              f"{error.strerror or error}") from None
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file: name the .pth, "
+                              f".pt or .safetensors file")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+        raise CheckpointError(f"checkpoint {path} is not a regular file: it is {kind}")
+    if info.st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    try:  # non-blocking: a FIFO swapped in after the stat cannot hang the open
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {path} is not readable: "
+                              f"{error.strerror or error}") from None
+    return path
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
@@ -208,7 +254,8 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]
 
     ``details`` holds ``format``, ``sha256``, ``wrapper``, ``stripped_prefixes``, ``metadata``
     and ``source``. Raises FileNotFoundError for a missing file, CheckpointError
-    (UnsafeCheckpointError for code in a pickle) otherwise.
+    (UnsafeCheckpointError for code in a pickle) otherwise, e.g. for a path that is no regular
+    file (:func:`checkpoint_file`).
     """
     details: dict[str, Any] = {"wrapper": None, "sha256": None}
     metadata: dict[str, Any] = {}
@@ -216,9 +263,7 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]
         obj: Any = source
         details.update(format="mapping", source="<state_dict>")
     elif isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        path = checkpoint_file(source)
         obj, metadata, fmt = _read_file(path)
         details.update(format=fmt, source=str(path), sha256=file_sha256(path))
     else:
@@ -319,7 +364,7 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
         strict: refuse missing and unexpected keys (shape mismatches are always refused).
 
     Raises:
-        FileNotFoundError: the path is not a file.
+        FileNotFoundError: nothing is at the path.
         UnsafeCheckpointError: the pickle holds code or arbitrary objects.
         CheckpointError: unreadable file, not a state_dict, or keys/shapes that do not fit.
     """

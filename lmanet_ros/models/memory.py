@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -157,8 +157,16 @@ class FrameFIFO(TemporalMemory):
 
     def to(self: FIFO, device: torch.device | str | None = None,
            dtype: torch.dtype | None = None) -> FIFO:
-        return type(self)(*(tuple(t.to(device=device, dtype=dtype) for t in column)
-                            for column in self._columns()))
+        return self.map_tensors(lambda t: t.to(device=device, dtype=dtype))
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor held, column by column, oldest frame first within a column."""
+        return tuple(tensor for column in self._columns() for tensor in column)
+
+    def map_tensors(self: FIFO, function: Callable[[torch.Tensor], torch.Tensor]) -> FIFO:
+        """The memory of the same type with ``function(tensor)`` in place of every tensor (the
+        results must keep the FIFO's rules: one batch, spatial size, device and dtype)."""
+        return type(self)(*(tuple(function(t) for t in column) for column in self._columns()))
 
     @classmethod
     def cat_batch(cls: type[FIFO], memories: Sequence[FIFO]) -> FIFO:

@@ -66,6 +66,13 @@ class ModelInfo:
         return height + (offset - height) % stride, width + (offset - width) % stride
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` computes in on ``device_type`` now, None when it is off."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
 def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -123,6 +130,8 @@ class Segmenter(nn.Module):
             raise ValueError(f"mean and std must be 3 values each, std > 0; got {mean}, {std}")
         self._mean = tuple(float(v) for v in mean) if mean is not None else None
         self._std = tuple(float(v) for v in std) if std is not None else None
+        self._normalisation_cache: dict[tuple[torch.device, torch.dtype],
+                                        tuple[torch.Tensor, torch.Tensor]] = {}
         between, neck = dict(between or {}), dict(neck or {})
         if between.keys() & neck.keys():
             raise ValueError(f"sub-module names in both between and neck: "
@@ -178,8 +187,7 @@ class Segmenter(nn.Module):
         (B, 3, H, W) in [0, 1] -> (B, 3, H', W') with (H', W') = ``info.padded_size(H, W)``.
         """
         if self._mean is not None:
-            mean = torch.tensor(self._mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self._std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            mean, std = self._normalisation(x.device, x.dtype)
             x = (x - mean) / std
         height, width = x.shape[2:]
         padded_height, padded_width = self.info.padded_size(height, width)
@@ -187,6 +195,20 @@ class Segmenter(nn.Module):
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         return x
+
+    def _normalisation(self, device: torch.device, dtype: torch.dtype
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std), each (1, 3, 1, 1) on ``device`` in ``dtype``: built once per device and
+        dtype and kept (not buffers: the checkpoints' state_dicts have none). Made outside
+        inference mode, so that training may save them for backward."""
+        key = (device, dtype)
+        cached = self._normalisation_cache.get(key)
+        if cached is None:
+            with torch.inference_mode(False):
+                cached = self._normalisation_cache[key] = tuple(
+                    torch.tensor(values, dtype=dtype, device=device).view(1, 3, 1, 1)
+                    for values in (self._mean, self._std))
+        return cached
 
     def _decode(self, features: torch.Tensor) -> torch.Tensor:
         """(Fused) features -> logits of the padded input: the neck, then the decoder."""
@@ -344,6 +366,11 @@ class TemporalSegmenter(Segmenter):
             raise ValueError(f"memory must be a {temporal.memory_type.__name__} or None, got "
                              f"{type(memory).__name__}")
         features = self.encoder(self._prepare(x))
+        autocast_dtype = _autocast_dtype(features.device.type)
+        if autocast_dtype is not None and features.is_floating_point():
+            # under autocast the encoder's last op may give float32 (a normalisation) while
+            # the entries stored from the features come from autocast's products: one dtype
+            features = features.to(autocast_dtype)
         current = memory if memory is not None else temporal.empty_memory()
         if len(current):
             current.check_fits(features)

@@ -13,10 +13,16 @@
 - :mod:`~lmanet_ros.node.diagnostics`, :mod:`~lmanet_ros.node.messages`,
   :mod:`~lmanet_ros.node.qos`: the messages and QoS the node publishes with;
 - :mod:`~lmanet_ros.node.throttle`: log-line throttling (no ROS);
+- :mod:`~lmanet_ros.node.events`: the throttled log lines and counters of frame events (bad
+  input, a failed frame, CUDA out of memory, resets and reset requests);
+- :mod:`~lmanet_ros.node.graph`: the ROS graph around the node: outputs remapped onto its own
+  inputs refused, another node of the same name warned about;
 - :mod:`~lmanet_ros.node.params`: the parameter table, validation and :class:`Settings`;
 - :mod:`~lmanet_ros.node.param_types`: values of the wrong type or out of range: an integer
   for a double converted, the rest refused in words;
 - :mod:`~lmanet_ros.node.usage`: ``--help`` (no rclpy initialisation, no torch);
+- :mod:`~lmanet_ros.node.ros_args`: the ROS arguments and parameter files checked before
+  rclpy sees them (one line and exit 2 for a bad one);
 - :mod:`~lmanet_ros.node.launch_args`: the launch arguments (no rclpy, no launch), shared by
   ``launch/lmanet.launch.py`` and the process-level tests.
 
@@ -33,20 +39,27 @@ __all__ = ["lifecycle_main", "main"]
 
 
 def _run(module: str, executable: str, args: list[str] | None) -> int:
-    """Print the help of ``executable`` if ``args`` (default: the command line) ask for it;
-    else route SIGINT and SIGTERM to a clean shutdown before rclpy and torch are imported
-    (:func:`lmanet_ros.node.process.install_signal_handlers`) and run ``module``'s ``main``."""
+    """Print the help of ``executable`` if ``args`` (default: the command line) ask for it, or
+    run ``module``'s ``main``. The caller has routed SIGINT and SIGTERM already
+    (:func:`_shield`)."""
     from lmanet_ros.node import usage
     if usage.asked(sys.argv[1:] if args is None else args):
         print(usage.text(executable), end="")
         return 0
+    return importlib.import_module(module).main(args)
+
+
+def _shield() -> None:
+    """Route SIGINT and SIGTERM to a clean shutdown before anything else is imported
+    (:func:`lmanet_ros.node.process.install_signal_handlers`): a signal during the imports
+    then ends the process with code 0 instead of a ``KeyboardInterrupt`` traceback."""
     from lmanet_ros.node.process import install_signal_handlers
     install_signal_handlers()
-    return importlib.import_module(module).main(args)
 
 
 def main(args: list[str] | None = None) -> int:
     """Run ``lmanet_node`` (:func:`lmanet_ros.node.node.main`); returns the exit code."""
+    _shield()
     from lmanet_ros.node.launch_args import EXECUTABLE
     return _run("lmanet_ros.node.node", EXECUTABLE, args)
 
@@ -54,5 +67,6 @@ def main(args: list[str] | None = None) -> int:
 def lifecycle_main(args: list[str] | None = None) -> int:
     """Run ``lmanet_lifecycle_node``, the managed variant
     (:func:`lmanet_ros.node.lifecycle.main`); returns the exit code."""
+    _shield()
     from lmanet_ros.node.launch_args import LIFECYCLE_EXECUTABLE
     return _run("lmanet_ros.node.lifecycle", LIFECYCLE_EXECUTABLE, args)

@@ -17,8 +17,8 @@ from lmanet_ros.node.delivery import Delivery
 from lmanet_ros.node.stats import CameraSnapshot
 from lmanet_ros.sizes import format_size
 
-__all__ = ["NO_INPUT_WARN_S", "attention_text", "camera_status", "model_status", "size_text",
-           "weights_text"]
+__all__ = ["NO_INPUT_WARN_S", "attention_text", "backend_text", "camera_status", "model_status",
+           "size_text", "weights_text"]
 
 #: Seconds without any input after which a camera's diagnostics turn WARN.
 NO_INPUT_WARN_S = 5.0
@@ -29,10 +29,17 @@ def size_text(size: tuple[int, int]) -> str:
     return format_size(size) if size[0] else "each frame's size"
 
 
+def backend_text(pipeline: Any) -> str:
+    """The inference backend that runs the network and its version: ``'onnxruntime 1.32.0'``."""
+    return f"{pipeline.backend} {pipeline.backend_version}"
+
+
 def attention_text(pipeline: Any) -> str:
     """Which memory attention implementation runs ('' for single-frame models)."""
     if not pipeline.info.temporal:
         return ""
+    if pipeline.backend != "torch":
+        return f"exported graph ({pipeline.backend})"
     if pipeline.device.type != "cpu":
         return f"torch ({pipeline.device.type})"
     if pipeline.precision != "fp32":
@@ -67,7 +74,7 @@ def _max_text(values: tuple[float, ...]) -> str:
 
 
 def model_status(name: str, pipeline: Any, *, checkpoint: str, processing_mode: str,
-                 inferring_for_s: float | None) -> DiagnosticStatus:
+                 inferring_for_s: float | None, clock: str = "system") -> DiagnosticStatus:
     """The model's status ``'<name>: model'``; WARN while the weights are random.
 
     Args:
@@ -76,6 +83,8 @@ def model_status(name: str, pipeline: Any, *, checkpoint: str, processing_mode: 
         checkpoint: the checkpoint parameter as given.
         processing_mode: ``latest`` or ``all``.
         inferring_for_s: seconds the inference in progress has run, None when idle.
+        clock: the node's clock in words (``system``, ``sim time``, ``sim time, no /clock
+            received``: then the status is WARN, as the stamps of the node's own messages are 0).
     """
     info = pipeline.info
     report = pipeline.load_report
@@ -83,11 +92,15 @@ def model_status(name: str, pipeline: Any, *, checkpoint: str, processing_mode: 
     status = DiagnosticStatus(name=f"{name}: model", hardware_id=str(pipeline.device))
     status.level = DiagnosticStatus.WARN if random else DiagnosticStatus.OK
     status.message = "RANDOM WEIGHTS (no checkpoint)" if random else f"{info.name} ready"
+    if "no /clock" in clock:
+        status.level = DiagnosticStatus.WARN
+        status.message += f"; {clock}"
     status.values = _values({
         "model": info.name, "checkpoint": checkpoint or "(none)",
         "checkpoint_id": pipeline.checkpoint_id, "weights": weights_text(pipeline),
         "checkpoint_sha256": (report.sha256 or "") if report is not None else "",
         "device": str(pipeline.device), "precision": pipeline.precision,
+        "backend": backend_text(pipeline),
         "classes": len(pipeline.classes), "memory_length": pipeline.memory_length,
         "output_delay_frames": pipeline.output_delay_frames,
         "memory_max_gap_s": pipeline.policy.max_gap, "memory_stride": pipeline.policy.stride,
@@ -96,6 +109,7 @@ def model_status(name: str, pipeline: Any, *, checkpoint: str, processing_mode: 
                           f"mean {info.mean} std {info.std}"),
         "attention": attention_text(pipeline),
         "inferring_for_s": "" if inferring_for_s is None else f"{inferring_for_s:.2f}",
+        "clock": clock,
     })
     return status
 
@@ -131,6 +145,7 @@ def camera_status(name: str, camera: str, topic: str, snap: CameraSnapshot, *, q
         "frames_received": snap.received, "frames_processed": snap.processed,
         "drops": snap.dropped, "queued": queued,
         "bad_inputs": snap.bad_inputs, "last_bad_input": snap.last_bad_input,
+        "frames_over_budget": snap.over_budget,
         "processing_errors": snap.errors, "last_error": snap.last_error,
         "duplicates": snap.stream.duplicates,
         "memory_fill": snap.stream.memory_fill,
@@ -143,6 +158,7 @@ def camera_status(name: str, camera: str, topic: str, snap: CameraSnapshot, *, q
         "incompatible_qos_events": snap.incompatible_qos,
         "delivery": delivery.state if delivery is not None else "",
         "delivery_lost": delivery.lost if delivery is not None else "",
+        "worker_cpu_s": "" if snap.worker_cpu_s is None else f"{snap.worker_cpu_s:.4f}",
     }
     status = DiagnosticStatus(name=f"{name}: camera {camera}", hardware_id=topic)
     status.values = _values(values)

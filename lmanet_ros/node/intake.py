@@ -61,20 +61,21 @@ class FrameIntake:
             self._queues.pop(key, None)
             self._cond.notify_all()
 
-    def set_mode(self, mode: str) -> int:
+    def set_mode(self, mode: str) -> dict[str, int]:
         """Switch mode; going to ``latest`` keeps only the newest frame of each camera.
 
-        Returns the number of frames discarded.
+        Returns the frames discarded, per camera key (only cameras that lost frames).
         """
         _check_mode(mode)
-        discarded = 0
+        discarded: dict[str, int] = {}
         with self._cond:
             self._mode = mode
             if mode == "latest":
-                for queue in self._queues.values():
-                    while len(queue) > 1:
-                        queue.popleft()
-                        discarded += 1
+                for key, queue in self._queues.items():
+                    if len(queue) > 1:
+                        discarded[key] = len(queue) - 1
+                        while len(queue) > 1:
+                            queue.popleft()
             self._cond.notify_all()
         return discarded
 

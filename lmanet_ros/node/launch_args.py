@@ -71,6 +71,8 @@ ARGUMENTS: tuple[LaunchArgument, ...] = (
                    "Weights to load (.pth, .pt, .safetensors); empty: the parameter file's value."),
     LaunchArgument("device", "",
                    "auto, cpu, cuda or cuda:N; empty: the parameter file's value."),
+    LaunchArgument("backend", "",
+                   "torch, onnxruntime or openvino; empty: the parameter file's value."),
     LaunchArgument("use_sim_time", "false", "Use /clock (bag replay with --clock)."),
     LaunchArgument("log_level", "info", "Logging level of the node (debug, info, warn, error)."),
     LaunchArgument("managed", "false",
@@ -293,8 +295,9 @@ def resolve(values: Mapping[str, str] | None = None) -> NodeLaunch:
         overrides["cameras"] = cameras
     if merged["checkpoint"].strip():
         overrides["checkpoint"] = os.path.expanduser(merged["checkpoint"].strip())
-    if merged["device"].strip():
-        overrides["device"] = merged["device"].strip()
+    for name in ("device", "backend"):
+        if merged[name].strip():
+            overrides[name] = merged[name].strip()
     overrides["use_sim_time"] = parse_bool(merged["use_sim_time"])
 
     namespace = merged["namespace"].strip()

@@ -11,9 +11,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from lmanet_ros.classes import ClassSet
-from lmanet_ros.node.diagnostics import attention_text, size_text, weights_text
+from lmanet_ros.node.diagnostics import attention_text, backend_text, size_text, weights_text
 from lmanet_ros.node.params import Settings, is_default_classes, validate
 from lmanet_ros.streams import MemoryPolicy
+from lmanet_ros.threads import cpu_threads_warning
 
 if TYPE_CHECKING:
     from lmanet_ros.pipeline import SegmentationPipeline
@@ -42,19 +43,23 @@ def memory_policy(settings: Settings) -> MemoryPolicy:
 
 
 def _checkpoint_argument(settings: Settings) -> str | None:
-    """The checkpoint parameter for the loader: None (random), a weights tag, or a file path
-    that exists and is readable (``~`` expanded)."""
+    """The checkpoint parameter for the loader: None (random), a weights tag, or the path of a
+    readable regular file (``~`` expanded; a directory, ``/dev/zero``, a FIFO, an empty or
+    unreadable file is refused saying what it is: :func:`~lmanet_ros.models.checkpoint.
+    checkpoint_file`)."""
+    from lmanet_ros.models.checkpoint import CheckpointError, checkpoint_file
     from lmanet_ros.models.weights import weights_tags
 
     value = settings.checkpoint.strip()
     if not value or value in weights_tags():
         return value or None
-    path = os.path.expanduser(value)
-    if not os.path.isfile(path):
-        raise StartupError(f"checkpoint not found: '{path}' (parameter checkpoint)")
-    if not os.access(path, os.R_OK):
-        raise StartupError(f"checkpoint not readable: '{path}'")
-    return path
+    try:
+        return str(checkpoint_file(value))
+    except FileNotFoundError:
+        raise StartupError(f"checkpoint not found: '{os.path.expanduser(value)}' "
+                           f"(parameter checkpoint)") from None
+    except CheckpointError as exc:
+        raise StartupError(f"{one_line(exc)} (parameter checkpoint)") from None
 
 
 def load_pipeline(settings: Settings, log: Any) -> "SegmentationPipeline":
@@ -62,14 +67,17 @@ def load_pipeline(settings: Settings, log: Any) -> "SegmentationPipeline":
 
     ``memory.length`` 0 means "not given" and an unset input size is passed as None: the
     pipeline takes the checkpoint metadata's values, else the model's own T and each frame's own
-    size.
+    size. ``backend`` onnxruntime or openvino runs the exported graphs (exported on the first
+    start with a checkpoint, input size and memory length, then cached: see
+    :meth:`SegmentationPipeline.from_pretrained`); its missing package is a StartupError.
 
     Args:
         settings: the parameters.
         log: the node's logger (``info``, ``warning``).
 
     Raises:
-        StartupError: unknown model, absent device, missing checkpoint, a load failure.
+        StartupError: unknown model, absent device, missing checkpoint, a load failure, a
+        backend that cannot run (package missing, not the CPU, not fp32, no input size).
     """
     from lmanet_ros.devices import DeviceError, resolve_device
     from lmanet_ros.models import list_models
@@ -78,8 +86,9 @@ def load_pipeline(settings: Settings, log: Any) -> "SegmentationPipeline":
     if settings.model not in list_models():
         raise StartupError(f"unknown model '{settings.model}'; known models: "
                            f"{', '.join(list_models())}")
-    try:
-        device = resolve_device(settings.device)
+    try:  # an absent device fails before anything is loaded (a graph backend's: the pipeline's)
+        if settings.backend == "torch":
+            resolve_device(settings.device)
     except DeviceError as exc:
         raise StartupError(one_line(exc)) from None
     checkpoint = _checkpoint_argument(settings)
@@ -88,7 +97,8 @@ def load_pipeline(settings: Settings, log: Any) -> "SegmentationPipeline":
         pipeline = SegmentationPipeline.from_pretrained(
             settings.model, checkpoint, device=settings.device, precision=settings.precision,
             num_threads=settings.num_threads, input_size=settings.pipeline_input_size,
-            memory_length=settings.memory_length, policy=memory_policy(settings))
+            memory_length=settings.memory_length, policy=memory_policy(settings),
+            backend=settings.backend)
     except FileNotFoundError as exc:  # a weights tag the model does not have
         raise StartupError(f"{one_line(exc)} (parameter checkpoint)") from None
     except Exception as exc:  # the loader's errors name the problem; no traceback
@@ -100,13 +110,20 @@ def load_pipeline(settings: Settings, log: Any) -> "SegmentationPipeline":
                            + (f" from '{checkpoint}'" if checkpoint else "") + ": "
                            + ("" if known else f"{type(exc).__name__}: ") + one_line(exc)
                            ) from None
-    _log_loaded(pipeline, settings, log, device, time.monotonic() - start)
+    height, width = pipeline.input_size
+    if height * width > settings.max_network_pixels:  # a trained size from the metadata
+        raise StartupError(f"network input {height}x{width} (the checkpoint's trained size) = "
+                           f"{height * width} pixels is over max_network_pixels "
+                           f"{settings.max_network_pixels}: set input_height/input_width or "
+                           f"raise max_network_pixels")
+    _log_loaded(pipeline, settings, log, time.monotonic() - start)
     return pipeline
 
 
-def _log_loaded(pipeline: "SegmentationPipeline", settings: Settings, log: Any, device: Any,
+def _log_loaded(pipeline: "SegmentationPipeline", settings: Settings, log: Any,
                 seconds: float) -> None:
-    """Say which weights, input size and memory length are in force, and where each came from."""
+    """Say which backend, weights, input size and memory length are in force, and where each
+    came from."""
     info, report = pipeline.info, pipeline.load_report
     origin = pipeline.memory_length_origin.replace("explicit", "memory.length")
     memory = (f"memory {pipeline.memory_length} frames ({origin}), memory attention "
@@ -114,10 +131,20 @@ def _log_loaded(pipeline: "SegmentationPipeline", settings: Settings, log: Any, 
     size = size_text(pipeline.input_size) + (
         " (input_height/input_width)" if settings.input_size[0] else
         " (trained size, checkpoint metadata)" if pipeline.input_size[0] else "")
-    log.info(f"loaded {info.name} on {device} ({settings.precision}) in {seconds:.1f} s: "
+    log.info(f"loaded {info.name} on {pipeline.device} ({settings.precision}, backend "
+             f"{backend_text(pipeline)}) in {seconds:.1f} s: "
              f"{weights_text(pipeline)}, checkpoint id {pipeline.checkpoint_id}, "
              f"{info.num_classes} outputs, network input {size}, {memory}, "
              f"{torch_threads()} CPU thread(s)")
+    clamped = cpu_threads_warning(settings.num_threads)
+    if clamped:
+        log.warning(clamped)
+    graphs = getattr(pipeline.model, "graphs", None)  # a graph backend's (runtime.CachedGraphs)
+    if graphs is not None:
+        how = (f"{len(graphs.exported)} exported now" if graphs.exported else
+               "all from the graph cache")
+        log.info(f"{pipeline.backend} runs {len(graphs.paths)} graph(s), one per memory fill "
+                 f"level ({how}): {graphs.folder}")
     _log_training(pipeline, log)
     if pipeline.output_delay_frames:
         log.info(f"{info.name} labels each frame {pipeline.output_delay_frames} frame(s) late: "

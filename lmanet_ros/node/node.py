@@ -39,24 +39,24 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
-from lmanet_ros.node import diagnostics, messages, process, qos
+from lmanet_ros.node import diagnostics, graph, messages, process, qos
 from lmanet_ros.node.delivery import Delivery, DeliveryWatch, advice
+from lmanet_ros.node.events import EventLog
 from lmanet_ros.node.intake import ALL_MODE_CAPACITY, FrameIntake
 from lmanet_ros.node.launch_args import DDS_PROFILES, DEFAULT_DDS_PROFILE, NODE_NAME, config_file
 from lmanet_ros.node.loading import (StartupError, load_pipeline, memory_policy, one_line,
                                      resolve_classes, warm_up)
 from lmanet_ros.node.param_types import TypedParameters
-from lmanet_ros.node.params import (INPUT_PARAMS, POLICY_PARAMS, SPEC_BY_NAME, SPECS, Settings,
-                                    descriptor, validate)
+from lmanet_ros.node.params import (INPUT_PARAMS, MAX_CAMERAS, POLICY_PARAMS, SPEC_BY_NAME,
+                                    SPECS, Settings, descriptor, validate)
 from lmanet_ros.node.ports import OUTPUTS, CameraPort, subscribed
-from lmanet_ros.node.throttle import Throttle
 from lmanet_ros.stamps import stamp_ns
-from lmanet_ros.streams import ResetReason
-from lmanet_ros.threads import apply_cpu_threads
+from lmanet_ros.threads import apply_cpu_threads, cpu_threads_warning
 
 if TYPE_CHECKING:
     from lmanet_ros.pipeline import SegmentationPipeline
@@ -98,7 +98,7 @@ class LmanetNode(TypedParameters, Node):
         self._ports_lock = threading.RLock()
         self._ports: dict[str, CameraPort] = {}
         self._delivery: dict[str, DeliveryWatch] = {}  # per camera, renewed with its subscription
-        self._throttle = Throttle(LOG_THROTTLE_S)
+        self._events = EventLog(self.get_logger(), LOG_THROTTLE_S)
         self._worker: threading.Thread | None = None
         self._service_group = ReentrantCallbackGroup()
         self._intake = FrameIntake()  # replaced by a fresh one each time processing starts
@@ -111,8 +111,10 @@ class LmanetNode(TypedParameters, Node):
         self._reset_service = None
         self._threads_applied = 0
         self._inferring_since: float | None = None
+        self._steady_clock = Clock(clock_type=ClockType.STEADY_TIME)
         try:
             self._declare_parameters()
+            graph.watch(self)
             self._start()
         except StartupError as exc:
             self._stopping.set()
@@ -166,6 +168,8 @@ class LmanetNode(TypedParameters, Node):
         with self._config_lock:
             num_classes = self._pipeline.info.num_classes if self._pipeline else None
             reason = validate(changes, self._settings.as_dict(), num_classes=num_classes)
+            if not reason and "cameras" in changes:
+                reason = graph.feedback(self.resolve_topic_name, changes["cameras"] or [])
             if reason:
                 return self.refuse(reason)
             if self._apply_in_on_set:
@@ -217,8 +221,13 @@ class LmanetNode(TypedParameters, Node):
                                            self._on_incompatible_output_qos)
         if "processing_mode" in changed:
             discarded = self._intake.set_mode(new.processing_mode)
+            with self._ports_lock:
+                for key, count in discarded.items():
+                    if key in self._ports:
+                        self._ports[key].stats.on_dropped(count)
+            total = sum(discarded.values())
             log.info(f"processing_mode now '{new.processing_mode}'"
-                     + (f" ({discarded} queued frames dropped)" if discarded else ""))
+                     + (f" ({total} queued frames dropped)" if total else ""))
         if changed & INPUT_PARAMS:
             self._rebuild_cameras()
             self._log_inputs()
@@ -272,6 +281,7 @@ class LmanetNode(TypedParameters, Node):
             self._vision_label_info_pub = self._create_output_publisher(
                 messages.VisionLabelInfo, "~/vision_label_info", qos.LATCHED_QOS)
         self._reset_service = self.create_service(Trigger, "~/reset_memory", self._on_reset_all,
+                                                  qos_profile=qos.SERVICE_QOS,
                                                   callback_group=self._service_group)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._start_diagnostics_timer()
@@ -315,16 +325,21 @@ class LmanetNode(TypedParameters, Node):
 
     @property
     def executor_threads(self) -> int:
-        """Executor threads: one per camera callback that may wait (``all`` mode) + services."""
-        return max(4, len(self._settings.cameras) + 3)
+        """Executor threads: one per camera callback that may wait (``all`` mode: up to
+        :data:`~lmanet_ros.node.params.MAX_CAMERAS`, cameras may be added at run time) plus three
+        for services, parameters and diagnostics. The executor's pool starts threads only as
+        callbacks need them, so unused ones cost nothing."""
+        return MAX_CAMERAS + 3
 
     def _start_diagnostics_timer(self) -> None:
-        """(Re-)start the /diagnostics timer at ``diagnostics_period`` seconds."""
+        """(Re-)start the /diagnostics timer: every ``diagnostics_period`` seconds of steady
+        time, so that it runs with ``use_sim_time`` and no ``/clock`` too (the messages are
+        stamped with the node's clock)."""
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
         self._diagnostics_timer = self.create_timer(
             self._settings.diagnostics_period, self._publish_diagnostics,
-            callback_group=self._service_group)
+            callback_group=self._service_group, clock=self._steady_clock)
 
     def _rebuild_cameras(self) -> None:
         """Create, re-create or remove camera ports to match the parameters."""
@@ -345,7 +360,7 @@ class LmanetNode(TypedParameters, Node):
                         port.reset_service = self.create_service(
                             Trigger, port.output_topic("reset_memory"),
                             functools.partial(self._on_reset_camera, port),
-                            callback_group=self._service_group)
+                            qos_profile=qos.SERVICE_QOS, callback_group=self._service_group)
                 if self._taking:
                     self._delivery[key] = DeliveryWatch()
                     port.subscribe(self, settings, self._on_image_with_info
@@ -416,7 +431,7 @@ class LmanetNode(TypedParameters, Node):
         response.success = True
         response.message = f"memory reset requested for {len(keys)} camera(s): " + \
             ", ".join(sorted(keys))
-        self._log_reset_request("~/reset_memory", response.message)
+        self._events.reset_request("~/reset_memory", response.message)
         return response
 
     def _on_reset_camera(self, port: CameraPort, request, response):
@@ -424,12 +439,8 @@ class LmanetNode(TypedParameters, Node):
         self._pipeline.reset(port.key, reason="request")
         response.success = True
         response.message = f"memory reset requested for camera '{port.key}'"
-        self._log_reset_request(port.output_topic("reset_memory"), response.message)
+        self._events.reset_request(port.output_topic("reset_memory"), response.message)
         return response
-
-    def _log_reset_request(self, service: str, message: str) -> None:
-        """Log a reset request when it arrives (the reset itself is logged at the next frame)."""
-        self.get_logger().info(f"{service}: {message}; applied before the next frame")
 
     # ----------------------------------------------------------------------------------- worker
     def _run_worker(self, stopping: threading.Event) -> None:
@@ -444,7 +455,7 @@ class LmanetNode(TypedParameters, Node):
             except Exception as exc:  # never let the worker die; say what happened
                 if stopping.is_set() or not rclpy.ok(context=self.context):
                     break
-                if self._throttle.allow(("worker", type(exc).__name__)) is not None:
+                if self._events.allow(("worker", type(exc).__name__)) is not None:
                     self.get_logger().error(f"processing failed: {one_line(exc)}")
 
     def _process_batch(self, batch: list[tuple[str, Any]]) -> None:
@@ -462,21 +473,21 @@ class LmanetNode(TypedParameters, Node):
                 continue
             start = time.perf_counter()
             try:
-                image = messages.decode(msg)
+                image = messages.decode(
+                    msg, messages.FrameBudget.of(settings, self._pipeline.input_size))
             except ValueError as exc:  # imaging.ImageError: a one-line reason
-                self._bad_input(port, one_line(exc))
+                self._events.bad_input(port, one_line(exc), isinstance(exc, messages.ImageTooLarge))
                 continue
             frame = Frame(key, image, stamp_ns(msg.header), msg.header.frame_id,
                           context=(msg, received))
             entries.append((port, frame, start))
         if not entries:
             return
-        want_confidence = settings.publish_confidence and any(
-            subscribed(port.publishers.get("confidence")) for port, *_ in entries)
         self._inferring_since = time.monotonic()
         try:
             results = self._segment([entry[1] for entry in entries],
-                                    [entry[0] for entry in entries], want_confidence)
+                                    [entry[0] for entry in entries],
+                                    self._wanted_outputs(settings, [e[0] for e in entries]))
         finally:
             self._inferring_since = None
         for (port, frame, start), result in zip(entries, results):
@@ -494,24 +505,39 @@ class LmanetNode(TypedParameters, Node):
             port.stats.on_processed(result.batch_size, result.timings.inference_ms,
                                     (time.perf_counter() - start) * 1e3, latency_ms, stream)
             if result.reset_reason:
-                self._log_reset(port, result.reset_reason, stream.last_gap_s, settings)
+                self._events.reset(port, result.reset_reason, stream.last_gap_s,
+                                   settings.memory_max_gap)
 
-    def _segment(self, frames: list, ports: list[CameraPort], want_confidence: bool) -> list:
-        """The pipeline's results of ``frames``; a failing batch is retried frame by frame, a
-        failing frame is counted as its camera's error and gives None."""
+    def _wanted_outputs(self, settings: Settings, ports: list[CameraPort]) -> dict[str, Any]:
+        """The ``process`` options for a batch of ``ports``' frames: confidence when on and
+        subscribed; on CUDA also colour and overlay (rendered on the device, one copy back
+        each) when on and subscribed; on the CPU the ports render them."""
+        def wanted(output: str) -> bool:
+            return getattr(settings, f"publish_{output}") and any(
+                subscribed(port.publishers.get(output)) for port in ports)
+        options: dict[str, Any] = {"want_confidence": wanted("confidence")}
+        if self._pipeline.device.type == "cuda":
+            options.update(want_color=wanted("color"), want_overlay=wanted("overlay"),
+                           overlay_alpha=settings.overlay_alpha)
+        return options
+
+    def _segment(self, frames: list, ports: list[CameraPort], options: dict[str, Any]) -> list:
+        """The pipeline's results of ``frames`` (``options``: :meth:`_wanted_outputs`); a
+        failing batch is retried frame by frame, a failing frame is counted as its camera's
+        error and gives None."""
         try:
-            return self._pipeline.process(frames, want_confidence=want_confidence)
+            return self._pipeline.process(frames, **options)
         except Exception as exc:
             if len(frames) == 1:
-                self._frame_error(ports[0], frames[0], exc)
+                self._events.frame_error(ports[0], frames[0].image.shape, exc,
+                                         self._pipeline.device)
                 return [None]
         results = []
         for port, frame in zip(ports, frames):
             try:
-                results.append(self._pipeline.process([frame],
-                                                      want_confidence=want_confidence)[0])
+                results.append(self._pipeline.process([frame], **options)[0])
             except Exception as exc:
-                self._frame_error(port, frame, exc)
+                self._events.frame_error(port, frame.image.shape, exc, self._pipeline.device)
                 results.append(None)
         return results
 
@@ -519,40 +545,11 @@ class LmanetNode(TypedParameters, Node):
         """Apply ``num_threads`` (0: :func:`~lmanet_ros.threads.default_cpu_threads`)."""
         threads = apply_cpu_threads(count)
         self._threads_applied = count
-        self.get_logger().info(f"num_threads {count}: PyTorch uses {threads} CPU thread(s)")
-
-    def _bad_input(self, port: CameraPort, reason: str) -> None:
-        """Count an undecodable message and log it (throttled)."""
-        port.stats.on_bad_input(reason)
-        held = self._throttle.allow((port.key, "bad_input"))
-        if held is not None:
-            topic = port.subscription.topic_name if port.subscription is not None else "?"
-            self.get_logger().error(
-                f"bad input on {topic}: {reason}; frame skipped"
-                + (f" ({held} more since the last message)" if held else ""))
-
-    def _frame_error(self, port: CameraPort, frame, exc: Exception) -> None:
-        """Count a frame the pipeline could not process and log it (throttled)."""
-        reason = f"{type(exc).__name__}: {one_line(exc)}"
-        port.stats.on_error(reason)
-        held = self._throttle.allow((port.key, "error"))
-        if held is not None:
-            self.get_logger().error(
-                f"camera '{port.key}': frame {frame.image.shape[1]}x{frame.image.shape[0]} "
-                f"could not be processed: {reason}"
-                + (f" ({held} more since the last message)" if held else ""))
-
-    def _log_reset(self, port: CameraPort, reason: str, gap_s: float | None,
-                   settings: Settings) -> None:
-        """Log a memory reset of ``port`` and its reason (throttled per reason); a ``gap`` reset
-        says the gap ``gap_s`` and ``memory.max_gap`` (seconds)."""
-        held = self._throttle.allow((port.key, "reset", reason))
-        if held is None:
-            return
-        if reason == ResetReason.GAP.value and gap_s is not None:
-            reason = f"gap {gap_s:.2f} s > memory.max_gap {settings.memory_max_gap} s"
-        self.get_logger().info(f"camera '{port.key}': memory reset ({reason})"
-                               + (f", {held} more since the last message" if held else ""))
+        clamped = cpu_threads_warning(count)
+        if clamped:
+            self.get_logger().warning(clamped)
+        else:
+            self.get_logger().info(f"num_threads {count}: PyTorch uses {threads} CPU thread(s)")
 
     # ------------------------------------------------------------------------- label info, diag
     def _publish_label_info(self) -> None:
@@ -610,7 +607,17 @@ class LmanetNode(TypedParameters, Node):
         return diagnostics.model_status(
             self.get_fully_qualified_name(), pipeline, checkpoint=self._settings.checkpoint,
             processing_mode=self._settings.processing_mode,
-            inferring_for_s=None if inferring is None else time.monotonic() - inferring)
+            inferring_for_s=None if inferring is None else time.monotonic() - inferring,
+            clock=self._clock_text())
+
+    def _clock_text(self) -> str:
+        """The node's clock in words for /diagnostics: ``system``, ``sim time`` or ``sim time,
+        no /clock received`` (ROS time still 0: the node's own stamps are 0 until it comes)."""
+        if not self.get_parameter("use_sim_time").value:
+            return "system"
+        if self.get_clock().now().nanoseconds == 0:
+            return "sim time, no /clock received"
+        return "sim time"
 
     # --------------------------------------------------------------------------------- shutdown
     def stop(self, timeout: float = 10.0) -> None:

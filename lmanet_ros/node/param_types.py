@@ -11,7 +11,8 @@ expected and the value given, e.g. "memory.stride must be an integer (got the st
 
 :class:`TypedParameters` applies :func:`coerce` to a node's parameters of :data:`SPECS`: to the
 command-line and file overrides when they are declared, and to every set (``set_parameters``,
-``set_parameters_atomically``, hence the SetParameters services and ``ros2 param set``).
+``set_parameters_atomically``, hence the SetParameters services and ``ros2 param set``), which
+it also refuses, with the reason, for a name the node does not have: empty, blank or undeclared.
 """
 from __future__ import annotations
 
@@ -111,7 +112,10 @@ class TypedParameters:
     those of :data:`~lmanet_ros.node.params.SPECS`: their values pass :func:`coerce` first.
 
     A refused set answers ``successful=False`` with the reason (and logs it); read-only
-    parameters are left to rclpy, which refuses any change of them.
+    parameters are left to rclpy, which refuses any change of them. So is a parameter the node
+    does not have, with its name: rclpy takes an empty name without a word (its check of
+    undeclared names skips falsy ones), and names none of the others ("undeclared
+    parameter(s): []").
     """
 
     def declare_spec(self, spec: ParamSpec, descriptor: Any) -> Parameter:
@@ -143,10 +147,14 @@ class TypedParameters:
         return [self.set_parameters_atomically([param]) for param in parameter_list]
 
     def set_parameters_atomically(self, parameter_list: list[Parameter]) -> SetParametersResult:
-        """Set the parameters all together once each passes :func:`coerce` (read-only ones are
-        rclpy's to refuse), else none of them: the first reason."""
+        """Set the parameters all together once each names a parameter of the node
+        (:meth:`unknown_name`) and passes :func:`coerce` (read-only ones are rclpy's to refuse),
+        else none of them: the first reason."""
         checked = []
         for param in parameter_list:
+            reason = self.unknown_name(param.name)
+            if reason:
+                return self.refuse(reason)
             spec = SPEC_BY_NAME.get(param.name)
             if spec is not None and not spec.read_only:
                 param, reason = coerce(spec, param)
@@ -154,6 +162,16 @@ class TypedParameters:
                     return self.refuse(reason)
             checked.append(param)
         return super().set_parameters_atomically(checked)
+
+    def unknown_name(self, name: str) -> str | None:
+        """Why ``name`` names no parameter of this node (empty, blank, not declared); None
+        when it does (or the node takes undeclared parameters)."""
+        if not name.strip():
+            return f"a parameter name cannot be empty or blank (got {name!r})"
+        if self.has_parameter(name) or getattr(self, "_allow_undeclared_parameters", False):
+            return None
+        return (f"{self.get_fully_qualified_name()} has no parameter '{name}' "
+                f"(`ros2 param list {self.get_fully_qualified_name()}` lists them)")
 
     def refuse(self, reason: str) -> SetParametersResult:
         """Log a refused parameter change and give its result."""

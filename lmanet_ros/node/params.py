@@ -25,6 +25,7 @@ from lmanet_ros.classes import CITYSCAPES_CLASS_NAMES, CITYSCAPES_COLORS, MAX_CL
 __all__ = [
     "ParamSpec",
     "SPECS",
+    "MAX_CAMERAS",
     "SPEC_BY_NAME",
     "Settings",
     "CITYSCAPES_PALETTE",
@@ -40,6 +41,13 @@ __all__ = [
 CITYSCAPES_PALETTE: tuple[int, ...] = tuple(int(v) for v in CITYSCAPES_COLORS.reshape(-1))
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+#: The largest pixel budget: lmanet_ros.imaging.MAX_PIXELS (not imported: imaging loads OpenCV,
+#: and ``lmanet_node --help`` reads this table).
+MAX_BUDGET_PIXELS = 1 << 26
+#: Default ``max_frame_pixels``: 3840x2160 (4K UHD).
+DEFAULT_MAX_FRAME_PIXELS = 3840 * 2160
+#: Default ``max_network_pixels``: 2048x1024, the Cityscapes full resolution.
+DEFAULT_MAX_NETWORK_PIXELS = 2048 * 1024
 _CAMERA_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -104,10 +112,19 @@ SPECS: tuple[ParamSpec, ...] = (
               constraints="auto | cpu | cuda | cuda:N"),
     ParamSpec("precision", "fp32", "Arithmetic precision of the network: fp32, fp16 or bf16.",
               read_only=True, choices=("fp32", "fp16", "bf16")),
+    ParamSpec("backend", "torch",
+              "What runs the network: torch (PyTorch, any device and precision), or onnxruntime "
+              "or openvino (graphs exported from the checkpoint on first use and cached by its "
+              "sha256, input size and memory length; CPU and fp32 only, at a fixed input size: "
+              "input_height/input_width, else the trained size). A backend whose package is "
+              "missing is a startup error, never a fall-back.",
+              read_only=True, choices=("torch", "onnxruntime", "openvino")),
     ParamSpec("num_threads", 0,
               "CPU threads PyTorch uses for inference; 0: the physical cores this process may "
               "run on (its CPU affinity), at most 4, which keeps latency steady on a busy "
-              "machine (PyTorch's own default, every logical CPU, does not).",
+              "machine (PyTorch's own default, every logical CPU, does not). A count above the "
+              "CPUs of the affinity is clamped to them, with a warning (at start and at run "
+              "time).",
               int_range=(0, 256)),
     ParamSpec("input_height", 0,
               "Height in pixels of the network input; frames are resized to it and the outputs "
@@ -119,6 +136,21 @@ SPECS: tuple[ParamSpec, ...] = (
               "Width in pixels of the network input; used when input_height is set too; 0: the "
               "weights' trained size, else each frame's own size.", int_range=(0, 8192),
               constraints="used only when both input_height and input_width are positive"),
+    ParamSpec("max_network_pixels", DEFAULT_MAX_NETWORK_PIXELS,
+              "Budget of the network input, height x width in pixels (default 2048x1024): the "
+              "network's memory grows with it (lmanet_erfnet on a CPU: about 440 bytes per "
+              "pixel, 0.9 GB at the default). input_height x input_width above it is refused "
+              "(at start and at run time); where the network runs at each frame's own size, a "
+              "larger frame is refused before decoding (counted as frames_over_budget in "
+              "/diagnostics).", int_range=(1, MAX_BUDGET_PIXELS),
+              constraints="input_height * input_width <= max_network_pixels"),
+    ParamSpec("max_frame_pixels", DEFAULT_MAX_FRAME_PIXELS,
+              "Budget of one input frame, width x height in pixels (default 3840x2160): a frame "
+              "whose header (raw, PNG or JPEG) states more is refused before it is decoded, "
+              "logged and counted as frames_over_budget in /diagnostics; the next frame is "
+              "processed as usual. Decoding and the outputs at the frame's size cost about "
+              "90 bytes per frame pixel (0.7 GB at the default).",
+              int_range=(1, MAX_BUDGET_PIXELS)),
     # -- the temporal memory --------------------------------------------------------------------
     ParamSpec("memory.length", 0,
               "Frames held by each camera's temporal memory; 0: the checkpoint metadata's, else "
@@ -178,7 +210,8 @@ SPECS: tuple[ParamSpec, ...] = (
               "Camera names served by this node (one model, one memory per camera). Empty: one "
               "camera on 'image'. Camera 'front' subscribes 'front/image' and publishes "
               "~/front/labels etc., with ~/front/reset_memory.",
-              constraints="unique names of letters, digits and '_', starting with a letter"),
+              constraints="at most 32 unique names of letters, digits and '_', starting with a "
+                          "letter"),
     ParamSpec("diagnostics_period", 1.0, "Seconds between two /diagnostics messages.",
               float_range=(0.1, 60.0)),
 )
@@ -188,6 +221,9 @@ SPEC_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in SPECS}
 #: Parameters that feed the pipeline's memory policy (gap and stride rules).
 POLICY_PARAMS = frozenset({"memory.max_gap", "memory.stride"})
 #: Parameters that shape the input subscriptions (a change re-creates them).
+#: Most cameras one node serves (the ``cameras`` parameter; the executor's threads are sized
+#: for them).
+MAX_CAMERAS = 32
 INPUT_PARAMS = frozenset({"input.transport", "input.reliability", "input.depth", "cameras"})
 
 
@@ -272,11 +308,23 @@ def validate(changes: Mapping[str, Any], current: Mapping[str, Any], *,
         return f"device must be auto, cpu, cuda or cuda:N, got '{values['device']}'"
     if "model" in changes and not str(values["model"]).strip():
         return "model must name a network, e.g. lmanet_erfnet"
+    resized = [name for name in ("input_height", "input_width")
+               if name in changes and name in current and values[name] != _plain(current[name])]
+    if resized and values.get("backend", "torch") != "torch":
+        return (f"{resized[0]} cannot change while backend {values['backend']} runs: its graphs "
+                f"are exported for one input size; restart the node with the new size")
     if {"class_names", "palette"} & changes.keys():
         reason = _check_classes(list(values.get("class_names") or []),
                                 [int(v) for v in values.get("palette") or []], num_classes)
         if reason:
             return reason
+    if {"input_height", "input_width", "max_network_pixels"} & changes.keys():
+        height, width = int(values.get("input_height") or 0), int(values.get("input_width") or 0)
+        budget = int(values.get("max_network_pixels") or DEFAULT_MAX_NETWORK_PIXELS)
+        if height > 0 and width > 0 and height * width > budget:
+            return (f"network input {height}x{width} (input_height x input_width) = "
+                    f"{height * width} pixels is over max_network_pixels {budget}: the network's "
+                    f"memory grows with its input; lower the size or raise max_network_pixels")
     if "cameras" in changes:
         cameras = list(values.get("cameras") or [])
         for camera in cameras:
@@ -285,6 +333,8 @@ def validate(changes: Mapping[str, Any], current: Mapping[str, Any], *,
                         f"digits and '_', starting with a letter)")
         if len(set(cameras)) != len(cameras):
             return f"camera names must be unique, got {cameras}"
+        if len(cameras) > MAX_CAMERAS:
+            return f"at most {MAX_CAMERAS} cameras per node, got {len(cameras)}"
     return None
 
 
@@ -296,9 +346,12 @@ class Settings:
     checkpoint: str = ""
     device: str = "auto"
     precision: str = "fp32"
+    backend: str = "torch"
     num_threads: int = 0
     input_height: int = 0
     input_width: int = 0
+    max_network_pixels: int = DEFAULT_MAX_NETWORK_PIXELS
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
     memory_length: int = 0
     memory_max_gap: float = 1.0
     memory_stride: int = 1

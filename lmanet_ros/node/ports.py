@@ -126,7 +126,9 @@ class CameraPort:
             header: the header of the labelled frame's input message (``result.source``'s: the
                 frame processed, or the previous one for a delayed model).
             image: that frame's decoded input, (H, W, 3) uint8 RGB (the overlay's background).
-            result: the :class:`~lmanet_ros.pipeline.Result` (labels (H, W) uint8 ids).
+            result: the :class:`~lmanet_ros.pipeline.Result` (labels (H, W) uint8 ids; its
+                ``color`` and ``overlay``, when the pipeline rendered them, are published as
+                they are, else rendered here).
             settings: the parameters (which outputs, overlay alpha).
             colors: (K, 3) uint8 class colours.
         """
@@ -144,9 +146,12 @@ class CameraPort:
         want_color, want_overlay = subscribed(color_pub), subscribed(overlay_pub)
         if want_color or want_overlay:
             self.stats.on_rendered()
-            color = imaging.colorize(result.labels, colors)
+            color, blended = result.color, result.overlay  # rendered by the pipeline if asked
+            if color is None and (want_color or blended is None):
+                color = imaging.colorize(result.labels, colors)
             if want_color:
                 color_pub.publish(image_message(header, color, "rgb8"))
             if want_overlay:
-                blended = imaging.overlay(image, color, settings.overlay_alpha)
+                if blended is None:
+                    blended = imaging.overlay(image, color, settings.overlay_alpha)
                 overlay_pub.publish(image_message(header, blended, "rgb8"))

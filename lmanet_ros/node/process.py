@@ -11,7 +11,11 @@ that no signal interrupts.
   :data:`EXIT_DEADLINE_S` seconds after the first signal, it leaves with code 0. The handler
   never raises into running code: a KeyboardInterrupt inside a pybind11 call aborts the process
   ("terminate called ..."), inside ``destroy_node`` it leaves a traceback.
-- :func:`run` initialises rclpy without rclpy's own handlers (they would raise
+- :func:`run` first checks the ROS arguments (:func:`lmanet_ros.node.ros_args.check`): a
+  malformed one, a missing or broken parameter file ends the process with exit code 2 and one
+  line on stderr that names it, before rcl sees it (rcl would print a line of its own, then its
+  lexer's words); what rcl still refuses gives one line too (its own log line is dropped). It
+  then initialises rclpy without rclpy's own handlers (they would raise
   KeyboardInterrupt and shut the context down under the node), builds and spins the node in the
   thread ``lmanet-ros`` and waits for a signal or for that thread to end. After a signal, a node
   still starting (model load, warm-up: torch cannot be interrupted) gets
@@ -25,17 +29,20 @@ Nothing here imports rclpy or torch at module level.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
+import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:
     from lmanet_ros.node.node import LmanetNode
 
-__all__ = ["EXIT_DEADLINE_S", "START_GRACE_S", "ShutdownRequest", "install_signal_handlers",
-           "leave", "run"]
+__all__ = ["EXIT_DEADLINE_S", "START_GRACE_S", "USAGE_ERROR", "ShutdownRequest",
+           "install_signal_handlers", "leave", "program", "run"]
 
 #: Seconds from the first SIGINT/SIGTERM to the end of the process, at most.
 EXIT_DEADLINE_S = 3.5
@@ -44,6 +51,10 @@ START_GRACE_S = 0.5
 #: Seconds of the deadline kept for destroying the node and shutting ROS down.
 TEARDOWN_S = 1.5
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Exit code of a malformed command line (ROS arguments, parameter file).
+USAGE_ERROR = 2
+#: Where in rcl's C sources an error was raised (", at /path/arguments.c:352"), cut from it.
+_C_SOURCE = re.compile(r",? at [^,]*\.c:\d+")
 
 _request: ShutdownRequest | None = None
 
@@ -130,6 +141,7 @@ class _NodeThread(threading.Thread):
         from rclpy.executors import MultiThreadedExecutor
 
         from lmanet_ros.node.loading import StartupError
+        from lmanet_ros.ros_env import spin
         try:
             node = self._build()
             with self._lock:
@@ -138,7 +150,7 @@ class _NodeThread(threading.Thread):
                     return
                 self.executor = MultiThreadedExecutor(num_threads=node.executor_threads)
                 self.executor.add_node(node)
-            self.executor.spin()
+            spin(self.executor)  # through rclpy's stale-handle race (ros_env.spin)
         except StartupError:
             self.code = 1  # the node logged the reason, one line
         except Exception:
@@ -174,23 +186,77 @@ class _NodeThread(threading.Thread):
         return self.code
 
 
+def program() -> str:
+    """The executable's name for messages: ``lmanet_node`` or ``lmanet_lifecycle_node``."""
+    from lmanet_ros.node.launch_args import EXECUTABLE, LIFECYCLE_EXECUTABLE
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return name if name in (EXECUTABLE, LIFECYCLE_EXECUTABLE) else EXECUTABLE
+
+
+@contextmanager
+def _stderr_held() -> Iterator[None]:
+    """Hold what is written to file descriptor 2 (rcl's C logging) while the block runs: written
+    out after it when it succeeds, dropped when it raises (rcl logs a line of its own before the
+    error that :func:`run` reports in one line)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr: nothing to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            raise
+        else:
+            os.dup2(saved, 2)
+            held.seek(0)
+            output = held.read()
+            while output:
+                output = output[os.write(2, output):]
+        finally:
+            os.close(saved)
+
+
+def _init_failure(exc: BaseException) -> str:
+    """Why ``rclpy.init`` failed, in one line without rcl's C source locations."""
+    from lmanet_ros.node.loading import one_line
+    if type(exc).__name__ == "UnknownROSArgsError":
+        return (f"unknown ROS arguments {one_line(exc).strip('[]')} (`{program()} --help` "
+                f"lists them)")
+    return _C_SOURCE.sub("", one_line(exc)).removeprefix("failed to initialize rcl: ")
+
+
 def run(build: Callable[[], "LmanetNode"], args: list[str] | None = None) -> int:
     """Run the node ``build()`` makes until SIGINT/SIGTERM or the end of ROS (see the module
-    docstring); returns the exit code: 0 clean (after a signal too), 1 start-up failure, 2 bad
-    ROS arguments."""
+    docstring); returns the exit code: 0 clean (after a signal too), 1 start-up failure,
+    :data:`USAGE_ERROR` bad ROS arguments (one line on stderr).
+
+    Args:
+        build: makes the node (in the thread that spins it).
+        args: the command line, program name first (default ``sys.argv``).
+    """
+    from lmanet_ros.node.ros_args import RosArgumentError, check
+    try:
+        check(sys.argv if args is None else args)
+    except RosArgumentError as exc:
+        print(f"{program()}: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     import rclpy
     from rclpy.signals import SignalHandlerOptions
-
-    from lmanet_ros.node.loading import one_line
 
     request = install_signal_handlers()
     if request is not None and request.requested:
         return 0  # a signal during the imports: nothing was started
     try:
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    except Exception as exc:  # malformed --ros-args, unreadable parameter file
-        print(f"lmanet_node: cannot initialise ROS: {one_line(exc)}", file=sys.stderr)
-        return 2
+        with _stderr_held():
+            rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as exc:  # what rcl refuses beyond ros_args.check
+        print(f"{program()}: cannot initialise ROS: {_init_failure(exc)}", file=sys.stderr)
+        return USAGE_ERROR
     thread = _NodeThread(build)
     thread.start()
     while thread.is_alive() and not (request is not None and request.requested):

@@ -16,7 +16,8 @@ try:  # Iron and later
 except ImportError:  # Humble
     from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 
-__all__ = ["LATCHED_QOS", "OUTPUT_QOS", "PublisherEventCallbacks", "SubscriptionEventCallbacks",
+__all__ = ["LATCHED_QOS", "OUTPUT_QOS", "SERVICE_QOS", "PublisherEventCallbacks",
+           "SubscriptionEventCallbacks",
            "incompatible_input_hint", "input_qos", "policy_name", "qos_text"]
 
 #: Output QoS: reliable, a few messages of history for late or slow readers.
@@ -26,6 +27,12 @@ OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL,
                          history=HistoryPolicy.KEEP_LAST)
+
+#: Service requests (``~/reset_memory``...): reliable and keep-all, so a burst of requests is
+#: queued, never overwritten in the reader's history (the ROS default keeps the last 10 only:
+#: 100 requests sent at once got 10 answers).
+SERVICE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_ALL)
 
 
 def input_qos(settings: Settings) -> QoSProfile:

@@ -10,6 +10,7 @@ shows both as they were when that frame was done.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from lmanet_ros.streams import StreamStats
@@ -33,6 +34,9 @@ class CameraSnapshot:
     """Frames segmented (each published but a delayed model's repeats)."""
     bad_inputs: int = 0
     """Messages that could not be decoded (``last_bad_input`` says why, for the last one)."""
+    over_budget: int = 0
+    """Of ``bad_inputs``, frames refused before decoding for their size (``max_frame_pixels``,
+    ``max_network_pixels``)."""
     errors: int = 0
     """Decoded frames the pipeline could not process (``last_error`` says why)."""
     batch_size: int = 0
@@ -63,6 +67,10 @@ class CameraSnapshot:
     stream: StreamStats = field(default_factory=StreamStats)
     """The pipeline's counters of this camera's stream (duplicates, memory fill, resets by
     reason) after the last processed frame."""
+    worker_cpu_s: float | None = None
+    """CPU time in seconds of the thread that processed this camera's last frame (the node's
+    worker: ``time.thread_time()`` when the frame was counted; it grows across cameras, every
+    camera being processed on that thread), None before the first frame."""
 
 
 class CameraStats:
@@ -71,7 +79,7 @@ class CameraStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._totals = {name: 0 for name in ("received", "dropped", "processed", "bad_inputs",
-                                             "errors", "batched", "rendered",
+                                             "over_budget", "errors", "batched", "rendered",
                                              "incompatible_qos")}
         self._period = {name: 0 for name in ("received", "processed", "bad", "errors")}
         self._times: dict[str, list[float]] = {name: [] for name in (
@@ -81,6 +89,7 @@ class CameraStats:
         self._last_bad_input = ""
         self._last_error = ""
         self._last_received: float | None = None
+        self._worker_cpu_s: float | None = None
 
     def on_received(self, now: float, input_delay_ms: float | None = None) -> None:
         """A message arrived at monotonic time ``now`` (``input_delay_ms``: since its
@@ -97,10 +106,11 @@ class CameraStats:
         with self._lock:
             self._totals["dropped"] += count
 
-    def on_bad_input(self, reason: str) -> None:
-        """A message that could not be decoded, and why."""
+    def on_bad_input(self, reason: str, over_budget: bool = False) -> None:
+        """A message that could not be decoded, and why; ``over_budget``: refused for its size."""
         with self._lock:
             self._totals["bad_inputs"] += 1
+            self._totals["over_budget"] += int(over_budget)
             self._period["bad"] += 1
             self._last_bad_input = reason
 
@@ -126,8 +136,11 @@ class CameraStats:
         """A frame was segmented (in a batch of ``batch_size`` streams) and its result
         published, ``latency_ms`` after the labelled frame arrived (None: nothing published, a
         delayed model's repeat); ``stream``: the pipeline's counters of the camera's stream
-        after it."""
+        after it. Call it on the processing thread: its CPU time is recorded
+        (:attr:`CameraSnapshot.worker_cpu_s`)."""
+        cpu_s = time.thread_time()
         with self._lock:
+            self._worker_cpu_s = cpu_s
             self._stream = stream
             self._totals["processed"] += 1
             self._period["processed"] += 1
@@ -147,7 +160,7 @@ class CameraStats:
                 last_received=self._last_received,
                 **{f"period_{name}": count for name, count in self._period.items()},
                 **{name: tuple(values) for name, values in self._times.items()},
-                stream=self._stream)
+                stream=self._stream, worker_cpu_s=self._worker_cpu_s)
             self._period = dict.fromkeys(self._period, 0)
             for values in self._times.values():
                 values.clear()

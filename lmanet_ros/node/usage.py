@@ -40,6 +40,12 @@ ROS arguments (after --ros-args):
                          sets the namespace, -r __node:=NAME the node name ({node})
   --log-level LEVEL      debug, info, warn, error or fatal
 
+exit codes (a failure says why in one line on stderr):
+  0                      ended by SIGINT or SIGTERM
+  1                      start-up failure: a bad parameter value, checkpoint or device, an
+                         output remapped onto an input
+  2                      a malformed ROS argument, a missing or broken parameter file
+
 examples:
   {prog} --ros-args -p checkpoint:=demo -r image:=/camera/image_raw
   {prog} --ros-args --params-file config/lmanet.yaml -p device:=cpu

@@ -17,7 +17,9 @@ Design:
   the k frames as explicit inputs and return the new frame's entry, the FIFO bookkeeping is the
   memory type's own (:mod:`.model`), so the pipeline batches, splits and resets it unchanged;
 - a backend takes any torch checkpoint (``demo`` included) and exports on a cache miss; a missing
-  package or an unknown input size is an error, never a fall-back.
+  package or an unknown input size is an error, never a fall-back;
+- wired in by :meth:`~lmanet_ros.pipeline.SegmentationPipeline.from_pretrained`'s ``backend``
+  (the node's ``backend`` parameter, ``lmanet eval --backend``, the benchmarks' ``--backend``).
 
 Measured (``benchmarks/backend_latency.py --threads 1 --repeats 20``, 256x512, demo weights,
 LMANet T = 4, a shared 2-core host): step ms and ratio to torch with the compiled attention
@@ -53,11 +55,12 @@ from .export import OPSET, export_graphs, export_onnx, graph_paths
 from .loading import LoadedModel, load_torch_model
 from .metadata import read_metadata
 from .model import RuntimeModel
-from .sessions import BACKENDS, GRAPH_BACKENDS, GraphSession, open_session
+from .sessions import BACKENDS, GRAPH_BACKENDS, GraphSession, backend_version, open_session
 
 __all__ = [
     "BACKENDS", "GRAPH_BACKENDS", "OPSET", "CACHE_ENV", "BackendError", "BackendUnavailable",
     "ExportError", "CachedGraphs", "GraphCache", "GraphSession", "LoadedModel", "RuntimeModel",
-    "build_backend_model", "check_backend", "default_cache_dir", "export_graphs", "export_onnx",
-    "graph_paths", "load_model", "load_torch_model", "open_session", "read_metadata",
+    "backend_version", "build_backend_model", "check_backend", "default_cache_dir",
+    "export_graphs", "export_onnx", "graph_paths", "load_model", "load_torch_model",
+    "open_session", "read_metadata",
 ]

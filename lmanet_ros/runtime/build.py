@@ -68,9 +68,10 @@ def build_backend_model(model_name: str, checkpoint: Checkpoint, *, backend: str
     loaded = load_torch_model(model_name, checkpoint)
     check_exportable(loaded.model)
     size = loaded.fixed_input_size(input_size, f"the {backend} backend")
+    built = loaded.model.info  # its own T, before the one in force is set
     loaded.apply_memory_length(memory_length)
     runtime = RuntimeModel(loaded, backend=backend, input_size=size, threads=threads,
-                           cache=GraphCache(cache_dir))
+                           cache=GraphCache(cache_dir), built_info=built)
     return with_model(loaded, runtime)
 
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lmanet_ros.models import FrameFIFO, ModelInfo
+from lmanet_ros.models import FrameFIFO, ModelInfo, Segmenter
 
 from .cache import CachedGraphs, GraphCache
 from .errors import BackendError
 from .graphs import GraphSpec, graph_specs, memory_columns
 from .loading import LoadedModel
-from .sessions import GraphSession, open_session
+from .sessions import GraphSession, backend_version, open_session
 
 __all__ = ["RuntimeModel"]
 
@@ -43,17 +43,24 @@ class RuntimeModel:
         input_size: (height, width) in pixels the graphs take.
         threads: CPU threads of the runtime.
         cache: where the graphs are kept.
+        built_info: the PyTorch model's info as built, before the memory length in force was
+            set on it (None: its info now); see :attr:`built_info`.
     """
 
     def __init__(self, loaded: LoadedModel, *, backend: str, input_size: tuple[int, int],
-                 threads: int, cache: GraphCache) -> None:
+                 threads: int, cache: GraphCache, built_info: ModelInfo | None = None) -> None:
         self.backend = backend
+        #: The installed version of the backend's package (reports, diagnostics).
+        self.backend_version = backend_version(backend)
         #: (height, width) in pixels of every frame stepped.
         self.input_size = tuple(int(v) for v in input_size)
         self.threads = threads
         self.cache = cache
         self._loaded = loaded
         self._torch = loaded.model
+        #: The model as built (its own T): what the pipeline's "memory length not given"
+        #: returns to, as for the PyTorch model it wraps before setting T.
+        self.built_info = built_info if built_info is not None else self._torch.info
         self._columns = memory_columns(self._torch)
         #: Frames by which the logits lag the frame stepped (the PyTorch model's).
         self.output_delay_frames = int(self._torch.output_delay_frames)
@@ -87,6 +94,11 @@ class RuntimeModel:
         except BaseException:
             self._torch.memory_length = previous
             raise
+
+    @property
+    def torch_model(self) -> Segmenter:
+        """The PyTorch model the graphs are exported from (:meth:`step` never runs it)."""
+        return self._torch
 
     @property
     def session_runs(self) -> int:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendError
+from .errors import BackendError, require
 
-__all__ = ["BACKENDS", "GRAPH_BACKENDS", "GraphSession", "open_session"]
+__all__ = ["BACKENDS", "GRAPH_BACKENDS", "GraphSession", "backend_version", "open_session"]
 
 #: Every inference backend: PyTorch itself and the graph runtimes.
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -26,6 +26,21 @@ BACKENDS = ("torch", "onnxruntime", "openvino")
 _MODULES = {"onnxruntime": "ort_backend", "openvino": "openvino_backend"}
 #: The backends that run exported graphs.
 GRAPH_BACKENDS = tuple(_MODULES)
+#: Backend -> the module whose ``__version__`` is the backend's version.
+_VERSION_MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+def backend_version(backend: str) -> str:
+    """The installed version of ``backend``'s package (``torch.__version__`` for torch), for
+    reports and diagnostics.
+
+    Raises:
+        BackendError: an unknown backend name; BackendUnavailable: its package is missing.
+    """
+    if backend not in _VERSION_MODULES:
+        raise BackendError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    module = require(_VERSION_MODULES[backend], f"the {backend} backend")
+    return str(getattr(module, "__version__", "unknown"))
 
 
 class GraphSession(ABC):

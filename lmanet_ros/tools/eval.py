@@ -26,6 +26,7 @@ from lmanet_ros.evaluation import parse_compare, parse_remaps
 from lmanet_ros.evaluation.corruption import AUTO
 from lmanet_ros.models import DEMO, list_models, models_with_weights
 from lmanet_ros.pipeline import PipelineError
+from lmanet_ros.runtime import BACKENDS
 from lmanet_ros.tools.common import (add_bag_command, add_scoring_arguments, int_at_least,
                                      parse_size)
 from lmanet_ros.tools.replay import add_replay_arguments, replay_and_report
@@ -70,6 +71,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     model.add_argument("--num-threads", type=int, default=0,
                        help="CPU threads for PyTorch (0 = the physical cores this process "
                        "may run on, at most 4, as the node's num_threads)")
+    model.add_argument("--backend", default="torch", choices=BACKENDS,
+                       help="what runs the networks, as the node's backend parameter: torch, "
+                       "or onnxruntime / openvino (graphs exported from each checkpoint on "
+                       "first use and cached; CPU, fp32, a fixed --input-size, else the "
+                       "trained size; default: %(default)s)")
     model.add_argument("--input-size", type=parse_size, metavar="HxW",
                        help="network input size (default: the size the weights were trained at, "
                        "from the checkpoint, else each frame's size), as the node's "
@@ -106,7 +112,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         compare=parse_compare(args.compare), image_topics=args.image_topic,
         label_topic=args.label_topic, label_ids=args.label_ids, stride=args.stride,
         max_frames=args.max_frames, device=args.device, precision=args.precision,
-        num_threads=args.num_threads, input_size=args.input_size,
+        num_threads=args.num_threads, backend=args.backend, input_size=args.input_size,
         memory_length=args.memory_length, max_gap=args.max_gap,
         memory_stride=args.memory_stride, video=not args.no_video, plots=not args.no_plots,
         output_bag=args.output_bag, output_storage=args.output_storage,
@@ -123,6 +129,10 @@ def _run_live(args: argparse.Namespace) -> int:
     topics = args.image_topic
     if topics is not None and len(topics) != 1:
         print("lmanet eval: error: --live scores one camera topic", file=sys.stderr)
+        return 2
+    if args.backend != "torch":
+        print("lmanet eval: error: --backend chooses the offline pipeline's backend; with --live "
+              "the node runs the network: set its backend parameter", file=sys.stderr)
         return 2
     try:
         options = ReplayOptions(

@@ -112,13 +112,15 @@ def test_launch_command_matches_the_launch_file_rules(tmp_path):
     params.write_text("{}")
     launch = launch_args.resolve({"image": "/camera/image_raw", "namespace": "robot1",
                                   "checkpoint": "/w/lmanet.pth", "device": "cpu",
-                                  "params_file": str(params), "cameras": ""})
+                                  "backend": "openvino", "params_file": str(params),
+                                  "cameras": ""})
     command = launch.command("lmanet_node")
     assert command[:4] == ["lmanet_node", "--ros-args", "--params-file", str(params)]
     text = " ".join(command)
     assert "-r image:=/camera/image_raw" in text
     assert "-r image/compressed:=/camera/image_raw/compressed" in text
     assert '-p checkpoint:="/w/lmanet.pth"' in text and '-p device:="cpu"' in text
+    assert '-p backend:="openvino"' in text
     assert "-p use_sim_time:=false" in text
     assert "-r __ns:=/robot1" in text and "-r __node:=lmanet" in text
     assert launch.fully_qualified_name == "/robot1/lmanet"
@@ -146,7 +148,7 @@ def test_launch_file_uses_the_shared_module():
     text = (ROOT / "launch" / "lmanet.launch.py").read_text()
     assert "from lmanet_ros.node.launch_args import ARGUMENTS, resolve" in text
     names = {arg.name for arg in launch_args.ARGUMENTS}
-    assert {"image", "cameras", "namespace", "params_file", "checkpoint", "device",
+    assert {"image", "cameras", "namespace", "params_file", "checkpoint", "device", "backend",
             "use_sim_time"} <= names
 
 
@@ -184,7 +186,7 @@ def test_intake_all_keeps_order_and_blocks_when_full():
     assert [intake.take(0.1), intake.take(0.1)] == [[("a", 2)], [("a", 3)]]
     intake.put("a", 4)
     intake.put("a", 5)
-    assert intake.set_mode("latest") == 1
+    assert intake.set_mode("latest") == {"a": 1}  # counted as one drop of camera a
     assert intake.take(0.1) == [("a", 5)]
     intake.close()
     thread.join(1.0)

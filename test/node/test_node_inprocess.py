@@ -8,9 +8,6 @@ Where a process boundary is not the point this is much faster than the process-l
 """
 from __future__ import annotations
 
-import itertools
-import os
-import threading
 
 import numpy as np
 import pytest
@@ -19,80 +16,21 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from lmanet_ros.node.launch_args import NODE_NAME
-from lmanet_ros.ros_env import teardown
-from ros_helpers import Collector, camera_status, make_image, pixels_of, stamp_of, wait_until
+from inprocess_helpers import InProcess
+from ros_helpers import camera_status, make_image, pixels_of, stamp_of, wait_until
 
 pytestmark = pytest.mark.ros
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
-RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 #: A small network input keeps every inference short on the test machine's CPU.
 SMALL = {"input_height": 64, "input_width": 128}
-_namespaces = itertools.count()
-
-
-class InProcess:
-    """An LmanetNode and a client node sharing one executor thread in a Context of their own."""
-
-    def __init__(self, params: dict) -> None:
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import MultiThreadedExecutor
-        from rclpy.node import Node
-
-        from lmanet_ros.node.node import LmanetNode
-
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.namespace = f"/inproc_{os.getpid()}_{next(_namespaces)}"
-        self.node = self.client = self.executor = None
-        try:
-            self.node = LmanetNode(context=self.context, namespace=self.namespace,
-                                   parameter_overrides=[Parameter(name, value=value)
-                                                        for name, value in params.items()])
-            self.client = Node("inproc_client", namespace=self.namespace, context=self.context)
-            self.executor = MultiThreadedExecutor(num_threads=self.node.executor_threads + 1,
-                                                  context=self.context)
-            self.executor.add_node(self.node)
-            self.executor.add_node(self.client)
-        except Exception:
-            self.close()
-            raise
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
-
-    @property
-    def fqn(self) -> str:
-        return f"{self.namespace}/{NODE_NAME}"
-
-    def subscribe(self, msg_type, topic: str, qos=RELIABLE) -> Collector:
-        collector = Collector()
-        collector.subscription = self.client.create_subscription(msg_type, topic, collector, qos)
-        return collector
-
-    def publisher(self, topic: str = "image"):
-        """An image publisher matched with the node's input subscription."""
-        pub = self.client.create_publisher(Image, topic, RELIABLE)
-        wait_until(lambda: pub.get_subscription_count() > 0, 10.0, what="the node's input")
-        return pub
-
-    def close(self) -> None:
-        if self.node is not None:
-            self.node.stop(timeout=5.0)
-        teardown([self.node, self.client], executor=self.executor, context=self.context)
 
 
 @pytest.fixture(scope="module")
 def live():
     """A random-weights lmanet_erfnet at 64x128, diagnostics every 0.1 s; labels collected."""
-    rig = InProcess({**SMALL, "diagnostics_period": 0.1})
-    rig.labels = rig.subscribe(Image, f"{rig.fqn}/labels")
-    rig.diagnostics = rig.subscribe(DiagnosticArray, "/diagnostics")
-    rig.pub = rig.publisher()
-    wait_until(lambda: rig.labels.subscription.get_publisher_count() > 0, 10.0,
-               what="the node's labels publisher")
+    rig = InProcess.labelled({**SMALL, "diagnostics_period": 0.1})
     yield rig
     rig.close()
 

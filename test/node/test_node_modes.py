@@ -83,3 +83,31 @@ def test_incompatible_input_qos_is_warned_about(rig):
         assert int(values["incompatible_qos_events"]) >= 1
     finally:
         rig.ros.node.destroy_publisher(publisher)
+
+
+def test_switching_back_to_latest_counts_the_queued_frames_as_drops(rig):
+    # the node is in 'all' mode with a reliable keep-all input (the test before): a burst fills
+    # its FIFO, then the switch to 'latest' keeps only the newest; every frame received is then
+    # either processed or counted as a drop ("queued frames dropped" below: the switch was from
+    # 'all' and found frames queued)
+    publisher = rig.ros.publisher(Image, rig.node.input_topic("image"), RELIABLE_ALL)
+    labels = rig.outputs["labels"]
+    before = rig.status()[1]
+
+    def delta(values: dict, key: str) -> int:
+        return int(values[key]) - int(before[key])
+    stamps = [200.0 + 0.03 * i for i in range(40)]
+    try:
+        for stamp in stamps:
+            publisher.publish(make_image(IMAGE, stamp=stamp))
+        labels.wait_for(1, 60.0, lambda m: stamp_of(m) >= 200.0)  # the FIFO is being worked off
+        result = rig.ros.set_parameters(rig.node.fqn, {"processing_mode": "latest"})[0]
+        assert result.successful, result.reason
+        labels.wait_for(1, 60.0, lambda m: stamp_of(m) == stamps[-1])
+        values = rig.status(lambda v: delta(v, "frames_processed") + delta(v, "drops")
+                            >= len(stamps), timeout=30.0)[1]
+    finally:
+        rig.ros.node.destroy_publisher(publisher)
+    assert delta(values, "frames_received") == len(stamps)
+    assert delta(values, "frames_processed") + delta(values, "drops") == len(stamps)
+    assert "queued frames dropped" in rig.node.log()  # the switch found a full FIFO

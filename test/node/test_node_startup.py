@@ -6,12 +6,14 @@ module short.
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 
 import pytest
 
+from process_helpers import run_all
 from ros_helpers import child_env, node_executable, wait_until, write_params_file
 from lmanet_ros.node.launch_args import resolve
 
@@ -26,6 +28,8 @@ def _cases(directory):
     wrong = directory / "wrong_shapes.pth"
     import torch
     torch.save({"state_dict": {"decoder.output_conv.weight": torch.zeros(3, 3)}}, wrong)
+    fifo = directory / "weights.fifo"
+    os.mkfifo(fifo)
     return {
         # name: (launch values, params, expected words in the error line, strict one line)
         "missing_checkpoint": ({"checkpoint": str(directory / "nope.pth")}, None,
@@ -35,6 +39,17 @@ def _cases(directory):
         "unknown_model": ({}, {"model": "segformer"},
                           ["unknown model 'segformer'", "lmanet_erfnet"], True),
         "corrupt_checkpoint": ({"checkpoint": str(corrupt)}, None, ["corrupt.pth"], False),
+        # issue 17: what the path is, at once (never 'not found', never reading /dev/zero)
+        "checkpoint_directory": ({"checkpoint": str(directory)}, None,
+                                 ["is a directory, not a file"], True),
+        "checkpoint_dev_zero": ({"checkpoint": "/dev/zero"}, None,
+                                ["/dev/zero is not a regular file: it is a character device"],
+                                True),
+        "checkpoint_fifo": ({"checkpoint": str(fifo)}, None,
+                            ["weights.fifo is not a regular file: it is a FIFO"], True),
+        "network_over_budget": ({}, {"input_height": 8192, "input_width": 8192},
+                                ["network input 8192x8192", "over max_network_pixels 2097152"],
+                                True),
         "mismatched_checkpoint": ({"checkpoint": str(wrong)}, None, ["wrong_shapes.pth"], False),
         "no_demo_weights": ({"checkpoint": "demo"}, {"model": "pspnet50"},
                             ["no demo weights for model 'pspnet50'", "lmanet_erfnet"], True),
@@ -85,7 +100,7 @@ def outcomes(tmp_path_factory, without_messages):
     directory = tmp_path_factory.mktemp("startup")
     cases = _cases(directory)
     assert set(cases) == set(CASES)
-    running = {}
+    commands = {}
     for name, (launch_values, params, _, _) in cases.items():
         values = dict(launch_values, namespace=f"/startup_{name}")
         if params:
@@ -95,23 +110,16 @@ def outcomes(tmp_path_factory, without_messages):
         if name in COMMAND_LINE:
             command = [command[0], "--ros-args", *COMMAND_LINE[name],
                        "-r", f"__ns:={values['namespace']}"]
-        running[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         env=child_env(), text=True, cwd=str(directory))
-    results = {}
-    for name, proc in running.items():
-        try:
-            out, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        results[name] = (proc.returncode, out, err)
+        commands[name] = command
+    results = run_all(commands, directory)
     return cases, results
 
 
 CASES = ("missing_checkpoint", "cuda_absent", "cuda_index", "unknown_model", "corrupt_checkpoint",
          "mismatched_checkpoint", "no_demo_weights", "palette_length", "wrong_type",
          "float_for_int", "string_for_int_on_command_line", "empty_palette",
-         "lifecycle_wrong_type", "out_of_range")
+         "lifecycle_wrong_type", "out_of_range", "checkpoint_directory", "checkpoint_dev_zero",
+         "checkpoint_fifo", "network_over_budget")
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from models_helpers import one_cpu_thread  # noqa: F401 (autouse fixture)
+from process_helpers import LineLog
 
 from lmanet_ros.models import list_models
 from lmanet_ros.node.loading import load_pipeline
@@ -17,18 +18,6 @@ from lmanet_ros.tools import eval as eval_tool
 
 #: erfnet and every model registered on it, as the registry has them now.
 FAMILY = [name for name in list_models() if name == "erfnet" or name.endswith("_erfnet")]
-
-
-class _Log:
-    """A logger that keeps the lines (the node's is rclpy's)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, text: str) -> None:
-        self.lines.append(text)
-
-    warning = info
 
 
 def test_the_family_holds_the_temporal_modules():
@@ -51,5 +40,5 @@ def test_eval_takes_the_name_as_model_and_in_compare_specs(name):
 @pytest.mark.parametrize("name", FAMILY)
 def test_the_node_parameter_takes_the_name(name):
     assert validate({"model": name}, Settings().as_dict()) is None
-    pipeline = load_pipeline(Settings(model=name, device="cpu", num_threads=1), _Log())
+    pipeline = load_pipeline(Settings(model=name, device="cpu", num_threads=1), LineLog())
     assert pipeline.model.info.name == name
