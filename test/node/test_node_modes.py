@@ -17,6 +17,14 @@ RELIABLE_ALL = QoSProfile(depth=1, history=HistoryPolicy.KEEP_ALL,
 IMAGE = np.random.default_rng(0).integers(0, 256, (96, 192, 3), dtype=np.uint8)
 
 
+def settled(rig) -> dict:
+    """A camera's diagnostics values once every frame received is processed or dropped: a
+    baseline for counting (the newest diagnostics may have been taken while the worker had
+    published a frame but not yet counted it, or a frame still waited to be replaced)."""
+    return rig.status(lambda v: int(v["frames_received"]) == int(v["frames_processed"])
+                      + int(v["drops"]) and int(v["queued"]) == 0)[1]
+
+
 @pytest.fixture(scope="module")
 def rig(ros, node_factory):
     node = node_factory(params={"diagnostics_period": 0.2})
@@ -56,7 +64,7 @@ def test_all_mode_processes_a_burst_completely_in_order(rig):
     assert result.successful, result.reason
     publisher = rig.ros.publisher(Image, rig.node.input_topic("image"), RELIABLE_ALL)
     labels = rig.outputs["labels"]
-    before = rig.status()[1]
+    before = settled(rig)
     stamps = [100.0 + 0.03 * i for i in range(40)]
     for stamp in stamps:
         publisher.publish(make_image(IMAGE, stamp=stamp))
@@ -92,10 +100,7 @@ def test_switching_back_to_latest_counts_the_queued_frames_as_drops(rig):
     # 'all' and found frames queued)
     publisher = rig.ros.publisher(Image, rig.node.input_topic("image"), RELIABLE_ALL)
     labels = rig.outputs["labels"]
-    # a settled baseline: the newest diagnostics may have been taken while the worker had
-    # published the last frame before but not yet counted it as processed
-    before = rig.status(lambda v: int(v["frames_received"]) == int(v["frames_processed"])
-                        + int(v["drops"]) and int(v["queued"]) == 0)[1]
+    before = settled(rig)
 
     def delta(values: dict, key: str) -> int:
         return int(values[key]) - int(before[key])
