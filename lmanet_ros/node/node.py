@@ -576,17 +576,18 @@ class LmanetNode(TypedParameters, Node):
         array_msg = DiagnosticArray()
         array_msg.header.stamp = self.get_clock().now().to_msg()
         array_msg.status.append(self._model_status(pipeline))
-        with self._ports_lock:
-            ports = list(self._ports.values()) if self._taking else []
         now = time.monotonic()
-        for port in ports:
-            snap = port.stats.roll()
-            last = snap.last_received
-            waited = now - (last if last is not None else (self._ready_time or now))
-            array_msg.status.append(diagnostics.camera_status(
-                name, port.key, port.topic_name, snap, queued=self._intake.waiting(port.key),
-                memory_length=pipeline.memory_length, period=settings.diagnostics_period,
-                waited_s=waited, delivery=self._check_delivery(port, now)))
+        # under the ports lock: a re-subscription (input parameters) destroys the subscription
+        # these read (its topic, its publisher count) while holding it
+        with self._ports_lock:
+            for port in self._ports.values() if self._taking else ():
+                snap = port.stats.roll()
+                last = snap.last_received
+                waited = now - (last if last is not None else (self._ready_time or now))
+                array_msg.status.append(diagnostics.camera_status(
+                    name, port.key, port.topic_name, snap, queued=self._intake.waiting(port.key),
+                    memory_length=pipeline.memory_length, period=settings.diagnostics_period,
+                    waited_s=waited, delivery=self._check_delivery(port, now)))
         self._diagnostics_pub.publish(array_msg)
 
     def _check_delivery(self, port: CameraPort, now: float) -> Delivery | None:

@@ -41,7 +41,8 @@ class CameraPort:
         name: the camera name ('' for the single camera on ``image``).
         key: the pipeline stream name (the camera name, or 'image').
         stats: the node's counters of this camera.
-        group: the callback group of the subscription (one callback at a time per camera).
+        group: the callback group of the subscription (one callback at a time per camera); a
+            new one with each subscription (see :meth:`subscribe`).
         publishers: output name -> publisher (replaced whole, so the worker reads it unlocked).
     """
 
@@ -82,6 +83,11 @@ class CameraPort:
         """(Re-)create the input subscription with the input parameters; ``callback(port, msg,
         ...)`` and ``on_incompatible_qos(port, event)`` get this port first."""
         self.unsubscribe(node)
+        # A fresh group: rclpy leaves a mutually exclusive group busy for good when taking from an
+        # entity of it raises (its executor's handler calls ending_execution only after a
+        # successful take), which a subscription destroyed between the wait and the take does;
+        # the new subscription must not inherit that.
+        self.group = MutuallyExclusiveCallbackGroup()
         compressed = settings.input_transport == "compressed"
         events = qos.SubscriptionEventCallbacks(
             incompatible_qos=functools.partial(on_incompatible_qos, self))

@@ -62,7 +62,9 @@ def test_all_mode_processes_a_burst_completely_in_order(rig):
         "processing_mode": "all", "input.reliability": "reliable", "input.depth": 0},
         atomic=True)[0]
     assert result.successful, result.reason
-    publisher = rig.ros.publisher(Image, rig.node.input_topic("image"), RELIABLE_ALL)
+    # kept for the switch test
+    publisher = rig.reliable_publisher = rig.ros.publisher(
+        Image, rig.node.input_topic("image"), RELIABLE_ALL)
     labels = rig.outputs["labels"]
     before = settled(rig)
     stamps = [100.0 + 0.03 * i for i in range(40)]
@@ -74,11 +76,37 @@ def test_all_mode_processes_a_burst_completely_in_order(rig):
     values = rig.status(lambda v: int(v["frames_processed"])
                         >= int(before["frames_processed"]) + len(stamps))[1]
     assert int(values["drops"]) == int(before["drops"])
-    rig.ros.node.destroy_publisher(publisher)
+
+
+def test_switching_back_to_latest_counts_the_queued_frames_as_drops(rig):
+    # the node is in 'all' mode with a reliable keep-all input (the burst test): a burst fills
+    # its FIFO, then the switch to 'latest' keeps only the newest; every frame received is then
+    # either processed or counted as a drop (the switch's own count of discarded frames is
+    # checked without DDS timing in test_node_config.py; here the FIFO is usually full, not
+    # always: DDS may deliver the burst no faster than the node works it off)
+    publisher = rig.reliable_publisher  # the burst test's
+    labels = rig.outputs["labels"]
+    before = settled(rig)
+
+    def delta(values: dict, key: str) -> int:
+        return int(values[key]) - int(before[key])
+    stamps = [200.0 + 0.03 * i for i in range(40)]
+    for stamp in stamps:
+        publisher.publish(make_image(IMAGE, stamp=stamp))
+    labels.wait_for(1, 60.0, lambda m: stamp_of(m) >= 200.0)  # the FIFO is being worked off
+    result = rig.ros.set_parameters(rig.node.fqn, {"processing_mode": "latest"})[0]
+    assert result.successful, result.reason
+    labels.wait_for(1, 60.0, lambda m: stamp_of(m) == stamps[-1])
+    values = rig.status(lambda v: delta(v, "frames_processed") + delta(v, "drops")
+                        >= len(stamps), timeout=30.0)[1]
+    assert delta(values, "frames_received") == len(stamps)
+    assert delta(values, "frames_processed") + delta(values, "drops") == len(stamps)
 
 
 def test_incompatible_input_qos_is_warned_about(rig):
-    # the node's input is reliable now; a best-effort camera cannot feed it
+    # the node's input is reliable now; a best-effort camera cannot feed it. Last in the module:
+    # with it before the burst test, about 1 run in 20 saw this client's DDS participant receive
+    # nothing more (a fresh participant still got the node's /diagnostics at their rate)
     assert rig.ros.get_parameters(rig.node.fqn, ["input.reliability"])[
         "input.reliability"] == "reliable"
     best_effort = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -91,31 +119,3 @@ def test_incompatible_input_qos_is_warned_about(rig):
         assert int(values["incompatible_qos_events"]) >= 1
     finally:
         rig.ros.node.destroy_publisher(publisher)
-
-
-def test_switching_back_to_latest_counts_the_queued_frames_as_drops(rig):
-    # the node is in 'all' mode with a reliable keep-all input (the test before): a burst fills
-    # its FIFO, then the switch to 'latest' keeps only the newest; every frame received is then
-    # either processed or counted as a drop ("queued frames dropped" below: the switch was from
-    # 'all' and found frames queued)
-    publisher = rig.ros.publisher(Image, rig.node.input_topic("image"), RELIABLE_ALL)
-    labels = rig.outputs["labels"]
-    before = settled(rig)
-
-    def delta(values: dict, key: str) -> int:
-        return int(values[key]) - int(before[key])
-    stamps = [200.0 + 0.03 * i for i in range(40)]
-    try:
-        for stamp in stamps:
-            publisher.publish(make_image(IMAGE, stamp=stamp))
-        labels.wait_for(1, 60.0, lambda m: stamp_of(m) >= 200.0)  # the FIFO is being worked off
-        result = rig.ros.set_parameters(rig.node.fqn, {"processing_mode": "latest"})[0]
-        assert result.successful, result.reason
-        labels.wait_for(1, 60.0, lambda m: stamp_of(m) == stamps[-1])
-        values = rig.status(lambda v: delta(v, "frames_processed") + delta(v, "drops")
-                            >= len(stamps), timeout=30.0)[1]
-    finally:
-        rig.ros.node.destroy_publisher(publisher)
-    assert delta(values, "frames_received") == len(stamps)
-    assert delta(values, "frames_processed") + delta(values, "drops") == len(stamps)
-    assert "queued frames dropped" in rig.node.log()  # the switch found a full FIFO
