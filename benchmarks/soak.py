@@ -11,7 +11,10 @@ lock-step warm-up), now and then a burst of three frames at once (the node keeps
 drops), and subscribes to labels, color, overlay and confidence of every camera. At random
 moments (``--seed``) it sets a parameter (overlay_alpha, memory.max_gap, memory.stride,
 memory.length: the last resets every memory, reason ``parameter``) or calls a reset service
-(``~/reset_memory`` or ``~/<camera>/reset_memory``: reason ``request``).
+(``~/reset_memory`` or ``~/<camera>/reset_memory``: reason ``request``). These events fall
+between the first and the last ``--window`` frames, and ``RESTORE_MARGIN`` frames before the
+last window the parameters are set back to their values at start: the two windows compared run
+the same configuration with full memories (memory.length and resets change the work per frame).
 
 Sampled all along: the node's resident memory, thread count and open file descriptors (psutil,
 every 0.25 s), the CPU time of its processing thread (``worker_cpu_s`` of its /diagnostics: the
@@ -64,6 +67,9 @@ EVENT_P = {"parameter": 0.004, "reset": 0.004, "burst": 0.003}
 PARAMETER_CHOICES: dict[str, tuple[Any, ...]] = {
     "overlay_alpha": (0.3, 0.5, 0.7), "memory.max_gap": (1.0, 2.0, 5.0),
     "memory.stride": (1, 2), "memory.length": (3, 4)}
+#: Frames (all cameras) between restoring the parameters and the last window: the memories
+#: refill after the reset that a memory.length change makes.
+RESTORE_MARGIN = 100
 SAMPLE_PERIOD_S = 0.25
 DIAGNOSTICS_PERIOD_S = 0.25
 LOG_FAILURES = ("Traceback", "processing failed", "Fatal Python", "Aborted")
@@ -158,6 +164,7 @@ class Soak:
         self.stamps = {camera: 1000.0 for camera in self.cameras}
         self.rng = random.Random(args.seed)
         self.answers: list[Any] = []
+        self.restored = False
 
     def _connect(self) -> None:
         """Wait for the node; subscribe to its outputs and /diagnostics; publishers, clients."""
@@ -186,6 +193,23 @@ class Soak:
             if not service.wait_for_service(timeout_sec=30.0):
                 raise RuntimeError(f"service {service.srv_name} not available")
         ros.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
+        self.initial = self._current_parameters()
+
+    def _current_parameters(self) -> dict[str, Any]:
+        """The node's values of the parameters the soak changes."""
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import parameter_value_to_python
+        client = self.client.node.create_client(GetParameters, f"{self.node.fqn}/get_parameters")
+        try:
+            if not client.wait_for_service(timeout_sec=30.0):
+                raise RuntimeError(f"service {client.srv_name} not available")
+            names = sorted(PARAMETER_CHOICES)
+            future = client.call_async(GetParameters.Request(names=names))
+            wait(future.done, 30.0, "get_parameters")
+            values = future.result().values
+            return {name: parameter_value_to_python(value) for name, value in zip(names, values)}
+        finally:
+            self.client.node.destroy_client(client)
 
     # ------------------------------------------------------------------ sampling
     def _on_diagnostics(self, msg) -> None:
@@ -245,10 +269,23 @@ class Soak:
         return timed / (time.monotonic() - start)
 
     def event(self) -> None:
-        """Maybe a parameter change or a reset request (not waited for)."""
+        """Maybe a parameter change or a reset request (not waited for), between the first and
+        the last window; the parameters restored ``RESTORE_MARGIN`` frames before the last."""
         from rcl_interfaces.srv import SetParameters
         from rclpy.parameter import Parameter
         from std_srvs.srv import Trigger
+        frame, restore_at = len(self.run.sent), self.args.frames - self.args.window - \
+            RESTORE_MARGIN
+        if frame < self.args.window or frame >= restore_at:
+            if frame >= restore_at and not self.restored:
+                self.restored = True
+                request = SetParameters.Request(parameters=[
+                    Parameter(name, value=value).to_parameter_msg()
+                    for name, value in self.initial.items()])
+                kind = {"kind": "parameter", "restore": self.initial, "frame": frame}
+                self.run.events.append(kind)
+                self.answers.append((kind, self.set_parameters.call_async(request)))
+            return
         draw = self.rng.random()
         kind = None
         if draw < EVENT_P["parameter"]:
@@ -530,8 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.frames < 2 * args.window:
-        parser.error(f"--frames must be at least 2 x --window ({2 * args.window})")
+    if args.frames < 3 * args.window + RESTORE_MARGIN:
+        parser.error(f"--frames must be at least 3 x --window + {RESTORE_MARGIN} "
+                     f"({3 * args.window + RESTORE_MARGIN}): the events fall between the "
+                     f"first and the last window")
     if args.cameras < 1 or args.warmup < 1:
         parser.error("--cameras and --warmup must be at least 1")
     import tempfile
