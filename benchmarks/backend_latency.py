@@ -11,7 +11,11 @@ Rows: each model of ``--models`` (default erfnet and lmanet_erfnet) at ``--size`
   built). ERFNet has no attention: its two torch rows are the same network.
 - ``onnxruntime``, ``openvino``: :class:`lmanet_ros.runtime.RuntimeModel` on the graphs of the
   graph cache (``--cache-dir``, default ``$LMANET_CACHE`` or ``~/.cache/lmanet_ros/onnx``;
-  exported on a miss, which takes seconds per fill level before any timing).
+  exported on a miss, which takes seconds per graph before any timing), in the layout the
+  backends use (``auto``: LMANet's split layout, the attention in the compiled kernel between
+  two graphs); ``onnxruntime-fill``, ``openvino-fill``: the self-contained fill-level graphs of
+  ``lmanet export`` (the attention as ONNX ops; for a model without the split layout the row
+  is skipped: it would repeat the one before).
 - Step time: the median over ``--repeats`` rounds after ``--warmup`` rounds; in each round every
   backend of the model steps once, in turn (round-robin, so that the load of other processes
   falls on all alike), with its memory full at T (the memory each step returns is fed to the
@@ -43,12 +47,15 @@ if str(ROOT) not in sys.path:
 from lmanet_ros.models import list_models  # noqa: E402
 from lmanet_ros.models.attention import BACKEND_ENV, attention_backend  # noqa: E402
 from lmanet_ros.runtime import GRAPH_BACKENDS, load_model  # noqa: E402
+from lmanet_ros.runtime.split import supports_split  # noqa: E402
 from lmanet_ros.sizes import size_type  # noqa: E402
 
 #: The torch rows: name -> value of $LMANET_ATTENTION during their steps.
 TORCH_ROWS = {"torch-plain": "torch", "torch-compiled": "compiled"}
+#: The rows of the fill-level graphs: name -> backend.
+FILL_ROWS = {f"{backend}-fill": backend for backend in GRAPH_BACKENDS}
 #: Every row, in the table's order.
-ROWS = (*TORCH_ROWS, *GRAPH_BACKENDS)
+ROWS = (*TORCH_ROWS, *GRAPH_BACKENDS, *FILL_ROWS)
 #: The ratio denominators.
 REFERENCES = tuple(TORCH_ROWS)
 
@@ -115,11 +122,16 @@ def steppers(name: str, args: argparse.Namespace, backends: list[str]
                 continue
             steps[row] = _stepper(torch_model, x, TORCH_ROWS[row])
         else:
-            model = load_model(name, args.checkpoint, backend=row, input_size=args.size,
-                               memory_length=length, num_threads=args.threads,
-                               cache_dir=args.cache_dir).model
+            if row in FILL_ROWS and not supports_split(torch_model):
+                notes[row] = f"skipped: {name} has only the fill layout (row {FILL_ROWS[row]})"
+                continue
+            model = load_model(name, args.checkpoint, backend=FILL_ROWS.get(row, row),
+                               input_size=args.size, memory_length=length,
+                               num_threads=args.threads, cache_dir=args.cache_dir,
+                               layout="fill" if row in FILL_ROWS else "auto").model
             exported = model.graphs.exported
-            notes[row] = f"exported fill levels {list(exported)}" if exported else ""
+            notes[row] = f"{model.layout} layout" + (
+                f", exported {list(exported)}" if exported else "")
             steps[row] = _stepper(model, x, None)
     return steps, notes
 

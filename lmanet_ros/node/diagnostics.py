@@ -39,7 +39,7 @@ def attention_text(pipeline: Any) -> str:
     if not pipeline.info.temporal:
         return ""
     if pipeline.backend != "torch":
-        return f"exported graph ({pipeline.backend})"
+        return pipeline.model.attention  # runtime.RuntimeModel's words
     if pipeline.device.type != "cpu":
         return f"torch ({pipeline.device.type})"
     if pipeline.precision != "fp32":

@@ -143,8 +143,10 @@ def _log_loaded(pipeline: "SegmentationPipeline", settings: Settings, log: Any,
     if graphs is not None:
         how = (f"{len(graphs.exported)} exported now" if graphs.exported else
                "all from the graph cache")
-        log.info(f"{pipeline.backend} runs {len(graphs.paths)} graph(s), one per memory fill "
-                 f"level ({how}): {graphs.folder}")
+        what = ("one per memory fill level" if graphs.layout == "fill" else
+                "split around the memory attention")
+        log.info(f"{pipeline.backend} runs {len(graphs.paths)} graph(s), {what} ({how}): "
+                 f"{graphs.folder}")
     _log_training(pipeline, log)
     if pipeline.output_delay_frames:
         log.info(f"{info.name} labels each frame {pipeline.output_delay_frames} frame(s) late: "

@@ -40,7 +40,8 @@ def check_backend(backend: str) -> None:
 def build_backend_model(model_name: str, checkpoint: Checkpoint, *, backend: str,
                         input_size: tuple[int, int] | None = None,
                         memory_length: int | None = None, num_threads: int = 0,
-                        cache_dir: str | Path | None = None) -> LoadedModel:
+                        cache_dir: str | Path | None = None, layout: str = "auto"
+                        ) -> LoadedModel:
     """``model_name`` with ``checkpoint``'s weights as a graph backend's model.
 
     Args:
@@ -54,11 +55,13 @@ def build_backend_model(model_name: str, checkpoint: Checkpoint, *, backend: str
             default_cpu_threads`.
         cache_dir: the graph cache's folder; None: :func:`~lmanet_ros.runtime.cache.
             default_cache_dir`.
+        layout: the graphs, ``auto`` (``split`` where the model has it: LMANet, faster),
+            ``fill`` or ``split`` (:mod:`.split`).
 
     Raises:
-        BackendError: unknown backend, no input size, a model whose memory the graphs cannot
-        carry; BackendUnavailable: the backend's (or, on a cache miss, the exporter's)
-        package is missing; ExportError; the loader's errors.
+        BackendError: unknown backend or layout, no input size, a model whose memory the
+        graphs cannot carry; BackendUnavailable: the backend's (or, on a cache miss, the
+        exporter's) package is missing; ExportError; the loader's errors.
     """
     if backend not in GRAPH_BACKENDS:
         raise BackendError(f"build_backend_model runs the graph backends "
@@ -71,22 +74,23 @@ def build_backend_model(model_name: str, checkpoint: Checkpoint, *, backend: str
     built = loaded.model.info  # its own T, before the one in force is set
     loaded.apply_memory_length(memory_length)
     runtime = RuntimeModel(loaded, backend=backend, input_size=size, threads=threads,
-                           cache=GraphCache(cache_dir), built_info=built)
+                           cache=GraphCache(cache_dir), built_info=built, layout=layout)
     return with_model(loaded, runtime)
 
 
 def load_model(model_name: str, checkpoint: Checkpoint, *, backend: str = "torch",
                input_size: tuple[int, int] | None = None, memory_length: int | None = None,
-               num_threads: int = 0, cache_dir: str | Path | None = None) -> LoadedModel:
+               num_threads: int = 0, cache_dir: str | Path | None = None,
+               layout: str = "auto") -> LoadedModel:
     """The model :class:`~lmanet_ros.pipeline.SegmentationPipeline` wraps, for ``backend``.
 
     ``torch``: the PyTorch network with the checkpoint loaded (``input_size``,
-    ``memory_length`` and ``num_threads`` are the pipeline's business then); a graph backend:
-    :func:`build_backend_model`.
+    ``memory_length``, ``num_threads`` are the pipeline's business then, ``layout`` unused); a
+    graph backend: :func:`build_backend_model`.
     """
     check_backend(backend)
     if backend == "torch":
         return load_torch_model(model_name, checkpoint)
     return build_backend_model(model_name, checkpoint, backend=backend, input_size=input_size,
                                memory_length=memory_length, num_threads=num_threads,
-                               cache_dir=cache_dir)
+                               cache_dir=cache_dir, layout=layout)

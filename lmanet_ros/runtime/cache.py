@@ -5,9 +5,11 @@ fill level) happens once per key, later builds find the files. The folder is ``$
 when set, else ``~/.cache/lmanet_ros/onnx``; one sub-folder per key::
 
     <cache>/<model>-<H>x<W>-T<T>-<key hash>/step.fill<k>.onnx   (k = 0..T; step.onnx: 1 frame)
+    <cache>/<model>-<H>x<W>-split-<key hash>/<graph>.onnx       (the split layout, any T)
 
 The key hash is the sha256 of the checkpoint's sha256 (or the state_dict's digest for weights
-that are not a file), the model, the input size, T, the graph format and the opset. Each file is
+that are not a file), the model, the input size, T (not for the split layout: its graphs serve
+every T), the layout, the graph format and the opset. Each file is
 written atomically after it was verified against PyTorch (:mod:`.export`), so a file in its
 key's folder is a complete, checked graph: a cache hit reads nothing but the graph itself (no
 ``onnx`` package needed then). Processes that miss the same key at once both export and the last
@@ -21,10 +23,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .export import OPSET, export_graphs, graph_paths
+from .export import OPSET, export_graphs, export_split_graphs, graph_paths
 from .graphs import check_exportable
 from .loading import LoadedModel
 from .metadata import GRAPH_FORMAT
+from .split import SPLIT_GRAPHS, resolve_layout
 
 __all__ = ["CACHE_ENV", "default_cache_dir", "CachedGraphs", "GraphCache"]
 
@@ -47,13 +50,16 @@ class CachedGraphs:
 
     Attributes:
         folder: the key's folder.
-        paths: fill level -> graph file, for every fill level 0..T.
-        exported: the fill levels exported by this call (empty: a cache hit).
+        layout: ``fill`` or ``split`` (:mod:`.split`).
+        paths: fill level -> graph file, for every fill level 0..T (layout ``fill``); graph
+            name -> file (``split``).
+        exported: the fill levels or graph names exported by this call (empty: a cache hit).
     """
 
     folder: Path
-    paths: dict[int, Path]
-    exported: tuple[int, ...]
+    layout: str
+    paths: dict[int | str, Path]
+    exported: tuple[int | str, ...]
 
 
 class GraphCache:
@@ -62,29 +68,44 @@ class GraphCache:
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
 
-    def folder(self, loaded: LoadedModel, input_size: tuple[int, int]) -> Path:
-        """The folder of ``loaded``'s graphs (its model's current T) at ``input_size``."""
+    def folder(self, loaded: LoadedModel, input_size: tuple[int, int], layout: str = "fill"
+               ) -> Path:
+        """The folder of ``loaded``'s graphs of ``layout`` (``fill``: for its model's current
+        T) at ``input_size``."""
         info = loaded.model.info
         key = {"weights": loaded.weights_id, "model": info.name,
-               "input_size": list(input_size), "memory_length": info.memory_length,
-               "format": GRAPH_FORMAT, "opset": OPSET}
+               "input_size": list(input_size), "format": GRAPH_FORMAT, "opset": OPSET}
+        if layout == "fill":
+            key["memory_length"] = info.memory_length
+        else:
+            key["layout"] = layout
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         height, width = input_size
-        return self.root / f"{info.name}-{height}x{width}-T{info.memory_length}-{digest[:16]}"
+        tag = f"T{info.memory_length}" if layout == "fill" else layout
+        return self.root / f"{info.name}-{height}x{width}-{tag}-{digest[:16]}"
 
-    def graphs(self, loaded: LoadedModel, input_size: tuple[int, int]) -> CachedGraphs:
-        """The graphs of every fill level of ``loaded.model`` (its current T) at
-        ``input_size``, exporting those not in the cache yet.
+    def graphs(self, loaded: LoadedModel, input_size: tuple[int, int], layout: str = "fill"
+               ) -> CachedGraphs:
+        """The graphs of ``loaded.model`` at ``input_size``: layout ``fill``, one per fill level
+        of its current T; ``split``, the three of :mod:`.split`. Those not in the cache yet
+        are exported.
 
         Raises:
             BackendError, ExportError, BackendUnavailable: see
-            :func:`~lmanet_ros.runtime.export.export_graph` (only on a miss).
+            :func:`~lmanet_ros.runtime.export.export_graph` and
+            :func:`~lmanet_ros.runtime.export.export_split_graphs` (only on a miss).
         """
         check_exportable(loaded.model)
-        folder = self.folder(loaded, input_size)
-        fills = range(loaded.model.memory_length + 1)
-        paths = graph_paths(folder / GRAPH_NAME, fills)
-        missing = tuple(fill for fill, path in paths.items() if not path.is_file())
-        if missing:
+        layout = resolve_layout(loaded.model, layout)
+        folder = self.folder(loaded, input_size, layout)
+        if layout == "split":
+            paths: dict[int | str, Path] = {name: folder / f"{name}.onnx"
+                                            for name in SPLIT_GRAPHS}
+        else:
+            paths = dict(graph_paths(folder / GRAPH_NAME, range(loaded.model.memory_length + 1)))
+        missing = tuple(key for key, path in paths.items() if not path.is_file())
+        if missing and layout == "split":
+            export_split_graphs(loaded, folder, input_size, only=missing)
+        elif missing:
             export_graphs(loaded, folder / GRAPH_NAME, input_size, only=missing)
-        return CachedGraphs(folder, paths, missing)
+        return CachedGraphs(folder, layout, paths, missing)

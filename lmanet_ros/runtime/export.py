@@ -21,6 +21,11 @@ not used: under ``no_grad`` it silently drops the memory inputs (:mod:`.verify`)
 checked against PyTorch (:func:`~lmanet_ros.runtime.verify.verify_graph`) before it is written,
 and written atomically (a temporary file in the same folder, then ``os.replace``).
 
+The split layout (:mod:`.split`: LMANet's step as three graphs, the attention between them in
+PyTorch's kernel) is exported by :func:`export_split_graphs`, each graph checked against its
+module; the backends use it where the model has it (it is faster), ``lmanet export`` writes the
+self-contained fill-level graphs (any runtime can stream them alone).
+
 File names (:func:`graph_paths`): a single-frame model's graph is the path given; a temporal
 model's graphs are ``<stem>.fill<k><suffix>`` beside it, k = 0..T.
 """
@@ -42,11 +47,13 @@ from lmanet_ros.models.checkpoint import normalisation_metadata
 from .errors import require
 from .graphs import GraphSpec, StepGraph, check_exportable, example_inputs, graph_specs
 from .loading import Checkpoint, LoadedModel, load_torch_model
-from .metadata import graph_metadata
-from .verify import verify_graph
+from .metadata import graph_metadata, split_graph_metadata
+from .split import (SPLIT_GRAPHS, resolve_layout, split_example_inputs, split_modules,
+                    split_specs)
+from .verify import verify_graph, verify_module_graph
 
 __all__ = ["OPSET", "graph_paths", "set_metadata", "export_graph", "export_graphs",
-           "export_onnx"]
+           "split_set_metadata", "export_split_graphs", "export_onnx"]
 
 #: The ONNX opset of the exported graphs.
 OPSET = 18
@@ -90,15 +97,24 @@ def _torch_attention() -> Iterator[None]:
             os.environ[BACKEND_ENV] = before
 
 
-def _dynamo_export(model: Segmenter, spec: GraphSpec, inputs: tuple[torch.Tensor, ...]) -> Any:
-    """The ONNX ModelProto of ``model``'s step for ``spec.fill`` memory frames."""
+def _dynamo_export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
+                   input_names: list[str], output_names: list[str]) -> Any:
+    """The ONNX ModelProto of ``module`` traced on ``inputs``."""
     require("onnxscript", "the ONNX exporter (torch.onnx.export(dynamo=True))")
     require("onnx", "the ONNX exporter")
     with torch.no_grad(), _torch_attention():
-        program = torch.onnx.export(StepGraph(model, spec.fill), inputs, dynamo=True,
-                                    opset_version=OPSET, input_names=spec.input_names,
-                                    output_names=spec.output_names, verbose=False)
+        program = torch.onnx.export(module, inputs, dynamo=True, opset_version=OPSET,
+                                    input_names=input_names, output_names=output_names,
+                                    verbose=False)
     return program.model_proto
+
+
+def _serialise(proto: Any, metadata: Mapping[str, str]) -> bytes:
+    """``proto`` with ``metadata`` added to its ``metadata_props``, serialised."""
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -133,11 +149,9 @@ def export_graph(model: Segmenter, spec: GraphSpec, path: str | Path, *,
         onnxscript or onnxruntime missing.
     """
     inputs = example_inputs(model, spec.fill, input_size)
-    proto = _dynamo_export(model, spec, inputs)
-    for key, value in graph_metadata(metadata, spec).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    data = proto.SerializeToString()
+    proto = _dynamo_export(StepGraph(model, spec.fill), inputs, spec.input_names,
+                           spec.output_names)
+    data = _serialise(proto, graph_metadata(metadata, spec))
     verify_graph(data, model, spec, input_size)
     _write_atomically(Path(path), data)
     return Path(path)
@@ -155,6 +169,44 @@ def export_graphs(loaded: LoadedModel, path: str | Path, input_size: tuple[int, 
     return {fill: export_graph(loaded.model, specs[fill], target, input_size=input_size,
                                metadata=metadata)
             for fill, target in paths.items() if fill in wanted}
+
+
+def split_set_metadata(loaded: LoadedModel, input_size: tuple[int, int]) -> dict[str, Any]:
+    """What every graph of a split set carries: :func:`set_metadata` without the memory length
+    and fill levels (the split graphs serve any), with the layout and its graphs."""
+    entries = {key: value for key, value in set_metadata(loaded, input_size).items()
+               if key not in ("memory_length", "fill_levels")}
+    return {**entries, "layout": "split", "graphs": list(SPLIT_GRAPHS)}
+
+
+def export_split_graphs(loaded: LoadedModel, folder: str | Path, input_size: tuple[int, int],
+                        *, only: Iterable[str] | None = None) -> dict[str, Path]:
+    """Export, verify and write the graphs of the split layout (:mod:`.split`) of
+    ``loaded.model`` as ``<folder>/<graph>.onnx`` (``only``: just these); returns graph name ->
+    file written.
+
+    Raises:
+        BackendError: a model without the split layout; ExportError: a graph that does not
+        compute its module (:func:`~lmanet_ros.runtime.verify.verify_module_graph`);
+        BackendUnavailable: onnx, onnxscript or onnxruntime missing.
+    """
+    model = loaded.model
+    resolve_layout(model, "split")
+    specs, modules = split_specs(model, input_size), split_modules(model, input_size)
+    first = split_example_inputs(model, input_size, seed=0)
+    second = split_example_inputs(model, input_size, seed=1)
+    metadata = split_set_metadata(loaded, input_size)
+    written = {}
+    for name in SPLIT_GRAPHS if only is None else only:
+        spec = specs[name]
+        proto = _dynamo_export(modules[name], first[name], spec.input_names, spec.output_names)
+        data = _serialise(proto, split_graph_metadata(metadata, spec))
+        verify_module_graph(data, modules[name], spec.input_names, spec.output_names,
+                            first[name], second[name], f"the split graph '{name}'")
+        path = Path(folder) / f"{name}.onnx"
+        _write_atomically(path, data)
+        written[name] = path
+    return written
 
 
 def export_onnx(model_name: str, checkpoint: Checkpoint, path: str | Path,

@@ -24,18 +24,26 @@ evaluated):
 ``lmanet.output_delay_frames``  0 (causal), 1 (logits of the newest frame the memory held)
 ``lmanet.opset``, ``lmanet.torch``  the ONNX opset and the torch version that exported it
 ==============================  ==========================================================
+
+A graph of the split layout (:mod:`.split`) has the set's entries but ``memory_length`` and
+the fill levels (it serves any), and instead: ``lmanet.layout`` (``"split"``), ``lmanet.graphs``
+(the set's graph names), ``lmanet.graph`` (this one's), ``lmanet.inputs`` and
+``lmanet.outputs`` (``[{"name", "shape"}]``).
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import require
 from .graphs import GraphSpec
 
-__all__ = ["GRAPH_FORMAT", "PREFIX", "graph_metadata", "read_metadata"]
+if TYPE_CHECKING:
+    from .split import SplitSpec
+
+__all__ = ["GRAPH_FORMAT", "PREFIX", "graph_metadata", "split_graph_metadata", "read_metadata"]
 
 #: Version of the graph convention (inputs, outputs, metadata): part of the cache key.
 GRAPH_FORMAT = 1
@@ -56,6 +64,20 @@ def graph_metadata(set_metadata: Mapping[str, Any], spec: GraphSpec) -> dict[str
                "memory_inputs": [tensor.to_json() for tensor in spec.memory_inputs],
                "memory_outputs": [tensor.to_json() for tensor in spec.memory_outputs],
                "logits": spec.logits.to_json()}
+    return _props(entries)
+
+
+def split_graph_metadata(set_metadata: Mapping[str, Any], spec: SplitSpec) -> dict[str, str]:
+    """The ``metadata_props`` of one graph of the split layout: the set's entries and this
+    graph's name, inputs and outputs."""
+    entries = {**set_metadata, "format": GRAPH_FORMAT, "graph": spec.name,
+               "inputs": [tensor.to_json() for tensor in spec.inputs],
+               "outputs": [tensor.to_json() for tensor in spec.outputs]}
+    return _props(entries)
+
+
+def _props(entries: Mapping[str, Any]) -> dict[str, str]:
+    """``lmanet.<key>`` -> JSON of the value."""
     return {PREFIX + key: json.dumps(value) for key, value in entries.items()}
 
 

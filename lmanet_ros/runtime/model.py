@@ -7,10 +7,13 @@ own memory type holding CPU float32 tensors (LMANet: :class:`~lmanet_ros.models.
 with the same semantics, so batching (``cat_batch``/``split_batch``), statistics and resets work
 unchanged and a memory made by one can be stepped by the other.
 
-A step: the memory is truncated to the newest T frames; the graph of its fill level k runs (one
-run per stream of the batch: the graphs are batch 1); the new entry is appended and frames beyond
-T are dropped, as :meth:`~lmanet_ros.models.temporal.FIFOModule.step` does. Only float32 on the
-CPU, only the input size the graphs were exported for.
+A step: the memory is truncated to the newest T frames; layout ``fill``: the graph of its fill
+level k runs (one run per stream of the batch: the graphs are batch 1); layout ``split``
+(:mod:`.split`, LMANet; ``auto`` picks it where the model has it): the ``encode`` graph runs,
+then, with a memory, the local attention in PyTorch's kernel (the whole batch at once) and
+``decode_fused``, without one ``decode``. The new entry is appended and frames beyond T are
+dropped, as :meth:`~lmanet_ros.models.temporal.FIFOModule.step` does. Only float32 on the CPU,
+only the input size the graphs were exported for.
 """
 from __future__ import annotations
 
@@ -21,9 +24,10 @@ from lmanet_ros.models import FrameFIFO, ModelInfo, Segmenter
 
 from .cache import CachedGraphs, GraphCache
 from .errors import BackendError
-from .graphs import GraphSpec, graph_specs, memory_columns
+from .graphs import INPUT_NAME, graph_specs, memory_columns, memory_input_names
 from .loading import LoadedModel
 from .sessions import GraphSession, backend_version, open_session
+from .split import resolve_layout, split_specs
 
 __all__ = ["RuntimeModel"]
 
@@ -31,6 +35,11 @@ __all__ = ["RuntimeModel"]
 def _array(tensor: torch.Tensor) -> np.ndarray:
     """A float32 CPU tensor as a C-contiguous numpy array (no copy when it is one already)."""
     return np.ascontiguousarray(tensor.detach().numpy())
+
+
+def _batch(rows: tuple[np.ndarray, ...] | list[np.ndarray]) -> torch.Tensor:
+    """The per-stream outputs (each batch 1) as one (B, ...) tensor (no copy for one)."""
+    return torch.from_numpy(rows[0] if len(rows) == 1 else np.concatenate(rows))
 
 
 class RuntimeModel:
@@ -45,11 +54,19 @@ class RuntimeModel:
         cache: where the graphs are kept.
         built_info: the PyTorch model's info as built, before the memory length in force was
             set on it (None: its info now); see :attr:`built_info`.
+        layout: ``fill``, ``split`` or ``auto`` (split where the model has it), see
+            :mod:`.split`.
+
+    Raises:
+        BackendError: a layout the model does not have; the cache's errors.
     """
 
     def __init__(self, loaded: LoadedModel, *, backend: str, input_size: tuple[int, int],
-                 threads: int, cache: GraphCache, built_info: ModelInfo | None = None) -> None:
+                 threads: int, cache: GraphCache, built_info: ModelInfo | None = None,
+                 layout: str = "auto") -> None:
         self.backend = backend
+        #: ``fill`` or ``split``: the graphs a step runs (:mod:`.split`).
+        self.layout = resolve_layout(loaded.model, layout)
         #: The installed version of the backend's package (reports, diagnostics).
         self.backend_version = backend_version(backend)
         #: (height, width) in pixels of every frame stepped.
@@ -66,9 +83,9 @@ class RuntimeModel:
         self.output_delay_frames = int(self._torch.output_delay_frames)
         #: The cache's answer for the graphs in use (folder, files, what was exported).
         self.graphs: CachedGraphs | None = None
-        self._specs: dict[int, GraphSpec] = {}
-        self._sessions: dict[int, GraphSession] = {}
+        self._sessions: dict[int | str, GraphSession] = {}
         self._open()
+        self._entry_shapes = self._memory_entry_shapes()
 
     # ------------------------------------------------------------------ what the pipeline uses
     @property
@@ -105,6 +122,21 @@ class RuntimeModel:
         """Runtime calls made by the sessions of the current T (each returned)."""
         return sum(session.runs for session in self._sessions.values())
 
+    @property
+    def runs_per_step(self) -> int:
+        """Runtime calls per stream and step: 1 (``fill``), 2 (``split``: encode, decode)."""
+        return 2 if self.layout == "split" else 1
+
+    @property
+    def attention(self) -> str:
+        """Where the memory attention runs, in words ('' for a single-frame model)."""
+        if not self._columns:
+            return ""
+        if self.layout == "fill":
+            return f"exported graph ({self.backend})"
+        from lmanet_ros.models.attention import attention_backend
+        return f"{attention_backend()} between {self.backend} graphs"
+
     def to(self, device: torch.device | str | None = None,
            dtype: torch.dtype | None = None) -> "RuntimeModel":
         """Accept the CPU and float32 only (what the graphs compute in)."""
@@ -138,23 +170,34 @@ class RuntimeModel:
         """
         self._check_input(x)
         held = self._held(memory, x.shape[0])
-        fill = len(held) if held is not None else 0
-        rows = [self._run_row(x, held, fill, row) for row in range(x.shape[0])]
-        outputs = [torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
-                   for parts in zip(*rows)]
+        if self.layout == "split":
+            logits, entry = self._step_split(x, held)
+        else:
+            logits, entry = self._step_fill(x, held)
         if not self._columns or not update_memory:
-            return outputs[0], memory
+            return logits, memory
         base = held if held is not None else self._torch.temporal_module.empty_memory()
-        return outputs[0], base.append(outputs[1:], self.memory_length)
+        return logits, base.append(entry, self.memory_length)
 
     # ------------------------------------------------------------------ internals
     def _open(self) -> None:
-        """Graphs (exported on a miss) and sessions for the model's current T."""
-        graphs = self.cache.graphs(self._loaded, self.input_size)
-        sessions = {fill: open_session(self.backend, path, self.threads)
-                    for fill, path in graphs.paths.items()}
-        self._specs = graph_specs(self._torch, self.input_size)
+        """Graphs (exported on a miss) and sessions for the model's current T (the split
+        layout's serve every T: a cache hit)."""
+        graphs = self.cache.graphs(self._loaded, self.input_size, self.layout)
+        sessions = {key: open_session(self.backend, path, self.threads)
+                    for key, path in graphs.paths.items()}
         self.graphs, self._sessions = graphs, sessions
+
+    def _memory_entry_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Memory column -> the shape (1, ...) of a frame's entry (the same for every T)."""
+        if not self._columns:
+            return {}
+        if self.layout == "split":
+            outputs = split_specs(self._torch, self.input_size)["encode"].outputs
+        else:
+            outputs = graph_specs(self._torch, self.input_size)[0].memory_outputs
+        return {spec.name[:-len("_new")]: spec.shape for spec in outputs
+                if spec.name.endswith("_new")}
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.shape[0]:
@@ -182,24 +225,50 @@ class RuntimeModel:
         if not len(memory):
             return None
         held = memory.truncate(self.memory_length)
-        expected = self._specs[len(held)].memory_inputs
-        tensors = [tensor for column in self._columns for tensor in getattr(held, column)]
-        for spec, tensor in zip(expected, tensors):
-            if (tensor.shape[0] != batch or tuple(tensor.shape[1:]) != spec.shape[1:]
-                    or tensor.dtype != torch.float32 or tensor.device.type != "cpu"):
-                raise ValueError(f"memory tensor {spec.name} is {tuple(tensor.shape)} "
-                                 f"{tensor.dtype} on {tensor.device}, the graphs take "
-                                 f"({batch}, {', '.join(map(str, spec.shape[1:]))}) float32 on "
-                                 f"the CPU (a new input size needs a fresh memory)")
+        for column in self._columns:
+            shape = self._entry_shapes[column][1:]
+            for index, tensor in enumerate(getattr(held, column)):
+                if (tensor.shape[0] != batch or tuple(tensor.shape[1:]) != shape
+                        or tensor.dtype != torch.float32 or tensor.device.type != "cpu"):
+                    raise ValueError(f"memory tensor {column}_{index} is "
+                                     f"{tuple(tensor.shape)} {tensor.dtype} on {tensor.device}, "
+                                     f"the graphs take ({batch}, {', '.join(map(str, shape))}) "
+                                     f"float32 on the CPU (a new input size needs a fresh "
+                                     f"memory)")
         return held
 
-    def _run_row(self, x: torch.Tensor, held: FrameFIFO | None, fill: int, row: int
-                 ) -> list[np.ndarray]:
-        """Run the graph of ``fill`` frames on stream ``row`` of the batch."""
-        spec = self._specs[fill]
-        inputs = {spec.image.name: _array(x[row:row + 1])}
-        if held is not None:
-            tensors = [t for column in self._columns for t in getattr(held, column)]
-            inputs.update({s.name: _array(t[row:row + 1])
-                           for s, t in zip(spec.memory_inputs, tensors)})
-        return self._sessions[fill].run(inputs)
+    def _step_fill(self, x: torch.Tensor, held: FrameFIFO | None
+                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Layout ``fill``: the graph of the memory's fill level, stream by stream; (logits,
+        the new entry's tensors)."""
+        fill = len(held) if held is not None else 0
+        session = self._sessions[fill]
+        names = memory_input_names(self._columns, fill)
+        tensors = [t for column in self._columns for t in getattr(held, column)] if fill else []
+        rows = []
+        for row in range(x.shape[0]):
+            inputs = {INPUT_NAME: _array(x[row:row + 1])}
+            inputs.update({name: _array(t[row:row + 1]) for name, t in zip(names, tensors)})
+            rows.append(session.run(inputs))
+        outputs = [_batch(parts) for parts in zip(*rows)]
+        return outputs[0], outputs[1:]
+
+    def _step_split(self, x: torch.Tensor, held: FrameFIFO | None
+                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Layout ``split``: ``encode`` per stream, the attention over the batch in PyTorch,
+        then ``decode_fused`` (``decode`` without a memory) per stream."""
+        encode = self._sessions["encode"]
+        rows = [encode.run({INPUT_NAME: _array(x[row:row + 1])}) for row in range(x.shape[0])]
+        features, keys, values, query_key, query_value = (_batch(parts) for parts in zip(*rows))
+        if held is None:
+            decode = self._sessions["decode"]
+            logits = [decode.run({"features": _array(features[row:row + 1])})[0]
+                      for row in range(x.shape[0])]
+        else:
+            with torch.no_grad():
+                readout = _array(self._torch.temporal_module.attend(query_key, held))
+            decode = self._sessions["decode_fused"]
+            logits = [decode.run({"query_value": _array(query_value[row:row + 1]),
+                                  "readout": readout[row:row + 1]})[0]
+                      for row in range(x.shape[0])]
+        return _batch(logits), [keys, values]

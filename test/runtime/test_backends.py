@@ -55,7 +55,8 @@ def test_backend_labels_equal_torch_in_the_pipeline(backend, backend_model, stre
     assert [r.memory_fill for r in results] == [1, 2, 2, 2]
     for got, expected in zip(results, torch_results):
         np.testing.assert_array_equal(got.labels, expected.labels)
-    assert loaded.model.session_runs - runs == FRAMES  # the runtime itself ran every step
+    # the runtime itself ran every step (split layout: two graphs per step)
+    assert loaded.model.session_runs - runs == FRAMES * loaded.model.runs_per_step == 2 * FRAMES
     assert isinstance(pipeline.model.step(torch.zeros(1, 3, *SIZE))[1], Memory)
 
 
@@ -106,12 +107,19 @@ def test_frames_of_another_size_and_other_precisions_are_refused(backend_model):
         model.step(torch.rand(1, 3, *SIZE), object())  # type: ignore[arg-type]
 
 
-def test_a_new_memory_length_gets_its_own_graphs(backend_model):
-    loaded = backend_model("lmanet_erfnet")
+@pytest.mark.parametrize("layout", ["fill", "split"])
+def test_a_new_memory_length_gets_its_graphs(backend_model, layout):
+    """Layout fill: a new T has graphs of its own; split: the same three serve every T."""
+    loaded = backend_model("lmanet_erfnet", layout=layout)
+    before = loaded.model.graphs
     pipeline = _pipeline(loaded)
     pipeline.set_memory_length(1)  # as the node's memory_length parameter does
     graphs = loaded.model.graphs
-    assert sorted(graphs.paths) == [0, 1] and "-T1-" in graphs.folder.name
+    if layout == "fill":
+        assert sorted(graphs.paths) == [0, 1] and "-T1-" in graphs.folder.name
+    else:
+        assert graphs.folder == before.folder and graphs.exported == ()
+        assert sorted(graphs.paths) == ["decode", "decode_fused", "encode"]
     results = [pipeline.process([Frame("cam", np.full((*SIZE, 3), 40 * i, np.uint8), i)])[0]
                for i in range(3)]
     assert [r.memory_fill for r in results] == [1, 1, 1]

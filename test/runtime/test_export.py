@@ -18,7 +18,8 @@ from lmanet_ros.runtime import (BackendError, ExportError, GraphCache, LoadedMod
                                 export_onnx, load_torch_model, read_metadata)
 from lmanet_ros.runtime.graphs import StepGraph, check_exportable, example_inputs, graph_specs
 from lmanet_ros.runtime.model import RuntimeModel
-from lmanet_ros.runtime.verify import TOLERANCE, max_error, verify_graph
+from lmanet_ros.runtime.split import resolve_layout, split_example_inputs, split_modules
+from lmanet_ros.runtime.verify import TOLERANCE, max_error, verify_graph, verify_module_graph
 
 #: Frames streamed: every fill level 0..T, then the full memory several times.
 FRAMES = 6
@@ -46,32 +47,92 @@ def _stream_errors(reference, runtime, size, frames=FRAMES):
     return errors
 
 
-@pytest.mark.parametrize("name", ["erfnet", "lmanet_erfnet"])
-def test_graphs_match_pytorch_over_a_stream_at_every_fill_level(name, backend_model):
-    runtime = backend_model(name).model
+@pytest.mark.parametrize("name, layout", [("erfnet", "fill"), ("lmanet_erfnet", "fill"),
+                                          ("lmanet_erfnet", "split")])
+def test_graphs_match_pytorch_over_a_stream_at_every_fill_level(name, layout, backend_model):
+    runtime = backend_model(name, layout=layout).model
+    assert runtime.layout == layout
     reference = load_torch_model(name, "demo").model
     if reference.info.temporal:
         reference.memory_length = MEMORY_LENGTH
     errors = _stream_errors(reference, runtime, SIZE)
     assert {fill for fill, _ in errors} == set(range(reference.memory_length + 1))
     assert max(error for _, error in errors) <= TOLERANCE, errors
-    assert runtime.session_runs == FRAMES
+    assert runtime.session_runs == FRAMES * runtime.runs_per_step
 
 
-def test_lmanet_pspnet50_graphs_match_pytorch_with_random_weights(tmp_path):
+@pytest.mark.parametrize("layout", ["fill", "split"])
+def test_lmanet_pspnet50_graphs_match_pytorch_with_random_weights(tmp_path, layout):
     torch.manual_seed(0)
     model = build_model("lmanet_pspnet50", memory_length=1).eval()
     loaded = LoadedModel(model, None, None, None)
     size = (65, 129)  # 8k + 1: PSPNet's size, no padding
     runtime = RuntimeModel(loaded, backend="onnxruntime", input_size=size, threads=1,
-                           cache=GraphCache(tmp_path))
+                           cache=GraphCache(tmp_path), layout=layout)
     errors = _stream_errors(model, runtime, size, frames=3)
     assert {fill for fill, _ in errors} == {0, 1}
     assert max(error for _, error in errors) <= TOLERANCE, errors
 
 
+def test_the_split_layout_is_lmanets_and_auto_picks_it(backend_model):
+    assert backend_model("lmanet_erfnet").model.layout == "split"
+    assert backend_model("erfnet").model.layout == "fill"
+    with pytest.raises(BackendError, match="no split layout.*use layout fill"):
+        resolve_layout(build_model("tmanet_erfnet"), "split")
+    with pytest.raises(BackendError, match="graph layout must be auto or one of fill, split"):
+        resolve_layout(build_model("erfnet"), "fused")
+
+
+def test_split_metadata_describes_each_graph(backend_model):
+    graphs = backend_model("lmanet_erfnet", layout="split").model.graphs
+    assert "-split-" in graphs.folder.name
+    shapes = {"x": [1, 3, *SIZE], "features": [1, 128, 8, 16], "keys_new": [1, 16, 8, 16],
+              "values_new": [1, 64, 8, 16], "query_key": [1, 16, 8, 16],
+              "query_value": [1, 64, 8, 16], "readout": [1, 64, 8, 16], "logits": [1, 20, *SIZE]}
+    inputs = {"encode": ["x"], "decode": ["features"], "decode_fused": ["query_value", "readout"]}
+    for name, path in graphs.paths.items():
+        meta = read_metadata(path)
+        assert meta["layout"] == "split" and meta["graph"] == name
+        assert meta["graphs"] == ["encode", "decode", "decode_fused"]
+        assert "memory_length" not in meta and "fill_levels" not in meta
+        assert meta["model"] == "lmanet_erfnet" and meta["input_size"] == list(SIZE)
+        assert [m["name"] for m in meta["inputs"]] == inputs[name]
+        for tensor in meta["inputs"] + meta["outputs"]:
+            assert tensor["shape"] == shapes[tensor["name"]], tensor
+        assert [i.name for i in onnx.load(str(path)).graph.input] == inputs[name]
+
+
+def test_a_split_graph_that_ignores_an_input_is_refused(lmanet):
+    """The split layout's check: each input varied alone must move the output it moves in
+    PyTorch; a graph with the read-out baked in (input present, unused) is refused."""
+    modules = split_modules(lmanet, SIZE)
+    first = split_example_inputs(lmanet, SIZE, seed=0)["decode_fused"]
+    second = split_example_inputs(lmanet, SIZE, seed=1)["decode_fused"]
+    constant = first[1].clone()
+
+    class BakedIn(torch.nn.Module):
+        def forward(self, query_value, readout):
+            return modules["decode_fused"](query_value, constant + 0 * readout.sum())
+
+    names = (["query_value", "readout"], ["logits"])
+    with pytest.raises(ExportError, match="input 'readout' of the split graph .* does not "
+                                          "change its output 'logits'"):
+        verify_module_graph(_dynamo_bytes(BakedIn(), first, *names), modules["decode_fused"],
+                            *names, first, second, "the split graph 'decode_fused'")
+    verify_module_graph(_dynamo_bytes(modules["decode_fused"], first, *names),
+                        modules["decode_fused"], *names, first, second,
+                        "the split graph 'decode_fused'")  # the module itself passes
+
+
+def _dynamo_bytes(module, inputs, input_names, output_names):
+    with torch.no_grad():
+        program = torch.onnx.export(module, inputs, dynamo=True, opset_version=OPSET,
+                                    input_names=input_names, output_names=output_names)
+    return program.model_proto.SerializeToString()
+
+
 def test_metadata_describes_each_graph(backend_model):
-    graphs = backend_model("lmanet_erfnet").model.graphs
+    graphs = backend_model("lmanet_erfnet", layout="fill").model.graphs
     sha = file_sha256(get_weights("lmanet_erfnet", "demo").path)
     for fill, path in graphs.paths.items():
         meta = read_metadata(path)
