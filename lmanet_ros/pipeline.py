@@ -210,7 +210,7 @@ def _backend_device(backend: str, device: str, precision: str) -> torch.device:
         check_backend(backend)
     except BackendError as exc:
         raise PipelineError(str(exc)) from exc
-    if backend == "torch":
+    if backend in ("torch", "auto"):  # auto: a graph backend only where this is the CPU
         return _device(device)
     spec = device.strip().lower()
     if spec.partition(":")[0] not in ("auto", "cpu"):  # before resolving: no CUDA check first
@@ -293,6 +293,8 @@ class SegmentationPipeline:
         #: a :class:`~lmanet_ros.runtime.RuntimeModel` says which) and its package's version.
         self.backend: str = getattr(model, "backend", "torch")
         self.backend_version: str = getattr(model, "backend_version", torch.__version__)
+        #: Why this backend runs when ``backend="auto"`` chose it (``from_pretrained``), else ''.
+        self.backend_reason = ""
         #: The loader's report (None for random weights); the file's sha256 is in it.
         self.load_report: LoadReport | None = None
         #: The weights file that was loaded (None: random weights or a state_dict mapping).
@@ -339,7 +341,10 @@ class SegmentationPipeline:
         (:func:`~lmanet_ros.threads.default_cpu_threads`: the physical cores this process may
         use, at most 4).
 
-        ``backend``: ``torch`` runs the PyTorch network; ``onnxruntime`` and ``openvino`` run
+        ``backend``: ``torch`` runs the PyTorch network; ``auto`` lets
+        :func:`~lmanet_ros.runtime.auto_backend` choose (a graph backend on the CPU in fp32 for
+        a checkpoint at a fixed input size, else torch; ``self.backend_reason`` says which and
+        why); ``onnxruntime`` and ``openvino`` run
         graphs exported from it with the same memory rules (:mod:`lmanet_ros.runtime`: exported
         on the first use of a checkpoint sha256, input size and memory length, then read from
         the graph cache ``cache_dir``, default ``$LMANET_CACHE`` or
@@ -364,7 +369,8 @@ class SegmentationPipeline:
         try:
             loaded = load_model(model_name, checkpoint, backend=backend, input_size=input_size,
                                 memory_length=memory_length, num_threads=num_threads,
-                                cache_dir=cache_dir)
+                                cache_dir=cache_dir, device_type=target.type,
+                                precision=precision)
         except BackendError as exc:
             raise PipelineError(str(exc)) from exc
         report = loaded.report
@@ -382,6 +388,7 @@ class SegmentationPipeline:
                        metadata=metadata)
         pipeline.load_report = report
         pipeline.weights = loaded.weights
+        pipeline.backend_reason = loaded.backend_reason
         if report is not None and report.sha256:
             pipeline.checkpoint_path = Path(loaded.source)
         return pipeline
@@ -439,6 +446,23 @@ class SegmentationPipeline:
         if (height, width) != self._input_size:
             self._input_size = (height, width)
             self.reset(reason=ResetReason.PARAMETER.value)
+
+    @property
+    def attention(self) -> str:
+        """Which memory attention implementation runs, in words ('' for a single-frame model):
+        a graph backend's (:attr:`lmanet_ros.runtime.RuntimeModel.attention`), ``torch
+        (cuda)`` / ``torch (fp16)`` off the fp32 CPU path, else
+        :func:`~lmanet_ros.models.attention.attention_backend`'s choice."""
+        if not self.info.temporal:
+            return ""
+        if self.backend != "torch":
+            return self.model.attention
+        if self.device.type != "cpu":
+            return f"torch ({self.device.type})"
+        if self.precision != "fp32":
+            return f"torch ({self.precision})"
+        from lmanet_ros.models.attention import attention_backend
+        return attention_backend()
 
     @property
     def cuda_graphs(self) -> bool:

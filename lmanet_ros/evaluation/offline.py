@@ -371,6 +371,7 @@ def _model_entry(label: str, name: str, checkpoint: str | None,
             "input_size": list(pipeline.input_size),
             "output_delay_frames": pipeline.output_delay_frames,
             "backend": pipeline.backend, "backend_version": pipeline.backend_version,
+            "backend_reason": pipeline.backend_reason, "attention": pipeline.attention,
             "info": {"num_classes": info.num_classes, "temporal": info.temporal,
                      "memory_length": info.memory_length, "output_stride": info.output_stride}}
 

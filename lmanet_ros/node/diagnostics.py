@@ -17,7 +17,7 @@ from lmanet_ros.node.delivery import Delivery
 from lmanet_ros.node.stats import CameraSnapshot
 from lmanet_ros.sizes import format_size
 
-__all__ = ["NO_INPUT_WARN_S", "attention_text", "backend_text", "camera_status", "model_status",
+__all__ = ["NO_INPUT_WARN_S", "backend_text", "camera_status", "model_status",
            "size_text", "weights_text"]
 
 #: Seconds without any input after which a camera's diagnostics turn WARN.
@@ -32,20 +32,6 @@ def size_text(size: tuple[int, int]) -> str:
 def backend_text(pipeline: Any) -> str:
     """The inference backend that runs the network and its version: ``'onnxruntime 1.32.0'``."""
     return f"{pipeline.backend} {pipeline.backend_version}"
-
-
-def attention_text(pipeline: Any) -> str:
-    """Which memory attention implementation runs ('' for single-frame models)."""
-    if not pipeline.info.temporal:
-        return ""
-    if pipeline.backend != "torch":
-        return pipeline.model.attention  # runtime.RuntimeModel's words
-    if pipeline.device.type != "cpu":
-        return f"torch ({pipeline.device.type})"
-    if pipeline.precision != "fp32":
-        return f"torch ({pipeline.precision})"
-    from lmanet_ros.models.attention import attention_backend
-    return attention_backend()
 
 
 def weights_text(pipeline: Any) -> str:
@@ -107,7 +93,7 @@ def model_status(name: str, pipeline: Any, *, checkpoint: str, processing_mode: 
         "processing_mode": processing_mode, "input_size": size_text(pipeline.input_size),
         "normalisation": ("none (RGB in [0, 1])" if info.mean is None else
                           f"mean {info.mean} std {info.std}"),
-        "attention": attention_text(pipeline),
+        "attention": pipeline.attention,
         "inferring_for_s": "" if inferring_for_s is None else f"{inferring_for_s:.2f}",
         "clock": clock,
     })

@@ -72,7 +72,7 @@ ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("device", "",
                    "auto, cpu, cuda or cuda:N; empty: the parameter file's value."),
     LaunchArgument("backend", "",
-                   "torch, onnxruntime or openvino; empty: the parameter file's value."),
+                   "auto, torch, onnxruntime or openvino; empty: the parameter file's value."),
     LaunchArgument("use_sim_time", "false", "Use /clock (bag replay with --clock)."),
     LaunchArgument("log_level", "info", "Logging level of the node (debug, info, warn, error)."),
     LaunchArgument("managed", "false",

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from lmanet_ros.classes import ClassSet
-from lmanet_ros.node.diagnostics import attention_text, backend_text, size_text, weights_text
+from lmanet_ros.node.diagnostics import backend_text, size_text, weights_text
 from lmanet_ros.node.params import Settings, is_default_classes, validate
 from lmanet_ros.streams import MemoryPolicy
 from lmanet_ros.threads import cpu_threads_warning
@@ -87,7 +87,7 @@ def load_pipeline(settings: Settings, log: Any) -> "SegmentationPipeline":
         raise StartupError(f"unknown model '{settings.model}'; known models: "
                            f"{', '.join(list_models())}")
     try:  # an absent device fails before anything is loaded (a graph backend's: the pipeline's)
-        if settings.backend == "torch":
+        if settings.backend in ("torch", "auto"):
             resolve_device(settings.device)
     except DeviceError as exc:
         raise StartupError(one_line(exc)) from None
@@ -127,12 +127,13 @@ def _log_loaded(pipeline: "SegmentationPipeline", settings: Settings, log: Any,
     info, report = pipeline.info, pipeline.load_report
     origin = pipeline.memory_length_origin.replace("explicit", "memory.length")
     memory = (f"memory {pipeline.memory_length} frames ({origin}), memory attention "
-              f"{attention_text(pipeline)}") if info.temporal else "single frame"
+              f"{pipeline.attention}") if info.temporal else "single frame"
     size = size_text(pipeline.input_size) + (
         " (input_height/input_width)" if settings.input_size[0] else
         " (trained size, checkpoint metadata)" if pipeline.input_size[0] else "")
+    chosen = f"; {pipeline.backend_reason}" if pipeline.backend_reason else ""
     log.info(f"loaded {info.name} on {pipeline.device} ({settings.precision}, backend "
-             f"{backend_text(pipeline)}) in {seconds:.1f} s: "
+             f"{backend_text(pipeline)}{chosen}) in {seconds:.1f} s: "
              f"{weights_text(pipeline)}, checkpoint id {pipeline.checkpoint_id}, "
              f"{info.num_classes} outputs, network input {size}, {memory}, "
              f"{torch_threads()} CPU thread(s)")

@@ -166,8 +166,10 @@ class LmanetNode(TypedParameters, Node):
         if not changes or self._declaring:
             return SetParametersResult(successful=True)
         with self._config_lock:
-            num_classes = self._pipeline.info.num_classes if self._pipeline else None
-            reason = validate(changes, self._settings.as_dict(), num_classes=num_classes)
+            pipeline = self._pipeline
+            reason = validate(changes, self._settings.as_dict(),
+                              num_classes=pipeline.info.num_classes if pipeline else None,
+                              running_backend=pipeline.backend if pipeline else None)
             if not reason and "cameras" in changes:
                 reason = graph.feedback(self.resolve_topic_name, changes["cameras"] or [])
             if reason:

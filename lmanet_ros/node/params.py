@@ -112,13 +112,15 @@ SPECS: tuple[ParamSpec, ...] = (
               constraints="auto | cpu | cuda | cuda:N"),
     ParamSpec("precision", "fp32", "Arithmetic precision of the network: fp32, fp16 or bf16.",
               read_only=True, choices=("fp32", "fp16", "bf16")),
-    ParamSpec("backend", "torch",
-              "What runs the network: torch (PyTorch, any device and precision), or onnxruntime "
+    ParamSpec("backend", "auto",
+              "What runs the network: torch (PyTorch, any device and precision), onnxruntime "
               "or openvino (graphs exported from the checkpoint on first use and cached by its "
-              "sha256, input size and memory length; CPU and fp32 only, at a fixed input size: "
-              "input_height/input_width, else the trained size). A backend whose package is "
-              "missing is a startup error, never a fall-back.",
-              read_only=True, choices=("torch", "onnxruntime", "openvino")),
+              "sha256 and input size; CPU and fp32 only, at a fixed input size: "
+              "input_height/input_width, else the trained size), or auto: onnxruntime, else "
+              "openvino (the fastest on a CPU) where a graph backend can run the checkpoint as "
+              "asked, else torch; the start-up log says which and why. A named backend whose "
+              "package is missing is a startup error, never a fall-back.",
+              read_only=True, choices=("auto", "torch", "onnxruntime", "openvino")),
     ParamSpec("num_threads", 0,
               "CPU threads PyTorch uses for inference; 0: the physical cores this process may "
               "run on (its CPU affinity), at most 4, which keeps latency steady on a busy "
@@ -286,7 +288,7 @@ def _check_classes(names: list[str], palette: list[int], num_classes: int | None
 
 
 def validate(changes: Mapping[str, Any], current: Mapping[str, Any], *,
-             num_classes: int | None = None) -> str | None:
+             num_classes: int | None = None, running_backend: str | None = None) -> str | None:
     """Check a set of parameter changes; return None if acceptable, else the reason in words.
 
     The values are of the right type and within their numeric ranges
@@ -297,6 +299,8 @@ def validate(changes: Mapping[str, Any], current: Mapping[str, Any], *,
             (names not in :data:`SPECS` are ignored: they belong to someone else).
         current: name -> value of every parameter now (values not being changed).
         num_classes: the model's number of outputs once it is loaded (None before).
+        running_backend: the backend that runs once the model is loaded (what ``auto``
+            chose), None before: the ``backend`` value then.
     """
     values = {**{k: _plain(v) for k, v in current.items()},
               **{k: _plain(v) for k, v in changes.items()}}
@@ -310,9 +314,11 @@ def validate(changes: Mapping[str, Any], current: Mapping[str, Any], *,
         return "model must name a network, e.g. lmanet_erfnet"
     resized = [name for name in ("input_height", "input_width")
                if name in changes and name in current and values[name] != _plain(current[name])]
-    if resized and values.get("backend", "torch") != "torch":
-        return (f"{resized[0]} cannot change while backend {values['backend']} runs: its graphs "
-                f"are exported for one input size; restart the node with the new size")
+    running = running_backend or values.get("backend", "auto")
+    if resized and running not in ("torch", "auto"):
+        return (f"{resized[0]} cannot change while backend {running} runs: its graphs are "
+                f"exported for one input size; restart the node with the new size (or with "
+                f"backend torch to change it at run time)")
     if {"class_names", "palette"} & changes.keys():
         reason = _check_classes(list(values.get("class_names") or []),
                                 [int(v) for v in values.get("palette") or []], num_classes)
@@ -346,7 +352,7 @@ class Settings:
     checkpoint: str = ""
     device: str = "auto"
     precision: str = "fp32"
-    backend: str = "torch"
+    backend: str = "auto"
     num_threads: int = 0
     input_height: int = 0
     input_width: int = 0

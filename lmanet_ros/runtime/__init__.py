@@ -48,19 +48,22 @@ keeps the newest T entries per stream and feeds them to the engine of their coun
 ``--fp16``, keep the attention's softmax in float32 (``--precisionConstraints=obey
 --layerPrecisions=...``) or compare the labels before trusting it.
 """
-from .build import build_backend_model, check_backend, load_model
+from .build import (AUTO, AUTO_PREFERENCE, BACKEND_CHOICES, auto_backend, build_backend_model,
+                    check_backend, load_model)
 from .cache import CACHE_ENV, CachedGraphs, GraphCache, default_cache_dir
 from .errors import BackendError, BackendUnavailable, ExportError
-from .export import OPSET, export_graphs, export_onnx, graph_paths
+from .export import OPSET, export_graphs, export_onnx, export_split_graphs, graph_paths
 from .loading import LoadedModel, load_torch_model
 from .metadata import read_metadata
 from .model import RuntimeModel
 from .sessions import BACKENDS, GRAPH_BACKENDS, GraphSession, backend_version, open_session
+from .split import LAYOUTS, supports_split
 
 __all__ = [
-    "BACKENDS", "GRAPH_BACKENDS", "OPSET", "CACHE_ENV", "BackendError", "BackendUnavailable",
-    "ExportError", "CachedGraphs", "GraphCache", "GraphSession", "LoadedModel", "RuntimeModel",
+    "AUTO", "AUTO_PREFERENCE", "BACKEND_CHOICES", "BACKENDS", "GRAPH_BACKENDS", "LAYOUTS",
+    "OPSET", "CACHE_ENV", "BackendError", "BackendUnavailable", "ExportError", "CachedGraphs",
+    "GraphCache", "GraphSession", "LoadedModel", "RuntimeModel", "auto_backend",
     "backend_version", "build_backend_model", "check_backend", "default_cache_dir",
-    "export_graphs", "export_onnx", "graph_paths", "load_model", "load_torch_model",
-    "open_session", "read_metadata",
+    "export_graphs", "export_onnx", "export_split_graphs", "graph_paths", "load_model",
+    "load_torch_model", "open_session", "read_metadata", "supports_split",
 ]

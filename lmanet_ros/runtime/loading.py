@@ -42,12 +42,14 @@ class LoadedModel:
         report: the loader's report (None: random weights).
         weights: the packaged weights' record when the checkpoint was a tag, else None.
         source: the file or mapping that was loaded (None: random weights).
+        backend_reason: why this backend runs, when ``auto`` chose it (else '').
     """
 
     model: Segmenter | RuntimeModel
     report: LoadReport | None
     weights: Weights | None
     source: str | Path | Mapping[str, Any] | None
+    backend_reason: str = ""
 
     @property
     def metadata(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from lmanet_ros.evaluation import parse_compare, parse_remaps
 from lmanet_ros.evaluation.corruption import AUTO
 from lmanet_ros.models import DEMO, list_models, models_with_weights
 from lmanet_ros.pipeline import PipelineError
-from lmanet_ros.runtime import BACKENDS
+from lmanet_ros.runtime import BACKEND_CHOICES
 from lmanet_ros.tools.common import (add_bag_command, add_scoring_arguments, int_at_least,
                                      parse_size)
 from lmanet_ros.tools.replay import add_replay_arguments, replay_and_report
@@ -71,11 +71,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     model.add_argument("--num-threads", type=int, default=0,
                        help="CPU threads for PyTorch (0 = the physical cores this process "
                        "may run on, at most 4, as the node's num_threads)")
-    model.add_argument("--backend", default="torch", choices=BACKENDS,
+    model.add_argument("--backend", default="torch", choices=BACKEND_CHOICES,
                        help="what runs the networks, as the node's backend parameter: torch, "
-                       "or onnxruntime / openvino (graphs exported from each checkpoint on "
+                       "onnxruntime / openvino (graphs exported from each checkpoint on "
                        "first use and cached; CPU, fp32, a fixed --input-size, else the "
-                       "trained size; default: %(default)s)")
+                       "trained size), or auto (the node's default: a graph backend where it "
+                       "can run, else torch; metrics.json names the one that ran); default: "
+                       "%(default)s")
     model.add_argument("--input-size", type=parse_size, metavar="HxW",
                        help="network input size (default: the size the weights were trained at, "
                        "from the checkpoint, else each frame's size), as the node's "

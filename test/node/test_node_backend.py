@@ -120,7 +120,8 @@ def test_a_missing_backend_package_is_a_startup_error(monkeypatch):
 
 
 def test_the_parameters_choices_are_the_runtimes_backends():
-    from lmanet_ros.node.params import SPEC_BY_NAME
-    from lmanet_ros.runtime import BACKENDS
+    from lmanet_ros.node.params import SPEC_BY_NAME, Settings
+    from lmanet_ros.runtime import BACKEND_CHOICES
     spec = SPEC_BY_NAME["backend"]
-    assert spec.choices == BACKENDS and spec.read_only and spec.default == "torch"
+    assert spec.choices == BACKEND_CHOICES and spec.read_only and spec.default == "auto"
+    assert Settings().backend == "auto"
