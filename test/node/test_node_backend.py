@@ -21,7 +21,7 @@ from ros_helpers import (Rig, child_env, make_image, node_executable, pixels_of,
                          write_params_file)
 from lmanet_ros.node.launch_args import resolve
 from lmanet_ros.node.loading import StartupError, load_pipeline
-from lmanet_ros.node.params import Settings
+from lmanet_ros.node.params import Settings, validate
 from lmanet_ros.pipeline import Frame, SegmentationPipeline
 from lmanet_ros.synthetic import SynthSequence
 
@@ -106,6 +106,31 @@ def test_a_graph_backend_on_cuda_stops_the_start_with_one_line(tmp_path):
                 if line.strip() and not line.startswith(("[DEBUG]", "[INFO]", "[WARN]"))]
     assert len(problems) == 1, done.stderr
     assert "onnxruntime backend runs on the CPU, not cuda" in problems[0], problems[0]
+
+
+def test_the_default_backend_auto_runs_onnxruntime_for_a_checkpoint_and_says_why(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("LMANET_CACHE", str(tmp_path))
+    assert Settings().backend == "auto"
+    settings = Settings(checkpoint="demo", input_height=SIZE[0], input_width=SIZE[1],
+                        memory_length=MEMORY_LENGTH, num_threads=1)
+    log = LineLog()
+    pipeline = load_pipeline(settings, log)
+    assert pipeline.backend == "onnxruntime"
+    loaded = next(line for line in log.lines if line.startswith("loaded lmanet_erfnet"))
+    assert (f"backend onnxruntime {onnxruntime.__version__}; auto: onnxruntime, the fastest "
+            f"installed backend on the CPU") in loaded
+    assert "split around the memory attention" in "\n".join(log.lines)
+    # what auto chose is what a run-time resize is checked against
+    reason = validate({"input_height": 2 * SIZE[0]}, settings.as_dict(),
+                      running_backend=pipeline.backend)
+    assert reason and "while backend onnxruntime runs" in reason and "backend torch" in reason
+    assert validate({"input_height": 2 * SIZE[0]}, settings.as_dict(),
+                    running_backend="torch") is None
+    log = LineLog()  # random weights: nothing to export, torch runs
+    assert load_pipeline(Settings(input_height=SIZE[0], input_width=SIZE[1]), log).backend == \
+        "torch"
+    assert "auto: torch for random weights" in log.lines[0]
 
 
 def test_a_missing_backend_package_is_a_startup_error(monkeypatch):

@@ -99,7 +99,7 @@ def test_memory_length_not_given_returns_to_the_models_own(graph_cache):
 
 
 @pytest.mark.parametrize("options, words", [
-    ({"backend": "tensorrt"}, "backend must be one of torch, onnxruntime, openvino"),
+    ({"backend": "tensorrt"}, "backend must be one of auto, torch, onnxruntime, openvino"),
     ({"backend": "onnxruntime", "device": "cuda"}, "onnxruntime backend runs on the CPU, not cuda"),
     ({"backend": "openvino", "device": "cuda:1"}, "openvino backend runs on the CPU, not cuda:1"),
     ({"backend": "onnxruntime", "precision": "fp16"}, "computes in fp32, not fp16"),
