@@ -7,10 +7,16 @@ child process (:func:`lmanet_ros.ros_env.isolate`): ``ROS_DOMAIN_ID`` (one that 
 session on this machine holds, claimed with a lock file; ``LMANET_TEST_DOMAIN_ID`` forces one) and
 ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (``ROS_LOCALHOST_ONLY=1`` on Humble). Nothing here
 imports rclpy at module level, so tests without ROS do not pay for it.
+
+``LMANET_CACHE`` (the graph cache, :mod:`lmanet_ros.runtime.cache`) is a folder of this session's
+own unless set: a node started with a checkpoint runs ``backend: auto`` (onnxruntime) and exports
+its graphs there, not into the user's ``~/.cache``; removed at the end.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,16 @@ _forced = os.environ.get("LMANET_TEST_DOMAIN_ID")
 #: The claimed domain's open lock file: the domain stays ours while the session lives.
 _domain_lock = isolate(domain_id=int(_forced) if _forced else None)
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+#: The session's graph cache when LMANET_CACHE was not set (None: it was).
+_graph_cache = None if os.environ.get("LMANET_CACHE") else tempfile.mkdtemp(
+    prefix="lmanet_test_graphs_")
+if _graph_cache:
+    os.environ["LMANET_CACHE"] = _graph_cache
+
+
+def pytest_unconfigure(config) -> None:
+    if _graph_cache:
+        shutil.rmtree(_graph_cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

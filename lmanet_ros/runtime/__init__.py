@@ -1,6 +1,7 @@
 """Deployment runtimes: the network step exported to ONNX and run by onnxruntime or OpenVINO.
 
 Layers: :mod:`.graphs` (the step as a graph of one fill level, its inputs and outputs),
+:mod:`.split` (LMANet's step as three graphs around the attention kernel),
 :mod:`.export` (torch -> verified ONNX files with metadata; :func:`export_onnx`, ``lmanet
 export``), :mod:`.verify` (the check against PyTorch), :mod:`.metadata` (what a file says about
 itself), :mod:`.cache` (graphs on disk keyed by weights, model, input size and T),
@@ -12,24 +13,32 @@ Design:
 
 - one graph per memory fill level k = 0..T, each exact for its k (LMANet's joint softmax over
   the T * P * P logits depends on how many frames the memory holds; see :mod:`.export` for why
-  not one graph with a fill mask), batch 1, fixed input size, opset 18;
+  not one graph with a fill mask), batch 1, fixed input size, opset 18: what ``lmanet export``
+  writes; for LMANet the backends run the split layout (:mod:`.split`: three graphs, the
+  attention between them in the compiled kernel), ``layout="fill"`` the fill-level graphs;
 - the memory stays the PyTorch model's immutable memory type holding tensors: the graphs take
   the k frames as explicit inputs and return the new frame's entry, the FIFO bookkeeping is the
   memory type's own (:mod:`.model`), so the pipeline batches, splits and resets it unchanged;
 - a backend takes any torch checkpoint (``demo`` included) and exports on a cache miss; a missing
   package or an unknown input size is an error, never a fall-back;
 - wired in by :meth:`~lmanet_ros.pipeline.SegmentationPipeline.from_pretrained`'s ``backend``
-  (the node's ``backend`` parameter, ``lmanet eval --backend``, the benchmarks' ``--backend``).
+  (the node's ``backend`` parameter, ``lmanet eval --backend``, the benchmarks' ``--backend``);
+  ``auto`` (the node's default, :func:`auto_backend`) takes the fastest installed one where a
+  graph backend can run the weights as asked, else torch, and says why.
 
-Measured (``benchmarks/backend_latency.py --threads 1 --repeats 20``, 256x512, demo weights,
-LMANet T = 4, a shared 2-core host): step ms and ratio to torch with the compiled attention
-kernel: erfnet torch 205, onnxruntime 129 (0.63x), openvino 141 (0.69x); lmanet_erfnet torch
-229 (plain attention 295), onnxruntime 220 (0.97x), openvino 208 (0.90x). The convolutions run
-faster in both runtimes; the attention subgraph does not: onnxruntime's profile of the fill-4
-graph spends about 75 ms in it (the compiled kernel about 11 ms), 44 ms of them in two 7-D
-Transposes that materialise the window regions (the tiled attention's unfold + permute, a
-strided-view copy in PyTorch). The graphs match PyTorch to about 2e-6 (relative to
-max(1, |output|)) at every fill level, checked to 1e-4 by the tests.
+Measured (``benchmarks/backend_latency.py --threads 1 --repeats 10``, 256x512, demo weights,
+LMANet T = 4, a 2-core host): step ms and ratio to torch with the compiled attention kernel:
+erfnet torch 154, onnxruntime 92 (0.59x), openvino 95 (0.61x); lmanet_erfnet torch 223 (plain
+attention 269), split layout onnxruntime 148 (0.66x), openvino 154 (0.69x), fill-level graphs
+onnxruntime 192 (0.86x), openvino 140 (0.63x; 0.90x in an earlier run). The convolutions run
+faster in both runtimes; the attention subgraph of the fill-level graphs does not: onnxruntime's
+profile of the fill-4 graph spends about 75 ms in it (the compiled kernel about 11 ms), 44 ms of
+them in two 7-D Transposes that materialise the window regions (the tiled attention's unfold +
+permute, a strided-view copy in PyTorch): hence the split layout (:mod:`.split`), which the
+backends use for LMANet. ``lmanet eval`` p50 on a 40-frame 256x512 bag, demo lmanet_erfnet, one
+thread (``benchmarks/eval_backends.py``): onnxruntime 0.67x torch, openvino 0.70x, the same
+scores. The graphs match PyTorch to about 1e-6 (relative to max(1, |output|)) at every fill
+level, checked to 1e-4 by the tests.
 
 TensorRT (a GPU machine; not run here): the files are plain static-shape ONNX graphs, one per
 fill level, so each becomes one engine::
