@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from lmanet_ros.classes import ClassSet
 from lmanet_ros.devices import DeviceError, resolve_device
+from lmanet_ros.models.attention import attention_backend
 from lmanet_ros.models.checkpoint import LoadReport
 from lmanet_ros.models.weights import (Weights, memory_length_origin, resolve_memory_length,
                                        trained_input_size)
@@ -293,8 +294,7 @@ class SegmentationPipeline:
         #: a :class:`~lmanet_ros.runtime.RuntimeModel` says which) and its package's version.
         self.backend: str = getattr(model, "backend", "torch")
         self.backend_version: str = getattr(model, "backend_version", torch.__version__)
-        #: Why this backend runs when ``backend="auto"`` chose it (``from_pretrained``), else ''.
-        self.backend_reason = ""
+        self.backend_reason = ""  #: why, when ``backend="auto"`` chose it (from_pretrained)
         #: The loader's report (None for random weights); the file's sha256 is in it.
         self.load_report: LoadReport | None = None
         #: The weights file that was loaded (None: random weights or a state_dict mapping).
@@ -341,16 +341,13 @@ class SegmentationPipeline:
         (:func:`~lmanet_ros.threads.default_cpu_threads`: the physical cores this process may
         use, at most 4).
 
-        ``backend``: ``torch`` runs the PyTorch network; ``auto`` lets
-        :func:`~lmanet_ros.runtime.auto_backend` choose (a graph backend on the CPU in fp32 for
-        a checkpoint at a fixed input size, else torch; ``self.backend_reason`` says which and
-        why); ``onnxruntime`` and ``openvino`` run
-        graphs exported from it with the same memory rules (:mod:`lmanet_ros.runtime`: exported
-        on the first use of a checkpoint sha256, input size and memory length, then read from
-        the graph cache ``cache_dir``, default ``$LMANET_CACHE`` or
-        ``~/.cache/lmanet_ros/onnx``). A graph backend runs on the CPU (``device`` auto means
-        the CPU for it) in fp32, at a fixed input size (``input_size``, else the trained size
-        of the checkpoint's metadata) that the pipeline keeps.
+        ``backend``: ``torch`` runs the PyTorch network; ``onnxruntime`` and ``openvino`` run
+        graphs exported from it (:mod:`lmanet_ros.runtime`: on the first use of a checkpoint
+        and input size, then read from the graph cache ``cache_dir``, default
+        ``$LMANET_CACHE`` or ``~/.cache/lmanet_ros/onnx``) on the CPU (``device`` auto means
+        the CPU for them) in fp32, at a fixed input size (``input_size``, else the trained
+        size) that the pipeline keeps; ``auto``: :func:`~lmanet_ros.runtime.auto_backend`'s
+        choice, its reason kept as ``self.backend_reason``.
 
         What is not given comes from the checkpoint's metadata, then from the model: the memory
         length (:func:`~lmanet_ros.models.weights.resolve_memory_length`), the input size (the
@@ -359,10 +356,9 @@ class SegmentationPipeline:
         ``self.backend_version``).
 
         Raises:
-            PipelineError: bad device or precision; an unknown backend, one whose package is
-            missing, a device or precision it does not run, no input size for it, a failed
-            export (never a fall-back to another backend); ValueError: unknown model name or
-            bad metadata; the checkpoint loader's errors for a missing or mismatched checkpoint.
+            PipelineError: bad device or precision; an unknown backend or what a named one
+            cannot run (package, device, precision, no input size, a failed export: never a
+            fall-back); ValueError: unknown model or bad metadata; the loader's errors.
         """
         target = _backend_device(backend, device, precision)
         apply_cpu_threads(num_threads)
@@ -449,20 +445,13 @@ class SegmentationPipeline:
 
     @property
     def attention(self) -> str:
-        """Which memory attention implementation runs, in words ('' for a single-frame model):
-        a graph backend's (:attr:`lmanet_ros.runtime.RuntimeModel.attention`), ``torch
-        (cuda)`` / ``torch (fp16)`` off the fp32 CPU path, else
-        :func:`~lmanet_ros.models.attention.attention_backend`'s choice."""
+        """The memory attention that runs, in words ('' for a single-frame model): a graph
+        backend's, else ``attention_backend``'s choice for the device and compute dtype."""
         if not self.info.temporal:
             return ""
         if self.backend != "torch":
             return self.model.attention
-        if self.device.type != "cpu":
-            return f"torch ({self.device.type})"
-        if self.precision != "fp32":
-            return f"torch ({self.precision})"
-        from lmanet_ros.models.attention import attention_backend
-        return attention_backend()
+        return attention_backend(self.device, self.compute_dtype)
 
     @property
     def cuda_graphs(self) -> bool:

@@ -9,6 +9,7 @@ from models_helpers import one_cpu_thread  # noqa: F401 (autouse fixture)
 from runtime_helpers import MEMORY_LENGTH, SIZE
 
 from lmanet_ros.models import build_model
+from lmanet_ros.models.attention import attention_backend
 from lmanet_ros.pipeline import SegmentationPipeline
 from lmanet_ros.runtime import AUTO_PREFERENCE, RuntimeModel, auto_backend, load_torch_model
 
@@ -65,8 +66,10 @@ def test_the_pipeline_runs_what_auto_chose_and_keeps_the_reason(graph_cache):
     assert isinstance(pipeline.model, RuntimeModel) and pipeline.backend == "onnxruntime"
     assert pipeline.model.layout == "split" and pipeline.device.type == "cpu"
     assert pipeline.backend_reason.startswith("auto: onnxruntime")
+    assert pipeline.attention.endswith(" between onnxruntime graphs"), pipeline.attention
     torch_pipeline = SegmentationPipeline.from_pretrained("lmanet_erfnet", None, backend="auto")
     assert torch_pipeline.backend == "torch"
     assert torch_pipeline.backend_reason.startswith("auto: torch for random weights")
+    assert torch_pipeline.attention == attention_backend("cpu")
     named = SegmentationPipeline.from_pretrained("lmanet_erfnet", None, backend="torch")
     assert named.backend_reason == ""  # a named backend is no choice
