@@ -117,7 +117,8 @@ SPECS: tuple[ParamSpec, ...] = (
               "or openvino (graphs exported from the checkpoint on first use and cached by its "
               "sha256 and input size; CPU and fp32 only, at a fixed input size: "
               "input_height/input_width, else the trained size), or auto: onnxruntime, else "
-              "openvino (the fastest on a CPU) where a graph backend can run the checkpoint as "
+              "openvino (the fastest measured on a CPU for LMANet-ERFNet) where a graph "
+              "backend can run the checkpoint as "
               "asked, else torch; the start-up log says which and why. A named backend whose "
               "package is missing is a startup error, never a fall-back.",
               read_only=True, choices=("auto", "torch", "onnxruntime", "openvino")),

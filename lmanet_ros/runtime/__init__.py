@@ -31,11 +31,13 @@ LMANet T = 4, a 2-core host): step ms and ratio to torch with the compiled atten
 erfnet torch 154, onnxruntime 92 (0.59x), openvino 95 (0.61x); lmanet_erfnet torch 223 (plain
 attention 269), split layout onnxruntime 148 (0.66x), openvino 154 (0.69x), fill-level graphs
 onnxruntime 192 (0.86x), openvino 140 (0.63x; 0.90x in an earlier run). The convolutions run
-faster in both runtimes; the attention subgraph of the fill-level graphs does not: onnxruntime's
-profile of the fill-4 graph spends about 75 ms in it (the compiled kernel about 11 ms), 44 ms of
-them in two 7-D Transposes that materialise the window regions (the tiled attention's unfold +
-permute, a strided-view copy in PyTorch): hence the split layout (:mod:`.split`), which the
-backends use for LMANet. ``lmanet eval`` p50 on a 40-frame 256x512 bag, demo lmanet_erfnet, one
+faster in both runtimes; in onnxruntime the attention subgraph of the fill-level graphs does
+not (an earlier session's profile of the fill-4 graph: most of its time in two 7-D Transposes
+that materialise the window regions, the tiled attention's unfold + permute, a strided-view copy
+in PyTorch); split, the same step measured 73 ms encode + 44 ms compiled attention + 38 ms
+decode_fused = 151 ms against 235 ms in PyTorch: hence the split layout (:mod:`.split`), which
+the backends use for LMANet (OpenVINO ran the fill-level graphs faster in this run: not
+switched). ``lmanet eval`` p50 on a 40-frame 256x512 bag, demo lmanet_erfnet, one
 thread (``benchmarks/eval_backends.py``): onnxruntime 0.67x torch, openvino 0.70x, the same
 scores. The graphs match PyTorch to about 1e-6 (relative to max(1, |output|)) at every fill
 level, checked to 1e-4 by the tests.

@@ -34,9 +34,10 @@ __all__ = ["AUTO", "AUTO_PREFERENCE", "BACKEND_CHOICES", "auto_backend", "load_m
 AUTO = "auto"
 #: Every value a ``backend`` setting takes.
 BACKEND_CHOICES = (AUTO, *BACKENDS)
-#: The graph backends ``auto`` takes on the CPU, fastest first (``benchmarks/eval_backends.py``:
-#: p50 of ``lmanet eval``, demo lmanet_erfnet at 256x512, one thread: onnxruntime 0.68x torch
-#: with the compiled attention, openvino 0.71x).
+#: The graph backends ``auto`` takes on the CPU, fastest first as measured for LMANet-ERFNet
+#: (``benchmarks/eval_backends.py --rounds 3``: p50 of ``lmanet eval``, demo lmanet_erfnet at
+#: 256x512, one thread: onnxruntime 0.67x torch with the compiled attention, openvino 0.70x;
+#: the PSPNet models were not timed on a graph backend).
 AUTO_PREFERENCE = ("onnxruntime", "openvino")
 
 #: Graph backend -> (module to import, pip package) checked before anything is exported.

@@ -2,7 +2,7 @@
 
 The fill-level graphs (:mod:`.graphs`) carry the whole step, the local memory attention
 included; a runtime then runs the attention as ONNX ops (an unfold of the window regions, two
-7-D Transposes, batched products), several times slower than the compiled kernel
+7-D Transposes, batched products), in onnxruntime about twice as slowly as the compiled kernel
 (:mod:`lmanet_ros.models.attention`; measured in :mod:`lmanet_ros.runtime`). The split layout
 runs everything else in the runtime and the attention, between two graphs, in PyTorch with the
 kernel :func:`~lmanet_ros.models.attention.attention_backend` picks (compiled C++ on the CPU):
@@ -148,14 +148,13 @@ def split_example_inputs(model: TemporalSegmenter, input_size: tuple[int, int], 
 
 def split_specs(model: TemporalSegmenter, input_size: tuple[int, int]
                 ) -> dict[str, SplitSpec]:
-    """Graph name -> its inputs and outputs (static shapes at ``input_size``)."""
-    inputs = split_example_inputs(model, input_size)
+    """Graph name -> its inputs and outputs (static shapes at ``input_size``), from one encoder
+    pass on a blank frame (the read-out has the shape of the values it reads)."""
+    height, width = input_size
     with torch.no_grad():
         features, keys, values, query_key, query_value = (
-            tuple(t.shape) for t in _Encode(model)(*inputs["encode"]))
-    height, width = input_size
+            tuple(t.shape) for t in _Encode(model)(torch.zeros(1, 3, height, width)))
     logits = TensorSpec(LOGITS_NAME, (1, model.info.num_classes, height, width))
-    readout = tuple(inputs["decode_fused"][1].shape)
     return {
         "encode": SplitSpec("encode", (TensorSpec(INPUT_NAME, (1, 3, height, width)),), (
             TensorSpec("features", features), TensorSpec("keys_new", keys),
@@ -163,5 +162,5 @@ def split_specs(model: TemporalSegmenter, input_size: tuple[int, int]
             TensorSpec("query_value", query_value))),
         "decode": SplitSpec("decode", (TensorSpec("features", features),), (logits,)),
         "decode_fused": SplitSpec("decode_fused", (TensorSpec("query_value", query_value),
-                                                   TensorSpec("readout", readout)), (logits,)),
+                                                   TensorSpec("readout", values)), (logits,)),
     }
